@@ -1,0 +1,193 @@
+"""Backbone registry: model name + weights spec -> a feature extractor (images -> (b, d) features).
+
+The feature is the global-average-pooled penultimate layer (torchvision ResNets with fc = Identity;
+2048-d for ResNet-50/101/152, 512-d for ResNet-18/34). `pixels` is a weight-free baseline: the
+normalized 224x224 crop average-pooled to an 8x8 grid of colours (192-d).
+
+Weights (`weights=`):
+  auto    torchvision's ImageNet weights, from its cache ($TORCH_HOME/hub/checkpoints), downloading
+          on first use. No cache and no network -> WeightsUnavailable naming the alternatives.
+  PATH    a local state dict (.pth/.pt via torch.load(weights_only=True), or .safetensors).
+  random  seeded random init (the clusters mean nothing; a warning says so).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, WeightsUnavailable
+from .loaders import preprocess
+
+RESNETS = {
+    "resnet18": ("resnet18", "ResNet18_Weights", 512),
+    "resnet34": ("resnet34", "ResNet34_Weights", 512),
+    "resnet50": ("resnet50", "ResNet50_Weights", 2048),
+    "resnet101": ("resnet101", "ResNet101_Weights", 2048),
+    "resnet152": ("resnet152", "ResNet152_Weights", 2048),
+}
+PIXEL_GRID = 8
+MODELS = tuple(RESNETS) + ("pixels",)
+DEFAULT_MODEL = "resnet152"
+
+
+class PixelFeatures(nn.Module):
+    """(b, 3, 224, 224) normalized -> (b, 3*8*8) float32: a weight-free downscaled-pixel baseline."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = nn.functional.adaptive_avg_pool2d(images.float(), PIXEL_GRID)
+        return pooled.flatten(1)
+
+
+@dataclass
+class Backbone:
+    """A ready feature extractor.
+
+    module: eval-mode nn.Module on `device`; forward((b,3,224,224)) -> (b, dim).
+    weights: human description ('imagenet', a file path, 'random(seed=0)', 'none').
+    fingerprint: sha256 hex of (model, weights identity, preprocessing); identifies cached features.
+    """
+
+    name: str
+    module: nn.Module
+    dim: int
+    weights: str
+    fingerprint: str
+    device: torch.device
+    precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16'
+    warning: str | None = None
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (b, 3, 224, 224) normalized on self.device -> (b, dim) float32 on self.device."""
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(self.device.type, dtype=dtype):
+                out = self.module(images.to(dtype))
+        else:
+            out = self.module(images.float())
+        return out.float()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fingerprint(model: str, weights_identity: str) -> str:
+    payload = json.dumps({"model": model, "weights": weights_identity, "preprocess": preprocess.describe()},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A local state dict: .safetensors, or a torch file loaded with weights_only=True (no pickle code)."""
+    if not path.is_file():
+        raise WeightsUnavailable(f"--weights {path}: file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailable(f"--weights {path}: not a readable state dict ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsUnavailable(f"--weights {path}: expected a dict of tensors (a state dict)")
+    return state
+
+
+def _imagenet_state_dict(model: str) -> tuple[dict, str]:
+    import torchvision
+
+    weights_enum = getattr(torchvision.models, RESNETS[model][1]).DEFAULT
+    try:
+        state = weights_enum.get_state_dict(progress=False, check_hash=False)
+    except Exception as exc:  # URLError, timeouts, a corrupt cache file
+        hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+        raise WeightsUnavailable(
+            f"cannot get ImageNet weights for {model}: no cached copy in {hub_dir} and the download "
+            f"failed ({type(exc).__name__}). Use --weights PATH (a local .pth/.safetensors state dict) "
+            f"or --weights random (clusters not meaningful)."
+        ) from None
+    return state, weights_enum.url
+
+
+def validate_model(model: str) -> str:
+    if model not in MODELS:
+        raise ConfigError(f"model={model!r} is not one of: {', '.join(MODELS)}")
+    return model
+
+
+def load_backbone(model: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto", device: torch.device | str = "cpu",
+                  seed: int = 0, precision: str = "auto", compile: bool = False,
+                  warn: Callable[[str], None] | None = None) -> Backbone:
+    """Build `model` with `weights` on `device`.
+
+    precision 'auto' -> bf16 autocast on CUDA, fp32 on the CPU. compile -> torch.compile(module).
+    """
+    validate_model(model)
+    device = torch.device(device)
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision={precision!r} is not one of: auto, fp32, bf16, fp16")
+    warning = None
+    if model == "pixels":
+        module: nn.Module = PixelFeatures()
+        dim, description, identity = 3 * PIXEL_GRID * PIXEL_GRID, "none", f"pixels-grid{PIXEL_GRID}"
+    else:
+        import torchvision
+
+        builder = getattr(torchvision.models, RESNETS[model][0])
+        dim = RESNETS[model][2]
+        weights_text = os.fspath(weights)
+        if weights_text == "random":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                module = builder(weights=None)
+            description, identity = f"random(seed={seed})", f"random:{seed}"
+            warning = (f"--weights random: {model} has random weights, so its features (and the clusters) "
+                       "are not meaningful; use this for testing only")
+        else:
+            module = builder(weights=None)
+            if weights_text == "auto":
+                state, identity = _imagenet_state_dict(model)
+                description = "imagenet"
+            else:
+                path = Path(weights_text)
+                state = load_state_dict_file(path)
+                description, identity = str(path), "sha256:" + _sha256_file(path)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = module.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise WeightsUnavailable(
+                    f"weights {description} do not fit {model}: {len(missing)} missing keys "
+                    f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        module.fc = nn.Identity()
+    if warning:
+        (warn or (lambda m: warnings.warn(m, stacklevel=2)))(warning)
+    module = module.eval().to(device)
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    if compile:
+        module = torch.compile(module, dynamic=False)
+    return Backbone(model, module, dim, description, _fingerprint(model, identity), device, precision, warning)

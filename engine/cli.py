@@ -1,0 +1,146 @@
+"""The `imgcluster` command line: thin typer wrappers over the Python API.
+
+Every ImgclusterError becomes one line on stderr and exit code 2; nothing here computes
+anything a Python user would also need.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import ConfigError, ImgclusterError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Cluster large unlabeled image collections: ResNet features → PCA → KMeans over K → silhouette picks K.")
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def fail(message: str, code: int = 2):
+    err_console.print(f"[bold red]Error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(func):
+    """Turn ImgclusterError into a one-line message and exit 2 (no traceback)."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ImgclusterError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted; rerun the same command to resume from the feature cache", 130)
+    return wrapper
+
+
+def parse_pca(text: str) -> float | int:
+    """'200' -> 200 components, '0.9' -> keep 90 % of variance, '0' -> off."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--pca {text!r} is not a number (a count like 200, a fraction like 0.9, or 0)") from None
+    if value.is_integer() and "." not in text:
+        return int(value)
+    return value
+
+
+# Options shared by the commands that extract features.
+ModelOpt = typer.Option("resnet152", "--model", "-m", help="Backbone: resnet152 (default), resnet18/34/50/101, or pixels (weight-free).")
+WeightsOpt = typer.Option("auto", "--weights", help="auto (torchvision ImageNet weights: cache, else download), a local .pth/.safetensors state dict, or random.")
+DeviceOpt = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu.")
+DecoderOpt = typer.Option("auto", "--decoder", help="auto | dali | nvjpeg | pil.")
+BatchOpt = typer.Option(None, "--batch-size", help="Images per batch (default: chosen from the device).")
+SeedOpt = typer.Option(0, "--seed", help="Random seed (KMeans init, random weights, samples).")
+
+
+def run_config(**kwargs) -> dict:
+    """CLI option values -> ImageClusterer keyword arguments (None means 'default')."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+@app.command()
+@user_errors
+def run(
+    paths: List[str] = typer.Argument(..., help="Folders (recursive), files, @list.txt files, or globs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created)."),
+    model: str = ModelOpt,
+    weights: str = WeightsOpt,
+    device: str = DeviceOpt,
+    decoder: str = DecoderOpt,
+    k: str = typer.Option("2:20", "--k", help="Candidate K: a range 2:20, a single 11, or a list 3,5,8."),
+    pca: str = typer.Option("200", "--pca", help="PCA: components (200), variance fraction (0.9), or 0 (off)."),
+    select: str = typer.Option("silhouette", "--select", help="How K is chosen: silhouette | calinski | davies."),
+    cluster_backend: str = typer.Option("auto", "--cluster-backend", help="auto | torch | cuml | sklearn."),
+    n_init: int = typer.Option(3, "--n-init", help="KMeans initialisations per K (best inertia wins)."),
+    silhouette_sample: Optional[int] = typer.Option(None, "--silhouette-sample", help="Score K on a stratified sample of this many images (default: exact up to a size limit)."),
+    batch_size: Optional[int] = BatchOpt,
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (faster on GPUs after a warm-up)."),
+    seed: int = SeedOpt,
+    save_features: bool = typer.Option(False, "--save-features", help="Also write features.npy (n × d float32)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the HTML report to OUT/report/."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep a feature cache in OUT/features/ so an interrupted run resumes."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
+):
+    """Cluster the images under PATHS and write predictions.csv, summary.json and skipped.csv to --out.
+
+    Example: [bold]imgcluster run ./photos --out results/ --k 2:15 --pca 0.9[/bold]
+    """
+    from .api import ImageClusterer
+    from .cli_progress import RichReporter
+    from .report.terminal import print_run_summary
+
+    reporter = RichReporter(err_console, quiet=quiet)
+    params = run_config(model=model, weights=weights, device=device, decoder=decoder, k=k, pca=parse_pca(pca),
+                        select=select, cluster_backend=cluster_backend, n_init=n_init,
+                        silhouette_sample=silhouette_sample, batch_size=batch_size, precision=precision,
+                        compile=compile, seed=seed)
+    clusterer = ImageClusterer(**params)
+    clusterer.fit(paths, out_dir=out, reporter=reporter, save_features=save_features, report=report, cache=cache)
+    print_run_summary(clusterer.result_.summary, out_console)
+    out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {out}/")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("imgcluster-demo"), "--out", "-o", help="Folder for the sample images and the results."),
+    model: str = typer.Option("resnet152", "--model", "-m", help="Backbone; falls back to pixels when ImageNet weights are unavailable."),
+    device: str = DeviceOpt,
+    per_group: int = typer.Option(24, "--per-group", help="Sample images per group (6 groups)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Generate the built-in sample set (6 groups of synthetic images) and cluster it. Works offline.
+
+    Example: [bold]imgcluster demo[/bold]  (results in ./imgcluster-demo/out/, report at out/report/index.html)
+    """
+    from .demo import run_demo
+
+    run_demo(out, model=model, device=device, per_group=per_group, quiet=quiet,
+             console=out_console, err_console=err_console)
+
+
+@app.command()
+@user_errors
+def doctor():
+    """List devices, backends and versions, and what `auto` would choose here.
+
+    Example: [bold]imgcluster doctor[/bold]
+    """
+    from .doctor import print_doctor
+
+    print_doctor(out_console)
+
+
+def main():  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Configuration: one dataclass per stage, validated once at the edge (API or CLI).
+
+`Config.from_kwargs(**flat)` takes the flat keyword names that ImageClusterer and the CLI use
+(model=, k=, pca=, ...) and sorts them into the stage dataclasses. Every error names the
+parameter and the allowed values.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .backbones import DEFAULT_MODEL, validate_model
+from .device import CLUSTER_BACKENDS, DECODERS, DEVICES
+from .errors import ConfigError
+from .loaders.decode import DEFAULT_MAX_PIXELS
+from .reduce import validate_pca
+
+SELECT_METRICS = ("silhouette", "calinski", "davies")
+DEFAULT_K = (2, 20)
+
+
+def parse_k(value) -> tuple[int, ...]:
+    """'2:20' -> (2, ..., 20); '11' or 11 -> (11,); '3,5,8' or [3, 5, 8] -> (3, 5, 8); (a, b) tuple = range a..b.
+
+    Every K must be >= 2; a range must not be reversed.
+    """
+    if isinstance(value, bool):
+        raise ConfigError("k must be a number, a range like 2:20, or a list like 3,5,8")
+    if isinstance(value, int):
+        ks = (value,)
+    elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        lo, hi = value
+        if lo > hi:
+            raise ConfigError(f"k range {lo}:{hi} is reversed: write it as {hi}:{lo}")
+        ks = tuple(range(lo, hi + 1))
+    elif isinstance(value, (list, tuple)):
+        ks = tuple(int(v) for v in value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            bounds = [int(v) for v in text.split(":", 1)] if ":" in text else None
+            ks = tuple(int(v) for v in text.split(",")) if bounds is None else ()
+        except ValueError:
+            raise ConfigError(f"k={value!r} is not a number, a range like 2:20, or a list like 3,5,8") from None
+        if bounds is not None:
+            if bounds[0] > bounds[1]:
+                raise ConfigError(f"k range {text} is reversed: write it as {bounds[1]}:{bounds[0]}")
+            ks = tuple(range(bounds[0], bounds[1] + 1))
+    else:
+        raise ConfigError(f"k={value!r} is not a number, a range like 2:20, or a list like 3,5,8")
+    if not ks:
+        raise ConfigError("k is empty")
+    if min(ks) < 2:
+        raise ConfigError(f"k={min(ks)} is below 2: clustering needs at least 2 clusters")
+    return tuple(sorted(set(ks)))
+
+
+@dataclass
+class FeatureConfig:
+    """Loading and the backbone."""
+
+    model: str = DEFAULT_MODEL
+    weights: str = "auto"
+    device: str = "auto"
+    decoder: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    batch_size: int | None = None  # None: chosen from the device (and free memory on CUDA)
+    num_threads: int | None = None  # CPU decode threads; None: all cores
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def validate(self) -> None:
+        validate_model(self.model)
+        if self.device.split(":")[0] not in DEVICES:
+            raise ConfigError(f"device={self.device!r} is not one of: {', '.join(DEVICES)} (or cuda:N)")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder={self.decoder!r} is not one of: {', '.join(DECODERS)}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision={self.precision!r} is not one of: auto, fp32, bf16, fp16")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ConfigError(f"max_pixels={self.max_pixels} must be >= 1")
+
+
+@dataclass
+class ReduceConfig:
+    """PCA: a component count, a variance fraction in (0, 1], or 0 for off."""
+
+    pca: float | int = 200
+    pca_fit_limit: int | None = 200_000  # above this many images PCA is fitted on a seeded sample
+
+    def validate(self) -> None:
+        self.pca = validate_pca(self.pca)
+        if self.pca_fit_limit is not None and self.pca_fit_limit < 2:
+            raise ConfigError(f"pca_fit_limit={self.pca_fit_limit} must be >= 2")
+
+
+@dataclass
+class ClusterConfig:
+    """KMeans over the candidate Ks and the choice of K."""
+
+    k: tuple[int, ...] = field(default_factory=lambda: parse_k(DEFAULT_K))
+    n_init: int = 3
+    max_iter: int = 100
+    cluster_backend: str = "auto"
+    select: str = "silhouette"
+    silhouette_sample: int | None = None  # None: exact up to the device's limit, then sampled
+    seed: int = 0
+
+    def validate(self) -> None:
+        self.k = parse_k(self.k)
+        if self.n_init < 1:
+            raise ConfigError(f"n_init={self.n_init} must be >= 1")
+        if self.max_iter < 1:
+            raise ConfigError(f"max_iter={self.max_iter} must be >= 1")
+        if self.cluster_backend not in CLUSTER_BACKENDS:
+            raise ConfigError(f"cluster_backend={self.cluster_backend!r} is not one of: {', '.join(CLUSTER_BACKENDS)}")
+        if self.select not in SELECT_METRICS:
+            raise ConfigError(f"select={self.select!r} is not one of: {', '.join(SELECT_METRICS)}")
+        if self.silhouette_sample is not None and self.silhouette_sample < 2:
+            raise ConfigError(f"silhouette_sample={self.silhouette_sample} must be >= 2")
+
+
+@dataclass
+class Config:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    reduce: ReduceConfig = field(default_factory=ReduceConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    STAGES = ("features", "reduce", "cluster")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "Config":
+        """Flat keywords (model=, k=, pca=, seed=, ...) -> a validated Config. Unknown names are errors."""
+        config = cls()
+        for key, value in kwargs.items():
+            for stage in cls.STAGES:
+                part = getattr(config, stage)
+                if key in {f.name for f in fields(part)}:
+                    setattr(part, key, value)
+                    break
+            else:
+                raise ConfigError(f"unknown parameter {key!r}; known: {', '.join(sorted(cls.parameter_names()))}")
+        config.validate()
+        return config
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        return [f.name for stage in (FeatureConfig, ReduceConfig, ClusterConfig) for f in fields(stage)]
+
+    def validate(self) -> "Config":
+        self.features.validate()
+        self.reduce.validate()
+        self.cluster.validate()
+        return self
+
+    def flat(self) -> dict:
+        """The flat keyword view (inverse of from_kwargs); JSON-able."""
+        out = {}
+        for stage in self.STAGES:
+            out.update(asdict(getattr(self, stage)))
+        out["k"] = list(out["k"])
+        return out
+
+    def replace(self, **kwargs) -> "Config":
+        flat = self.flat()
+        flat.update(kwargs)
+        return Config.from_kwargs(**flat)
+
+
+__all__ = ["Config", "FeatureConfig", "ReduceConfig", "ClusterConfig", "parse_k", "SELECT_METRICS"]

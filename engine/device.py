@@ -1,0 +1,214 @@
+"""The one capability probe: is CUDA here, DALI, cuML, CuPy, Triton, torch.compile?
+
+Nothing here creates a CUDA context at import (or at probe time: torch.cuda.is_available() and
+device_count() only ask the driver). Every "is X available" question in the package goes through
+`capabilities()`; every backend choice goes through the `resolve_*` functions, which raise
+BackendUnavailable (with the install hint) for a backend asked for by name, and fall back with a
+one-line notice for `auto`.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+
+from .errors import BackendUnavailable, ConfigError
+
+GPU_EXTRA_HINT = "install it with: pip install 'imgcluster[gpu]' (needs an NVIDIA GPU and CUDA 13)"
+RAPIDS_EXTRA_HINT = "install it with: pip install 'imgcluster[rapids]' (needs an NVIDIA GPU and CUDA 13)"
+
+DEVICES = ("auto", "cuda", "cpu")
+DECODERS = ("auto", "dali", "nvjpeg", "pil")
+CLUSTER_BACKENDS = ("auto", "torch", "cuml", "sklearn")
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One probed feature. `reason` says why it is unavailable (empty when available)."""
+
+    name: str
+    available: bool
+    version: str = ""
+    reason: str = ""
+
+
+def _module_version(name: str) -> tuple[object | None, str]:
+    """Import `name`; return (module, error). Import errors are turned into a short reason."""
+    if importlib.util.find_spec(name.split(".")[0]) is None:
+        return None, f"{name} is not installed"
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:  # a broken install must not kill the probe
+        return None, f"{name} failed to import: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    return module, ""
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda() -> Capability:
+    import torch
+
+    if not torch.cuda.is_available():
+        built = torch.version.cuda
+        why = "no NVIDIA GPU visible to the driver" if built else "torch was built without CUDA"
+        return Capability("cuda", False, str(built or ""), why)
+    return Capability("cuda", True, str(torch.version.cuda))
+
+
+@functools.lru_cache(maxsize=1)
+def _dali() -> Capability:
+    module, err = _module_version("nvidia.dali")
+    if module is None:
+        return Capability("dali", False, reason=f"{err}; {GPU_EXTRA_HINT}")
+    return Capability("dali", True, getattr(module, "__version__", "?"))
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy() -> Capability:
+    if importlib.util.find_spec("cupy") is None:
+        return Capability("cupy", False, reason=f"cupy is not installed; {GPU_EXTRA_HINT}")
+    module, err = _module_version("cupy")
+    if module is None:
+        return Capability("cupy", False, reason=err)
+    return Capability("cupy", True, getattr(module, "__version__", "?"))
+
+
+@functools.lru_cache(maxsize=1)
+def _cuml() -> Capability:
+    if importlib.util.find_spec("cuml") is None:
+        return Capability("cuml", False, reason=f"cuml is not installed; {RAPIDS_EXTRA_HINT}")
+    if not _cuda().available:
+        return Capability("cuml", False, reason="cuml is installed but needs a CUDA GPU (" + _cuda().reason + ")")
+    module, err = _module_version("cuml")
+    if module is None:
+        return Capability("cuml", False, reason=err)
+    return Capability("cuml", True, getattr(module, "__version__", "?"))
+
+
+def triton_interpreted() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=1)
+def _triton() -> Capability:
+    module, err = _module_version("triton")
+    if module is None:
+        return Capability("triton", False, reason=err)
+    version = getattr(module, "__version__", "?")
+    if not _cuda().available and not triton_interpreted():
+        return Capability("triton", False, version, "Triton needs a CUDA GPU (or TRITON_INTERPRET=1 on the CPU)")
+    return Capability("triton", True, version)
+
+
+@functools.lru_cache(maxsize=1)
+def _compile() -> Capability:
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return Capability("torch.compile", False, reason="this torch has no torch.compile")
+    if sys.version_info >= (3, 14):
+        return Capability("torch.compile", False, reason="torch.compile does not support this Python")
+    if _cuda().available:
+        return _triton() if not _triton().available else Capability("torch.compile", True, torch.__version__)
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        return Capability("torch.compile", False, reason="no C compiler for the CPU inductor backend")
+    return Capability("torch.compile", True, torch.__version__)
+
+
+def capabilities() -> dict[str, Capability]:
+    """Probe everything once (cached). Keys: cuda, dali, cupy, cuml, triton, compile."""
+    return {
+        "cuda": _cuda(),
+        "dali": _dali(),
+        "cupy": _cupy(),
+        "cuml": _cuml(),
+        "triton": _triton(),
+        "compile": _compile(),
+    }
+
+
+def _check_choice(param: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{param}={value!r} is not one of: {', '.join(allowed)}")
+
+
+def resolve_device(requested: str = "auto", notify=None):
+    """'auto' | 'cuda' | 'cuda:N' | 'cpu' -> torch.device. 'cuda' without a GPU is an error."""
+    import torch
+
+    base = requested.split(":")[0]
+    _check_choice("device", base, DEVICES)
+    cuda = _cuda()
+    if base == "cpu":
+        return torch.device("cpu")
+    if base == "cuda":
+        if not cuda.available:
+            raise BackendUnavailable(f"--device {requested}: CUDA is not available ({cuda.reason}); use --device cpu")
+        return torch.device(requested)
+    if cuda.available:
+        return torch.device("cuda")
+    if notify:
+        notify(f"Using CPU: {cuda.reason}")
+    return torch.device("cpu")
+
+
+def resolve_decoder(requested: str, device, notify=None) -> str:
+    """Pick the image decoder for `device` (a torch.device).
+
+    auto: on CUDA, DALI if installed, else nvJPEG through torchvision; on the CPU, PIL.
+    dali on a CPU device runs DALI's CPU operators (used by the tests against PIL).
+    """
+    _check_choice("decoder", requested, DECODERS)
+    on_gpu = device.type == "cuda"
+    if requested == "pil":
+        return "pil"
+    if requested == "dali":
+        dali = _dali()
+        if not dali.available:
+            raise BackendUnavailable(f"--decoder dali: {dali.reason}")
+        return "dali"
+    if requested == "nvjpeg":
+        if not on_gpu:
+            raise BackendUnavailable("--decoder nvjpeg needs --device cuda (nvJPEG decodes on the GPU); " + _cuda().reason)
+        return "nvjpeg"
+    if not on_gpu:
+        return "pil"
+    if _dali().available:
+        return "dali"
+    if notify:
+        notify(f"Decoder: nvjpeg (DALI unavailable: {_dali().reason})")
+    return "nvjpeg"
+
+
+def resolve_cluster_backend(requested: str, device, notify=None) -> str:
+    """Pick PCA/KMeans/silhouette backend. auto -> 'torch' on every device.
+
+    Rule (see README): our torch backend runs on the data where it already lives (CPU or GPU
+    tensors), and its all-K silhouette is the stage that dominates; cuML's silhouette runs one K
+    at a time and has failed with memory errors at ~66k rows, so cuML is used only when asked.
+    """
+    _check_choice("cluster_backend", requested, CLUSTER_BACKENDS)
+    if requested == "cuml":
+        cuml = _cuml()
+        if not cuml.available:
+            raise BackendUnavailable(f"--cluster-backend cuml: {cuml.reason}")
+        if device.type != "cuda":
+            raise BackendUnavailable("--cluster-backend cuml needs --device cuda")
+        return "cuml"
+    if requested == "sklearn":
+        return "sklearn"
+    return "torch"
+
+
+def resolve_compile(requested: bool, notify=None) -> bool:
+    """--compile asked for but unavailable is an error (it was asked for by name)."""
+    if not requested:
+        return False
+    cap = _compile()
+    if not cap.available:
+        raise BackendUnavailable(f"--compile: {cap.reason}")
+    return True

@@ -1,0 +1,54 @@
+"""`imgcluster doctor`: what this machine has, and what `auto` picks."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .device import capabilities, resolve_cluster_backend, resolve_decoder, resolve_device
+from .versions import versions
+
+
+def doctor_report() -> dict:
+    """JSON-able: capabilities (available, version, reason) and the auto choices."""
+    caps = capabilities()
+    device = resolve_device("auto")
+    return {
+        "capabilities": {name: {"available": c.available, "version": c.version, "reason": c.reason}
+                         for name, c in caps.items()},
+        "auto": {"device": str(device), "decoder": resolve_decoder("auto", device),
+                 "cluster_backend": resolve_cluster_backend("auto", device),
+                 "silhouette": "triton" if device.type == "cuda" and caps["triton"].available else "torch (chunked)"},
+        "versions": versions(),
+    }
+
+
+def print_doctor(console: Console) -> dict:
+    report = doctor_report()
+    caps = report["capabilities"]
+    table = Table(title="Backends")
+    table.add_column("backend")
+    table.add_column("available")
+    table.add_column("version")
+    table.add_column("why not / notes")
+    cpu_rows = [("pil decoder", True, report["versions"].get("pillow", ""), "CPU reference decoder"),
+                ("torch backend (CPU)", True, report["versions"].get("torch", ""), "PCA, KMeans, all-K silhouette"),
+                ("sklearn backend", True, report["versions"].get("scikit-learn", ""), "reference clustering")]
+    for name, ok, version, note in cpu_rows:
+        table.add_row(name, "[green]yes[/green]", version, note)
+    labels = {"cuda": "CUDA (torch)", "dali": "DALI decoder", "cupy": "CuPy", "cuml": "cuML backend",
+              "triton": "Triton kernels", "compile": "torch.compile"}
+    for name, cap in caps.items():
+        ok = "[green]yes[/green]" if cap["available"] else "[red]no[/red]"
+        table.add_row(labels.get(name, name), ok, cap["version"], cap["reason"])
+    nvjpeg_ok = caps["cuda"]["available"]
+    table.add_row("nvJPEG decoder", "[green]yes[/green]" if nvjpeg_ok else "[red]no[/red]", "",
+                  "" if nvjpeg_ok else "needs CUDA: " + caps["cuda"]["reason"])
+    console.print(table)
+    auto = Table(title="What auto chooses here")
+    auto.add_column("stage")
+    auto.add_column("choice")
+    for stage, choice in report["auto"].items():
+        auto.add_row(stage, choice)
+    console.print(auto)
+    console.print("Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), highlight=False)
+    return report

@@ -1,0 +1,32 @@
+"""Exceptions. Every ImgclusterError is a user-facing problem: the CLI prints its message on one
+line and exits with code 2 (no traceback). Per-image problems are DecodeError and never escape a loader."""
+
+
+class ImgclusterError(Exception):
+    """A problem the user can fix (bad argument, missing backend, unusable input). CLI exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(ImgclusterError, ValueError):
+    """A parameter is outside its allowed values; the message names the parameter and the values."""
+
+
+class BackendUnavailable(ImgclusterError):
+    """A backend asked for by name is not installed or cannot run here; the message has the install hint."""
+
+
+class InputError(ImgclusterError):
+    """No usable input: no images found, every file bad, or fewer good images than the smallest K."""
+
+
+class WeightsUnavailable(ImgclusterError):
+    """Pretrained weights could not be loaded (no cache, no network, bad file)."""
+
+
+class ModelFileError(ImgclusterError):
+    """A saved model file is truncated, tampered with, of another format version, or mismatched."""
+
+
+class DecodeError(Exception):
+    """One image could not be decoded. Carries a short reason for skipped.csv; loaders catch it."""

@@ -1,0 +1,29 @@
+"""Loaders: image files -> normalized NCHW batches. `make_loader` is the one place that maps a
+decoder name (already resolved by engine.device.resolve_decoder) to its implementation."""
+from __future__ import annotations
+
+import torch
+
+from .base import Batch, Loader
+from .decode import DEFAULT_MAX_PIXELS
+
+
+def make_loader(decoder: str, device: torch.device, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                num_threads: int | None = None) -> Loader:
+    """decoder: 'pil' | 'dali' | 'nvjpeg' (resolved, not 'auto')."""
+    if decoder == "pil":
+        from .pil import PILLoader
+
+        return PILLoader(device, num_threads=num_threads, max_pixels=max_pixels)
+    if decoder == "dali":
+        from .dali import DALILoader
+
+        return DALILoader(device, num_threads=num_threads, max_pixels=max_pixels)
+    if decoder == "nvjpeg":
+        from .nvjpeg import NvJpegLoader
+
+        return NvJpegLoader(device, num_threads=num_threads, max_pixels=max_pixels)
+    raise ValueError(f"unknown decoder {decoder!r}")
+
+
+__all__ = ["Batch", "Loader", "make_loader"]

@@ -1,0 +1,36 @@
+"""The loader protocol: image paths -> normalized batches on the loader's device.
+
+Every loader yields Batch objects in input order. A file that fails to decode never kills a
+batch: it is reported in `failures` with a short reason and is absent from `indices`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Batch:
+    """One batch of decoded images.
+
+    indices:  (b,) int64 positions, into the path list given to the loader, of the images in `images`.
+    images:   (b, 3, CROP, CROP) normalized; float32 on the CPU, float16 (or float32) on CUDA; on loader.device.
+    failures: [(position, reason)] for files of this batch that could not be decoded.
+    """
+
+    indices: np.ndarray
+    images: torch.Tensor
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+
+class Loader(Protocol):
+    name: str
+    device: torch.device
+
+    def batches(self, paths: Sequence[Path], batch_size: int) -> Iterator[Batch]:
+        """Yield batches covering every position of `paths` once (as an index or as a failure)."""
+        ...

@@ -1,0 +1,124 @@
+"""The CPU decode entry point: bytes or a path -> an RGB PIL image, or DecodeError with a reason.
+
+Everything a file can throw at PIL is caught here and turned into a short reason string, so one
+bad file never escapes a loader. EXIF orientation is applied; grayscale, CMYK, palette, 16-bit and
+alpha images become 8-bit RGB (alpha composited on white); a GIF gives its first frame.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from ..errors import DecodeError
+from .preprocess import CROP, center_crop_offsets, resized_size
+
+# Formats we accept by content (whatever the file extension says).
+ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
+EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif"}
+DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit (2x its warning level)
+
+# A truncated file must be an error, not a half-grey image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """Read a whole file; OSError (missing, permissions, loops, directories) becomes DecodeError."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise DecodeError(f"unreadable: {exc.strerror or type(exc).__name__}") from None
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    return data
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Alpha is composited on white so transparent areas are not black."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grayscale: scale to 8 bits by the actual range of the type, not a clip.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        return Image.fromarray(np.nan_to_num(arr).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `source` (file bytes or a path) into an 8-bit RGB PIL image.
+
+    Raises DecodeError (with a short, human reason) for anything that is not a readable image:
+    empty/truncated/corrupt data, unsupported formats, images over `max_pixels` pixels
+    (decompression bombs; None disables the limit). Never raises anything else.
+    """
+    data = source if isinstance(source, (bytes, bytearray, memoryview)) else read_bytes(source)
+    if len(data) == 0:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            if fmt not in ACCEPTED_FORMATS:
+                raise DecodeError(f"unsupported image format {fmt}")
+            width, height = img.size
+            if width < 1 or height < 1:
+                raise DecodeError(f"invalid dimensions {width}x{height}")
+            if max_pixels is not None and width * height > max_pixels:
+                raise DecodeError(f"too large: {width}x{height} exceeds max_pixels={max_pixels}")
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # animated GIF/WebP/TIFF: first frame
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"too large: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognised content)") from None
+    except Exception as exc:  # PIL raises many types on hostile bytes; none may escape
+        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise DecodeError(f"corrupt or truncated image: {msg}") from None
+
+
+def preprocess_pil(img: Image.Image) -> np.ndarray:
+    """RGB PIL image -> uint8 (3, CROP, CROP): shorter side to RESIZE (bilinear, antialiased), center crop."""
+    height, width = img.height, img.width
+    rh, rw = resized_size(height, width)
+    resized = img.resize((rw, rh), Image.BILINEAR)
+    top, left = center_crop_offsets(rh, rw)
+    cropped = resized.crop((left, top, left + CROP, top + CROP))
+    return np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def load_and_preprocess(source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """decode_image then preprocess_pil: uint8 (3, CROP, CROP). Raises DecodeError only."""
+    img = decode_image(source, max_pixels)
+    try:
+        return preprocess_pil(img)
+    except (OSError, ValueError, MemoryError) as exc:
+        raise DecodeError(f"could not resize: {exc}") from None
+
+
+def is_probably_image_path(path: Path) -> bool:
+    """Folder discovery filter: by extension (case-insensitive)."""
+    return path.suffix.lower() in EXTENSIONS

@@ -1,0 +1,56 @@
+"""The one definition of preprocessing, shared by every loader and recorded in model fingerprints.
+
+Resize the shorter side to RESIZE (bilinear, antialiased), center-crop CROP x CROP, scale to
+[0, 1], normalize with the ImageNet mean/std. Loaders produce NCHW batches of this.
+"""
+from __future__ import annotations
+
+import torch
+
+RESIZE = 256
+CROP = 224
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def describe() -> dict:
+    """JSON-able description of the preprocessing (goes into fingerprints and summary.json)."""
+    return {"resize_shorter": RESIZE, "center_crop": CROP, "mean": list(MEAN), "std": list(STD),
+            "interpolation": "bilinear-antialias"}
+
+
+def resized_size(height: int, width: int, shorter: int = RESIZE) -> tuple[int, int]:
+    """(h, w) after resizing the shorter side to `shorter`, keeping aspect (torchvision's rounding)."""
+    if height <= width:
+        return shorter, max(1, int(shorter * width / height))
+    return max(1, int(shorter * height / width)), shorter
+
+
+def center_crop_offsets(height: int, width: int, crop: int = CROP) -> tuple[int, int]:
+    """(top, left) of a centered crop x crop window in a (height, width) image (torchvision's rounding)."""
+    return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+
+
+def source_crop_box(height: int, width: int) -> tuple[float, float, float, float]:
+    """The final CROP x CROP window expressed in *source* pixels: (x1, y1, x2, y2).
+
+    Used by batched GPU resizers (roi_align) that crop and resize in one step.
+    """
+    rh, rw = resized_size(height, width)
+    top, left = center_crop_offsets(rh, rw)
+    sy, sx = height / rh, width / rw
+    return left * sx, top * sy, (left + CROP) * sx, (top + CROP) * sy
+
+
+def normalize_uint8(batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (n, 3, H, W) 0..255 -> `dtype` (n, 3, H, W) ImageNet-normalized, on batch's device."""
+    mean = torch.tensor(MEAN, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(STD, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return ((batch.float() - mean) / std).to(dtype)
+
+
+def denormalize_to_uint8_scale(batch: torch.Tensor) -> torch.Tensor:
+    """Inverse of normalize_uint8, float32 on the 0..255 scale (for comparing loaders' pixels)."""
+    mean = torch.tensor(MEAN, device=batch.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(STD, device=batch.device).view(1, 3, 1, 1) * 255.0
+    return batch.float() * std + mean

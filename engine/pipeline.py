@@ -1,0 +1,249 @@
+"""The whole job: discover -> features -> PCA -> K search -> outputs.
+
+`run_pipeline` is what ImageClusterer.fit and `imgcluster run` both call. Each stage is a
+backend chosen once (engine.device); the data stays on the chosen device until labels come back.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .backbones import Backbone, load_backbone
+from .config import Config
+from .device import resolve_cluster_backend, resolve_compile, resolve_decoder, resolve_device
+from .errors import InputError
+from .features import Extraction, auto_batch_size, extract_features
+from .loaders import make_loader
+from .loaders.preprocess import describe as describe_preprocess
+from .progress import Reporter
+from .reduce import PCAResult, fit_pca
+from .report import outputs
+from .select import KSearch, search_k
+from .sources import discover
+from .versions import imgcluster_version, versions
+
+
+@dataclass
+class Backends:
+    """The resolved backend of every stage (what actually ran)."""
+
+    device: torch.device
+    decoder: str
+    cluster: str
+
+    def as_dict(self, backbone: Backbone | None = None, silhouette: str | None = None) -> dict:
+        out = {"device": str(self.device), "decoder": self.decoder, "cluster": self.cluster}
+        if backbone is not None:
+            out["backbone"] = f"{backbone.name} ({backbone.weights}, {backbone.precision})"
+        if silhouette:
+            out["silhouette"] = silhouette
+        return out
+
+
+@dataclass
+class RunResult:
+    """Everything a finished run knows.
+
+    paths:    the n good images, in input order; labels: (n,) int64 cluster ids of the chosen K
+    reduced:  (n, n_components) float32 on the device (PCA output, what KMeans saw)
+    centroids: (k, n_components) float32 of the chosen K
+    skipped:  [(path, reason)] for every input not used
+    """
+
+    config: Config
+    paths: list[Path]
+    labels: np.ndarray
+    k: int
+    search: KSearch
+    pca: PCAResult
+    reduced: torch.Tensor
+    centroids: torch.Tensor
+    extraction: Extraction
+    skipped: list[tuple[Path, str]]
+    backbone: Backbone
+    backends: Backends
+    timings: dict[str, dict[str, float]]
+    inputs: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """(n, d) float32 backbone features of the good images, on the device."""
+        return self.extraction.features
+
+
+def resolve_backends(config: Config, reporter: Reporter) -> Backends:
+    device = resolve_device(config.features.device, reporter.notify)
+    decoder = resolve_decoder(config.features.decoder, device, reporter.notify)
+    cluster = resolve_cluster_backend(config.cluster.cluster_backend, device, reporter.notify)
+    resolve_compile(config.features.compile)
+    return Backends(device, decoder, cluster)
+
+
+def _stage(seconds: float, images: int) -> dict[str, float]:
+    return {"seconds": round(seconds, 4), "images_per_s": round(images / seconds, 1) if seconds > 0 else 0.0}
+
+
+def cluster_features(features: torch.Tensor, config: Config, backend: str, reporter: Reporter):
+    """(n, d) features -> (PCAResult, reduced (n, k) tensor, KSearch, timings). Shared by `run` and
+    `cluster` (re-clustering cached features)."""
+    n = features.shape[0]
+    timings = {}
+    t0 = time.perf_counter()
+    pca = fit_pca(features, config.reduce.pca, backend, seed=config.cluster.seed,
+                  fit_limit=config.reduce.pca_fit_limit)
+    reduced = pca.transform(features)
+    timings["pca"] = _stage(time.perf_counter() - t0, n)
+    if pca.mode == "sampled":
+        reporter.notify(f"PCA fitted on a seeded sample of {pca.fit_rows} of {n} images")
+    with reporter.task("K search", len(config.cluster.k) + 1) as advance:
+        search = search_k(reduced, config.cluster.k, backend, n_init=config.cluster.n_init,
+                          max_iter=config.cluster.max_iter, seed=config.cluster.seed,
+                          select=config.cluster.select, silhouette_sample=config.cluster.silhouette_sample,
+                          progress=advance, notify=reporter.notify)
+    timings["kmeans"] = _stage(search.timings["kmeans"], n * len(search.ks))
+    timings["silhouette"] = _stage(search.timings["silhouette"], n * len(search.ks))
+    timings["metrics"] = _stage(search.timings["metrics"], n * len(search.ks))
+    return pca, reduced, search, timings
+
+
+def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: str | os.PathLike | None = None,
+                 reporter: Reporter | None = None, save_features: bool = False, report: bool = False,
+                 cache: bool = True) -> RunResult:
+    """Cluster the images found under `inputs`. With out_dir, write the run's files there."""
+    reporter = reporter or Reporter()
+    started = time.perf_counter()
+    timings: dict[str, dict[str, float]] = {}
+
+    t0 = time.perf_counter()
+    found = discover(list(inputs))
+    timings["discover"] = _stage(time.perf_counter() - t0, len(found.paths))
+    if not found.paths:
+        raise InputError("no image files found in " + ", ".join(map(str, inputs))
+                         + (f" ({len(found.skipped)} unusable: see skipped.csv)" if found.skipped else ""))
+
+    backends = resolve_backends(config, reporter)
+    fc = config.features
+    backbone = load_backbone(fc.model, fc.weights, backends.device, seed=config.cluster.seed,
+                             precision=fc.precision, compile=fc.compile, warn=reporter.warn)
+    loader = make_loader(backends.decoder, backends.device, max_pixels=fc.max_pixels, num_threads=fc.num_threads)
+    batch_size = fc.batch_size or auto_batch_size(backends.device, fc.model)
+    store = None
+    if out_dir is not None and cache:
+        from .store import FeatureStore
+
+        store = FeatureStore.open(Path(out_dir) / "features", backbone.fingerprint, notify=reporter.notify)
+
+    with reporter.task("Extracting features", len(found.paths)) as advance:
+        extraction = extract_features(found.paths, loader, backbone, batch_size, progress=advance,
+                                      store=store, notify=reporter.notify)
+    if extraction.resumed:
+        reporter.notify(f"Resumed {extraction.resumed} of {len(found.paths)} images from the feature cache")
+    timings["extract"] = _stage(extraction.seconds, len(found.paths))
+    skipped = list(found.skipped) + [(found.paths[i], reason) for i, reason in extraction.failures]
+    good_paths = [found.paths[i] for i in extraction.good]
+    if not good_paths:
+        if out_dir is not None:
+            outputs.write_skipped(out_dir, skipped)
+        raise InputError(f"none of the {len(found.paths)} files could be decoded (reasons in skipped.csv)")
+    if skipped:
+        reporter.notify(f"Skipped {len(skipped)} file(s): see skipped.csv")
+
+    pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster, reporter)
+    timings.update(cluster_timings)
+    timings["total"] = _stage(time.perf_counter() - started, len(found.paths))
+
+    fit = search.fits[search.chosen_k]
+    result = RunResult(config=config, paths=good_paths, labels=fit.labels.cpu().numpy(), k=search.chosen_k,
+                       search=search, pca=pca, reduced=reduced, centroids=fit.centroids, extraction=extraction,
+                       skipped=skipped, backbone=backbone, backends=backends, timings=timings,
+                       inputs=[os.fspath(i) for i in inputs])
+    result.summary = build_summary(result)
+    if out_dir is not None:
+        write_run(result, out_dir, save_features=save_features, report=report, reporter=reporter)
+    return result
+
+
+def build_summary(result: RunResult) -> dict:
+    """The JSON summary of a run (see engine.report.outputs for the file contract)."""
+    search = result.search
+    k = result.k
+    sil = search.silhouettes[k]
+    cluster_sil = [float(sil.cluster_means.get(c, float("nan"))) for c in range(k)]
+    ext = result.extraction
+    return {
+        "imgcluster_version": imgcluster_version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": result.inputs,
+        "n_images": len(result.paths),
+        "n_skipped": len(result.skipped),
+        "k": k,
+        "select": search.select,
+        "scores": search.scores_table(),
+        "cluster_sizes": search.score(k).cluster_sizes,
+        "cluster_silhouettes": cluster_sil,
+        "pca": {"mode": result.pca.mode, "n_components": result.pca.n_components,
+                "explained_variance": round(result.pca.explained_variance, 6), "fit_rows": result.pca.fit_rows},
+        "silhouette": {"mode": search.silhouette_mode, "sample_size": search.silhouette_sample,
+                       "backend": search.silhouette_backend, "seconds": round(search.timings["silhouette"], 4)},
+        "features": {"model": result.backbone.name, "weights": result.backbone.weights, "dim": result.backbone.dim,
+                     "fingerprint": result.backbone.fingerprint, "precision": result.backbone.precision,
+                     "preprocess": describe_preprocess(), "micro_batch": ext.micro_batch,
+                     "oom_halvings": ext.oom_halvings},
+        "cache": {"resumed": ext.resumed, "extracted": ext.extracted},
+        "timings": result.timings,
+        "backends": result.backends.as_dict(result.backbone, search.silhouette_backend),
+        "config": result.config.flat(),
+        "versions": versions(),
+    }
+
+
+def run_analysis(result: RunResult) -> outputs.RunAnalysis:
+    """The arrays the report needs: chosen K and neighbours' labels/silhouettes, 2-D projection, distances."""
+    search = result.search
+    k = result.k
+    neighbours = [kk for kk in (k - 1, k, k + 1) if kk in search.fits]
+    reduced = result.reduced
+    if result.pca.mode != "off" and reduced.shape[1] >= 2:
+        projection = reduced[:, :2]
+    else:
+        projection = fit_pca(reduced, 2, "torch").transform(reduced)[:, :2] if reduced.shape[1] >= 2 else \
+            torch.cat([reduced, torch.zeros_like(reduced)], 1)
+    fit = search.fits[k]
+    dist = (reduced - fit.centroids[fit.labels]).norm(dim=1)
+    return outputs.RunAnalysis(
+        explained_variance_ratio=result.pca.explained_variance_ratio,
+        n_components=result.pca.n_components,
+        ks=np.asarray(search.ks),
+        labels={kk: search.fits[kk].labels.cpu().numpy() for kk in neighbours},
+        silhouettes={kk: search.silhouettes[kk].samples for kk in neighbours},
+        projection_2d=projection.float().cpu().numpy(),
+        distance_to_centroid=dist.float().cpu().numpy(),
+    )
+
+
+def write_run(result: RunResult, out_dir, save_features: bool = False, report: bool = False,
+              reporter: Reporter | None = None) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs.write_predictions(out, result.paths, result.labels)
+    outputs.write_skipped(out, result.skipped)
+    outputs.write_analysis(out, run_analysis(result))
+    if save_features:
+        outputs.write_npy(out / outputs.FEATURES, result.features.float().cpu().numpy())
+    outputs.write_summary(out, result.summary)
+    if report:
+        from .report import build_report
+
+        t0 = time.perf_counter()
+        build_report(out)
+        result.summary["timings"]["report"] = _stage(time.perf_counter() - t0, len(result.paths))
+        outputs.write_summary(out, result.summary)
+    return out

@@ -1,0 +1,27 @@
+"""How the pipeline talks to whoever runs it: notices (one line each) and progress counters.
+
+The library default is quiet-ish (notices go to the 'imgcluster' logger); the CLI passes a
+rich implementation (engine.cli_progress). The pipeline never prints by itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable, Iterator
+
+logger = logging.getLogger("imgcluster")
+
+
+class Reporter:
+    """notify(msg): a one-line notice. task(description, total): a progress counter (a callable
+    advanced with the number of items done)."""
+
+    def notify(self, message: str) -> None:
+        logger.info(message)
+
+    def warn(self, message: str) -> None:
+        logger.warning(message)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        yield lambda n: None

@@ -1,0 +1,146 @@
+"""PCA: fit on (n, d) features, keep components by count or by fraction of variance.
+
+Backends: 'torch' (covariance + eigh, on the tensor's own device), 'sklearn' (the reference),
+'cuml' (engine.cuml_adapter). Component signs follow scikit-learn's svd_flip convention
+(u_based_decision=False): the largest-magnitude entry of each component is positive, so every
+backend gives the same signs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+
+@dataclass
+class PCAResult:
+    """A fitted PCA.
+
+    mean:       (d,) float32, on the fitting device
+    components: (k, d) float32, rows are unit principal axes, descending variance
+    explained_variance_ratio: (m,) float32 on the host, m = min(n, d): the whole spectrum (for plots)
+    n_components: k; mode: 'exact' (all rows) | 'sampled' (fit on a seeded row sample) | 'off'
+    """
+
+    mean: torch.Tensor
+    components: torch.Tensor
+    explained_variance_ratio: np.ndarray
+    n_components: int
+    mode: str
+    fit_rows: int
+
+    @property
+    def explained_variance(self) -> float:
+        """Fraction of variance kept by the n_components."""
+        return float(self.explained_variance_ratio[: self.n_components].sum()) if self.n_components else 1.0
+
+    def transform(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, k) float32 on features' device. Identity when PCA is off."""
+        if self.mode == "off":
+            return features.float()
+        mean = self.mean.to(features.device)
+        comps = self.components.to(features.device)
+        return (features.float() - mean) @ comps.T
+
+
+def validate_pca(value: float | int) -> float | int:
+    """int >= 0 components (0 = off), or a fraction in (0, 1] of variance to keep."""
+    if isinstance(value, bool):
+        raise ConfigError("pca must be a number")
+    if isinstance(value, float) and value.is_integer() and value > 1:
+        value = int(value)
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"pca={value} is below 0: use a component count >= 1, a variance fraction in (0, 1], or 0 for off")
+        return value
+    if not (0.0 < value <= 1.0):
+        raise ConfigError(f"pca={value} is outside (0, 1]: use a variance fraction in (0, 1], a component count >= 1, or 0 for off")
+    return float(value)
+
+
+def components_for(spectrum_ratio: np.ndarray, request: float | int, max_components: int) -> int:
+    """Number of components for `request` (count or variance fraction) given the variance ratios."""
+    if isinstance(request, float):
+        cumulative = np.cumsum(spectrum_ratio, dtype=np.float64)
+        k = int(np.searchsorted(cumulative, request - 1e-9) + 1)
+        return max(1, min(k, max_components))
+    return max(1, min(int(request), max_components))
+
+
+def _svd_flip_rows(components: torch.Tensor) -> torch.Tensor:
+    """Make the largest-|.| entry of each row positive (sklearn svd_flip, u_based_decision=False)."""
+    idx = components.abs().argmax(dim=1)
+    signs = torch.sign(components[torch.arange(components.shape[0], device=components.device), idx])
+    signs[signs == 0] = 1
+    return components * signs[:, None]
+
+
+def _sample_rows(n: int, limit: int | None, seed: int) -> np.ndarray | None:
+    if limit is None or n <= limit:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def pca_torch(features: torch.Tensor, request: float | int, seed: int = 0, fit_limit: int | None = None) -> PCAResult:
+    """Covariance + eigh on the features' device. The covariance is accumulated in float64 so
+    small eigenvalues (which decide a variance-fraction cut) survive cancellation."""
+    n, d = features.shape
+    rows = _sample_rows(n, fit_limit, seed)
+    fit = features if rows is None else features[torch.as_tensor(rows, device=features.device)]
+    x = fit.double() if features.device.type == "cpu" else fit.float()
+    mean = x.mean(dim=0)
+    centered = x - mean
+    cov = (centered.T @ centered).double() / max(1, x.shape[0] - 1)
+    evals, evecs = torch.linalg.eigh(cov)
+    evals = evals.flip(0).clamp_min(0)
+    evecs = evecs.flip(1)
+    m = min(x.shape[0], d)
+    total = float(evals.sum()) or 1.0
+    ratio = (evals[:m] / total).float().cpu().numpy()
+    k = components_for(ratio, request, m)
+    comps = _svd_flip_rows(evecs[:, :k].T.contiguous()).float()
+    return PCAResult(mean.float(), comps, ratio, k, "exact" if rows is None else "sampled", int(fit.shape[0]))
+
+
+def pca_sklearn(features: torch.Tensor, request: float | int, seed: int = 0, fit_limit: int | None = None) -> PCAResult:
+    """scikit-learn's PCA (full SVD): the reference."""
+    from sklearn.decomposition import PCA
+
+    x = features.detach().float().cpu().numpy()
+    rows = _sample_rows(x.shape[0], fit_limit, seed)
+    fit = x if rows is None else x[rows]
+    m = min(fit.shape)
+    full = PCA(n_components=m, svd_solver="full", random_state=seed).fit(fit)
+    ratio = full.explained_variance_ratio_.astype(np.float32)
+    k = components_for(ratio, request, m)
+    comps = torch.from_numpy(full.components_[:k].astype(np.float32)).to(features.device)
+    mean = torch.from_numpy(full.mean_.astype(np.float32)).to(features.device)
+    return PCAResult(mean, _svd_flip_rows(comps), ratio, k, "exact" if rows is None else "sampled", int(fit.shape[0]))
+
+
+def no_pca(features: torch.Tensor) -> PCAResult:
+    d = features.shape[1]
+    return PCAResult(torch.zeros(d, device=features.device), torch.eye(d, device=features.device),
+                     np.zeros(0, dtype=np.float32), 0, "off", int(features.shape[0]))
+
+
+def fit_pca(features: torch.Tensor, request: float | int, backend: str = "torch", seed: int = 0,
+            fit_limit: int | None = None) -> PCAResult:
+    """features: (n, d) float32 tensor (CPU or CUDA). request: count, fraction or 0 (off).
+    fit_limit: above this many rows, fit on a seeded random sample of that size ('sampled' mode)."""
+    request = validate_pca(request)
+    if request == 0:
+        return no_pca(features)
+    if backend == "torch":
+        return pca_torch(features, request, seed, fit_limit)
+    if backend == "sklearn":
+        return pca_sklearn(features, request, seed, fit_limit)
+    if backend == "cuml":
+        from .cuml_adapter import pca_cuml
+
+        return pca_cuml(features, request, seed, fit_limit)
+    raise ConfigError(f"cluster_backend={backend!r} is not one of: torch, sklearn, cuml")

@@ -1,0 +1,171 @@
+"""A run directory's files: the one place that writes and reads them (atomically).
+
+OUT/
+  predictions.csv   path,cluster            one row per good image, in input order
+  skipped.csv       path,reason             one row per file that was not used
+  summary.json      chosen K, per-K scores, counts, config, versions, backends, timings
+  analysis.npz      arrays the report needs (see RunAnalysis)
+  features.npy      (n, d) float32, only with --save-features
+  report/           built by engine.report.build_report
+Every file is written to a temporary name in the same folder and renamed into place, so a
+crash leaves the previous file or none, never half a file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+PREDICTIONS = "predictions.csv"
+SKIPPED = "skipped.csv"
+SUMMARY = "summary.json"
+ANALYSIS = "analysis.npz"
+FEATURES = "features.npy"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` via a temp file in the same folder + fsync + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def path_to_text(path) -> str:
+    """A path as CSV text; non-UTF-8 names are kept reversibly with surrogateescape -> backslash escapes."""
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def write_csv(path, header: list[str], rows: Iterable[Iterable]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([path_to_text(v) if isinstance(v, (os.PathLike,)) else v for v in row])
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_csv(path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_predictions(out_dir, paths, labels) -> Path:
+    """paths: n paths (str/Path); labels: (n,) int cluster ids."""
+    return write_csv(Path(out_dir) / PREDICTIONS, ["path", "cluster"],
+                     ((path_to_text(p), int(c)) for p, c in zip(paths, labels)))
+
+
+def write_skipped(out_dir, skipped) -> Path:
+    """skipped: [(path, reason)]."""
+    return write_csv(Path(out_dir) / SKIPPED, ["path", "reason"], ((path_to_text(p), r) for p, r in skipped))
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return path_to_text(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def write_json(path, payload: dict) -> Path:
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default, allow_nan=True) + "\n")
+
+
+def write_summary(out_dir, summary: dict) -> Path:
+    return write_json(Path(out_dir) / SUMMARY, summary)
+
+
+def read_summary(run_dir) -> dict:
+    with open(Path(run_dir) / SUMMARY, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_npy(path, array: np.ndarray) -> Path:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array))
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+@dataclass
+class RunAnalysis:
+    """Arrays the report needs, saved as analysis.npz (no pickle).
+
+    explained_variance_ratio: (m,) float32, per PCA component, descending (empty when PCA is off)
+    n_components:             int, components kept (0 when PCA is off)
+    ks:                       (j,) int32, candidate K values searched
+    labels:                   {K: (n,) int32} cluster ids (0..K-1 by size) for the chosen K and its neighbours
+    silhouettes:              {K: (n,) float32} per-sample silhouettes for those K (NaN where not sampled)
+    projection_2d:            (n, 2) float32, the first two principal components of each sample
+    distance_to_centroid:     (n,) float32, distance of each sample to its centroid (chosen K)
+    """
+
+    explained_variance_ratio: np.ndarray
+    n_components: int
+    ks: np.ndarray
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
+    silhouettes: dict[int, np.ndarray] = field(default_factory=dict)
+    projection_2d: np.ndarray | None = None
+    distance_to_centroid: np.ndarray | None = None
+
+
+def write_analysis(out_dir, analysis: RunAnalysis) -> Path:
+    arrays = {
+        "explained_variance_ratio": np.asarray(analysis.explained_variance_ratio, dtype=np.float32),
+        "n_components": np.asarray(analysis.n_components, dtype=np.int64),
+        "ks": np.asarray(analysis.ks, dtype=np.int32),
+    }
+    for k, lab in analysis.labels.items():
+        arrays[f"labels_k{int(k)}"] = np.asarray(lab, dtype=np.int32)
+    for k, sil in analysis.silhouettes.items():
+        arrays[f"silhouette_k{int(k)}"] = np.asarray(sil, dtype=np.float32)
+    if analysis.projection_2d is not None:
+        arrays["projection_2d"] = np.asarray(analysis.projection_2d, dtype=np.float32)
+    if analysis.distance_to_centroid is not None:
+        arrays["distance_to_centroid"] = np.asarray(analysis.distance_to_centroid, dtype=np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return atomic_write_bytes(Path(out_dir) / ANALYSIS, buffer.getvalue())
+
+
+def read_analysis(run_dir) -> RunAnalysis:
+    with np.load(Path(run_dir) / ANALYSIS, allow_pickle=False) as data:
+        labels = {int(n[len("labels_k"):]): data[n] for n in data.files if n.startswith("labels_k")}
+        sils = {int(n[len("silhouette_k"):]): data[n] for n in data.files if n.startswith("silhouette_k")}
+        return RunAnalysis(
+            explained_variance_ratio=data["explained_variance_ratio"],
+            n_components=int(data["n_components"]),
+            ks=data["ks"],
+            labels=labels,
+            silhouettes=sils,
+            projection_2d=data["projection_2d"] if "projection_2d" in data.files else None,
+            distance_to_centroid=data["distance_to_centroid"] if "distance_to_centroid" in data.files else None,
+        )

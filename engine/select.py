@@ -1,0 +1,157 @@
+"""The K search: KMeans for every candidate K, the metrics per K, and the choice of K.
+
+Silhouettes for all K come from one pass over the pair distances (engine.silhouette) on the
+torch backend; the sklearn and cuml backends score one K at a time (the references).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .cluster import KMeansResult, fit_kmeans
+from .errors import InputError
+from .metrics import balance, calinski_harabasz, davies_bouldin
+from .silhouette import SilhouetteResult, default_exact_limit, silhouette_all_k
+
+
+@dataclass
+class KScore:
+    """Metrics of one K. balance = smallest / largest cluster; cluster_sizes ordered by id (largest first)."""
+
+    k: int
+    silhouette: float
+    inertia: float
+    calinski_harabasz: float
+    davies_bouldin: float
+    fraction_negative: float
+    balance: float
+    cluster_sizes: list[int]
+
+
+@dataclass
+class KSearch:
+    """ks: candidate Ks searched; scores: one KScore per K; fits / silhouettes keyed by K."""
+
+    ks: list[int]
+    scores: list[KScore]
+    fits: dict[int, KMeansResult]
+    silhouettes: dict[int, SilhouetteResult]
+    chosen_k: int
+    select: str
+    silhouette_mode: str
+    silhouette_sample: int | None
+    silhouette_backend: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def score(self, k: int) -> KScore:
+        return next(s for s in self.scores if s.k == k)
+
+    def scores_table(self) -> list[dict]:
+        return [asdict(s) for s in self.scores]
+
+
+def usable_ks(ks: Sequence[int], n: int, notify: Callable[[str], None] | None = None) -> list[int]:
+    """Drop Ks that the data cannot support (silhouette needs 2 <= K <= n - 1)."""
+    if n < min(ks):
+        raise InputError(f"only {n} good image(s), fewer than the smallest K ({min(ks)}): add images or lower --k")
+    kept = [k for k in ks if k <= n - 1]
+    if not kept:
+        raise InputError(f"only {n} good image(s): silhouette analysis needs K <= {n - 1}; lower --k")
+    if len(kept) < len(ks) and notify:
+        notify(f"K above {n - 1} dropped: only {n} good images")
+    return kept
+
+
+def choose_k(scores: Sequence[KScore], select: str) -> int:
+    """silhouette: highest mean; calinski: highest CH; davies: lowest DB. Ties go to the smaller K."""
+    def value(s: KScore) -> float:
+        v = {"silhouette": s.silhouette, "calinski": s.calinski_harabasz, "davies": -s.davies_bouldin}[select]
+        return -np.inf if not np.isfinite(v) else v
+
+    best = max(scores, key=lambda s: (value(s), -s.k))
+    return best.k
+
+
+def _silhouette_sklearn(x: torch.Tensor, labels: torch.Tensor, sample: int | None, seed: int) -> SilhouetteResult:
+    """scikit-learn's silhouette_samples for one K (the reference; O(n^2) memory per chunk)."""
+    from sklearn.metrics import silhouette_samples
+
+    data = x.detach().float().cpu().numpy()
+    lab = labels.detach().cpu().numpy()
+    values = np.full(len(lab), np.nan, dtype=np.float32)
+    rows = np.arange(len(lab))
+    if sample is not None:
+        rows = np.sort(np.random.default_rng(seed).choice(len(lab), size=sample, replace=False))
+    values[rows] = silhouette_samples(data[rows], lab[rows]).astype(np.float32)
+    picked = values[rows]
+    means = {int(c): float(picked[lab[rows] == c].mean()) for c in np.unique(lab[rows])}
+    return SilhouetteResult(mean=float(picked.mean()), samples=values, cluster_means=means,
+                            fraction_negative=float((picked < 0).mean()), sampled=sample is not None)
+
+
+def _silhouettes(x: torch.Tensor, fits: dict[int, KMeansResult], backend: str, sample: int | None,
+                 seed: int) -> tuple[dict[int, SilhouetteResult], str]:
+    ks = sorted(fits)
+    if backend == "cuml":
+        from .cuml_adapter import silhouette_cuml
+
+        return {k: silhouette_cuml(x, fits[k].labels, sample, seed) for k in ks}, "cuml"
+    if backend == "sklearn":
+        return {k: _silhouette_sklearn(x, fits[k].labels, sample, seed) for k in ks}, "sklearn"
+    results = silhouette_all_k(x, [fits[k].labels for k in ks], backend="auto", sample_size=sample, seed=seed)
+    return dict(zip(ks, results)), "torch-all-k"
+
+
+def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init: int = 3, max_iter: int = 100,
+             seed: int = 0, select: str = "silhouette", silhouette_sample: int | None = None,
+             progress: Callable[[int], None] | None = None,
+             notify: Callable[[str], None] | None = None) -> KSearch:
+    """x: (n, d) float32 reduced features on any device. Returns every K's fit and scores.
+
+    silhouette_sample None: exact silhouettes up to default_exact_limit(device), sampled above it.
+    progress(1) is called after each K's KMeans and once after the silhouettes.
+    """
+    n = x.shape[0]
+    ks = usable_ks(ks, n, notify)
+    timings = {"kmeans": 0.0, "silhouette": 0.0, "metrics": 0.0}
+    fits: dict[int, KMeansResult] = {}
+    for k in ks:
+        t0 = time.perf_counter()
+        fits[k] = fit_kmeans(x, k, backend, n_init=n_init, max_iter=max_iter, seed=seed)
+        timings["kmeans"] += time.perf_counter() - t0
+        if progress:
+            progress(1)
+
+    limit = default_exact_limit(x.device)
+    sample = silhouette_sample
+    if sample is None and n > limit:
+        sample = limit
+        if notify:
+            notify(f"Silhouette: {n} images is above the exact limit ({limit}) on {x.device.type}; "
+                   f"using a stratified sample of {sample} (set --silhouette-sample to change)")
+    if sample is not None and sample >= n:
+        sample = None
+    t0 = time.perf_counter()
+    silhouettes, sil_backend = _silhouettes(x, fits, backend, sample, seed)
+    timings["silhouette"] = time.perf_counter() - t0
+    if progress:
+        progress(1)
+
+    t0 = time.perf_counter()
+    scores = []
+    for k in ks:
+        labels = fits[k].labels
+        sizes = torch.bincount(labels, minlength=k).cpu().tolist()
+        sil = silhouettes[k]
+        scores.append(KScore(k=k, silhouette=float(sil.mean), inertia=float(fits[k].inertia),
+                             calinski_harabasz=calinski_harabasz(x, labels), davies_bouldin=davies_bouldin(x, labels),
+                             fraction_negative=float(sil.fraction_negative), balance=balance(labels, k),
+                             cluster_sizes=[int(s) for s in sizes]))
+    timings["metrics"] = time.perf_counter() - t0
+    chosen = choose_k(scores, select)
+    mode = "sampled" if sample is not None else "exact"
+    return KSearch(list(ks), scores, fits, silhouettes, chosen, select, mode, sample, sil_backend, timings)
