@@ -175,7 +175,11 @@ def load_backbone(model: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto
                 state = load_state_dict_file(path)
                 description, identity = str(path), "sha256:" + _sha256_file(path)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing, unexpected = module.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = module.load_state_dict(state, strict=False)
+            except RuntimeError as exc:  # shape mismatches
+                raise WeightsUnavailable(f"weights {description} do not fit {model}: "
+                                         f"{str(exc).splitlines()[-1].strip()[:200]}") from None
             missing = [k for k in missing if not k.startswith("fc.")]
             if missing or unexpected:
                 raise WeightsUnavailable(

@@ -41,7 +41,7 @@ def render(group: str, rng: np.random.Generator) -> Image.Image:
         inside = (((yy - cy) ** 2 + (xx - cx) ** 2) < radius ** 2)[..., None]
         img = np.where(inside, [40, 200, 70], [20, 25, 35]).astype(np.float64)
     elif group == "checkerboard":
-        cell = rng.uniform(20, 36)
+        cell = rng.uniform(8, 14)
         off = rng.uniform(0, cell, 2)
         checks = ((np.floor((yy + off[0]) / cell) + np.floor((xx + off[1]) / cell)) % 2 == 0)[..., None]
         img = np.where(checks, [245, 245, 245], [15, 15, 15]).astype(np.float64)
@@ -55,7 +55,7 @@ def render(group: str, rng: np.random.Generator) -> Image.Image:
     else:
         raise ValueError(f"unknown group {group!r}")
     img = np.clip(img + _noise(rng, h, w, 8), 0, 255).astype(np.uint8)
-    picture = Image.fromarray(img, "RGB")
+    picture = Image.fromarray(img)
     if group == "green_disc":  # a small highlight so the disc reads as an object, not a flat shape
         draw = ImageDraw.Draw(picture)
         r = min(h, w) * 0.05

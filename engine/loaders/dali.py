@@ -1,0 +1,474 @@
+"""DALI loader: encoded bytes -> decode -> antialiased resize + center crop -> normalized NCHW.
+
+One DALI pipeline does the whole preprocessing (see preprocess.py for its definition):
+
+    external_source(encoded bytes, per-sample crop ROI)
+      -> fn.decoders.image(RGB; "mixed" on CUDA, "cpu" on the CPU; EXIF orientation applied)
+      -> fn.resize(ROI = the final crop window in source pixels, size 224x224, linear, antialias)
+      -> fn.crop_mirror_normalize(ImageNet mean/std * 255, CHW, float16 on CUDA / float32 on the CPU)
+
+Why a ROI resize instead of "resize_shorter=256, then crop 224": DALI keeps the sub-pixel scale
+for the fractional side (`subpixel_scale`) where torchvision/PIL round the resized size down, so
+for e.g. a 333x517 image the two disagree by up to half a resized pixel (mean abs diff ~1 level,
+edges off by >100 levels). Resizing exactly the window `preprocess.source_crop_box` gives to
+224x224 is the same geometry and the same filter scale as the PIL reference, and it resamples
+fewer pixels. The window needs the decoded (EXIF-oriented) size, which the CPU header probe
+gives; the pipeline also returns the decoded shape, and any sample whose shape disagrees with
+the probe is redone by PIL, so a misread orientation can never produce a stretched crop.
+
+Robustness (DALI stops a whole pipeline run on one corrupt file):
+  * every file is read and its header probed on the CPU in a thread pool, one or two batches
+    ahead of the pipeline (`probe_file`): unreadable/empty/unidentifiable/oversized files become
+    failures with the same reasons the PIL reference gives, without a full decode;
+  * files DALI would decode differently from the reference, or not at all, go to the PIL path
+    (`load_and_preprocess`, in the same pool): GIF, TIFF, extended WebP, palette/alpha/CMYK/16-bit
+    modes, PNG with bit depth != 8, tRNS or eXIf, multi-frame files, JPEGs without an end-of-image
+    marker after the scan (truncated) and PNGs without IEND (so truncated files fail exactly as
+    they do in the reference);
+  * if a pipeline run still raises, the pipeline is rebuilt and the batch retried file by file;
+    a file DALI rejects alone is tried once more with PIL and reported as a failure
+    ("decode failed (dali): ...") only if that fails too.
+CPU-decoded images are normalized and merged into the batch at their positions, so batches are
+always in input order.
+
+EXIF orientation: DALI 2.4's decoder applies it (`adjust_orientation=True`, the default, set
+explicitly here), matching PIL's `ImageOps.exif_transpose`.
+
+The module imports without DALI; the constructor raises BackendUnavailable when it is missing.
+`probe_file` and `ImageProbe` are also used by the nvJPEG loader.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import BackendUnavailable, DecodeError
+from .base import Batch
+from .decode import ACCEPTED_FORMATS, DEFAULT_MAX_PIXELS, load_and_preprocess, read_bytes
+from .preprocess import CROP, MEAN, STD, normalize_uint8, source_crop_box
+
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that transpose the image (portrait <-> landscape)
+
+
+# --------------------------------------------------------------------------------------------
+# CPU header probe shared by the GPU loaders
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class ImageProbe:
+    """What the cheap CPU check learned about one file (no pixel decode).
+
+    data:        the whole file.
+    format:      PIL format name ("JPEG", "PNG", ...).
+    mode:        PIL mode from the header ("RGB", "L", "CMYK", "P", "I;16", ...).
+    height/width: size as stored in the file (before EXIF orientation).
+    orientation: EXIF orientation tag, 1..8 (1 = none).
+    fast_ok:     True when a GPU decoder gives the reference's pixels for this file
+                 (8-bit RGB/grayscale, complete, single frame, no transparency, supported format).
+    why_slow:    when not fast_ok: why the file goes to the PIL path (for debugging).
+    """
+
+    data: bytes
+    format: str
+    mode: str
+    height: int
+    width: int
+    orientation: int = 1
+    fast_ok: bool = False
+    why_slow: str = ""
+
+    @property
+    def oriented_size(self) -> tuple[int, int]:
+        """(height, width) after EXIF orientation, i.e. as the reference sees the image."""
+        if self.orientation in _SWAPS_AXES:
+            return self.width, self.height
+        return self.height, self.width
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """True when a JPEG has an end-of-image marker after its first scan header.
+
+    Walks the marker segments up to SOS (cheap: a few header segments) and looks for FFD9 after
+    it; inside entropy-coded data 0xFF is always stuffed, so any FFD9 there is a real marker.
+    An EXIF thumbnail's own EOI sits before the SOS and is therefore not mistaken for ours.
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return False
+    i = 2
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", i) != -1
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # stand-alone markers
+            i += 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return False
+
+
+def png_chunks(data: bytes) -> tuple[bool, set[bytes]]:
+    """(complete, chunk types) of a PNG, by walking its chunk headers (no decompression).
+
+    complete: the walk reached IEND inside the data (a truncated PNG does not).
+    """
+    types: set[bytes] = set()
+    i, n = 8, len(data)
+    while i + 8 <= n:
+        length = int.from_bytes(data[i:i + 4], "big")
+        kind = data[i + 4:i + 8]
+        types.add(kind)
+        if kind == b"IEND":
+            return True, types
+        i += 12 + length
+    return False, types
+
+
+def _fast_path_verdict(probe: ImageProbe, img: Image.Image, formats: frozenset[str]) -> str:
+    """Empty string when a GPU decoder reproduces the reference for this file, else the reason."""
+    fmt, data = probe.format, probe.data
+    if fmt not in formats:
+        return f"format {fmt}"
+    if probe.mode not in ("RGB", "L"):
+        return f"mode {probe.mode}"
+    if "transparency" in img.info:
+        return "transparency"
+    if fmt in ("JPEG", "MPO"):
+        if not jpeg_is_complete(data):
+            return "JPEG without end-of-image marker (truncated?)"
+        return ""
+    if getattr(img, "n_frames", 1) > 1:  # APNG, animated WebP (header-only information)
+        return "multi-frame"
+    if fmt == "PNG":
+        if len(data) < 26 or data[24] != 8:
+            return "PNG bit depth != 8"
+        complete, chunks = png_chunks(data)
+        if not complete:
+            return "PNG without IEND (truncated?)"
+        if b"eXIf" in chunks:
+            # PIL finds PNG EXIF only by decoding the whole image (getexif -> load): too costly
+            # for a probe, and rare; the reference handles these files.
+            return "PNG with EXIF"
+    if fmt == "WEBP" and data[12:16] not in (b"VP8 ", b"VP8L"):
+        return "extended WebP"  # DALI decodes only the simple WebP format
+    return ""
+
+
+def probe_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               fast_formats: frozenset[str] = frozenset()) -> ImageProbe:
+    """Read `path` and check its header without decoding pixels.
+
+    Raises DecodeError (reasons as in decode.decode_image) for empty/unreadable files, content PIL
+    cannot identify, formats outside ACCEPTED_FORMATS, bad dimensions and images over max_pixels.
+    `fast_formats` are the formats the calling GPU decoder handles; `fast_ok` says whether this
+    file may go to it. Never raises anything but DecodeError.
+    """
+    data = read_bytes(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or "?"
+            if fmt not in ACCEPTED_FORMATS:
+                raise DecodeError(f"unsupported image format {fmt}")
+            width, height = img.size
+            if width < 1 or height < 1:
+                raise DecodeError(f"invalid dimensions {width}x{height}")
+            if max_pixels is not None and width * height > max_pixels:
+                raise DecodeError(f"too large: {width}x{height} exceeds max_pixels={max_pixels}")
+            probe = ImageProbe(data, fmt, img.mode, height, width)
+            if fmt not in fast_formats:
+                probe.why_slow = f"format {fmt}"
+                return probe
+            try:  # PNG: getexif would decode the image; EXIF PNGs go to the reference (verdict)
+                orientation = 1 if fmt == "PNG" else int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+            except Exception:  # unreadable EXIF: let the reference decide what the image is
+                probe.why_slow = "unreadable EXIF"
+                return probe
+            probe.orientation = orientation if 1 <= orientation <= 8 else 1
+            probe.why_slow = _fast_path_verdict(probe, img, fast_formats)
+            probe.fast_ok = not probe.why_slow
+            return probe
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"too large: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognised content)") from None
+    except Exception as exc:  # hostile headers can make PIL raise anything
+        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise DecodeError(f"corrupt or truncated image: {msg}") from None
+
+
+@dataclass
+class Prepared:
+    """One file after the CPU stage: either a probe for the GPU decoder, a PIL-decoded array, or
+    a failure reason (exactly one of the three is set)."""
+
+    probe: ImageProbe | None = None
+    array: np.ndarray | None = None  # uint8 (3, CROP, CROP) from the PIL path
+    reason: str | None = None
+
+
+def prepare_file(path, max_pixels, fast_formats: frozenset[str]) -> Prepared:
+    """CPU stage run in the thread pool: read + probe; PIL-decode files the GPU path must not take."""
+    try:
+        probe = probe_file(path, max_pixels, fast_formats)
+        if probe.fast_ok:
+            return Prepared(probe=probe)
+        return Prepared(array=load_and_preprocess(probe.data, max_pixels))
+    except DecodeError as exc:
+        return Prepared(reason=str(exc))
+
+
+def pil_fallback(data: bytes, max_pixels) -> Prepared:
+    """Decode with the reference when a GPU decoder rejected a file the probe let through."""
+    try:
+        return Prepared(array=load_and_preprocess(data, max_pixels))
+    except DecodeError as exc:
+        return Prepared(reason=str(exc))
+
+
+def short_error(exc: BaseException, limit: int = 160) -> str:
+    """One informative line from a (possibly long, multi-line) decoder exception."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if "no longer valid" not in line and "Critical error" not in line]
+    picked = next((line for line in lines if "Failed to decode" in line or "Error while decoding" in line),
+                  lines[-1] if lines else type(exc).__name__)
+    picked = re.sub(r"\s*#\d+\s*:?\s*$", "", picked)  # "sample #0 :" means nothing to a user
+    return picked[:limit]
+
+
+def assemble(start: int, fast: tuple[list[int], torch.Tensor | None],
+             slow: dict[int, np.ndarray], failures: list[tuple[int, str]], device: torch.device,
+             dtype: torch.dtype) -> Batch:
+    """Merge fast-path rows and PIL-path arrays into one batch in input order.
+
+    fast: (offsets, tensor (n, 3, CROP, CROP) normalized `dtype` on `device`) for positions
+          start + offsets; slow: offset -> uint8 (3, CROP, CROP); failures: (position, reason).
+    """
+    fast_offsets, fast_tensor = fast
+    ok = sorted(set(fast_offsets) | set(slow))
+    indices = np.asarray([start + k for k in ok], dtype=np.int64)
+    failures = sorted(failures)
+    if not ok:
+        return Batch(indices, torch.empty((0, 3, CROP, CROP), dtype=dtype, device=device), failures)
+    if not slow and list(fast_offsets) == ok:
+        return Batch(indices, fast_tensor, failures)
+    row_of = {k: r for r, k in enumerate(ok)}
+    out = torch.empty((len(ok), 3, CROP, CROP), dtype=dtype, device=device)
+    if fast_offsets:
+        rows = torch.tensor([row_of[k] for k in fast_offsets], device=device)
+        out.index_copy_(0, rows, fast_tensor)
+    if slow:
+        keys = sorted(slow)
+        host = torch.from_numpy(np.stack([slow[k] for k in keys]))
+        if device.type == "cuda":
+            host = host.pin_memory().to(device, non_blocking=True)
+        rows = torch.tensor([row_of[k] for k in keys], device=device)
+        out.index_copy_(0, rows, normalize_uint8(host, dtype))
+    return Batch(indices, out, failures)
+
+
+# --------------------------------------------------------------------------------------------
+# The DALI pipeline
+# --------------------------------------------------------------------------------------------
+
+# Formats DALI's decoder reproduces the reference for (TIFF variants, GIF and extended WebP go to PIL).
+DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP"})
+
+
+def _build_pipeline(batch_size: int, num_threads: int, device_id: int | None):
+    """The one DALI pipeline definition. Outputs: images (b, 3, CROP, CROP) normalized (float16 on
+    the GPU, float32 on the CPU, layout CHW) and decoded shapes (b, 3) int64 (H, W, C) on the CPU."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    gpu = device_id is not None
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  prefetch_queue_depth=1, exec_dynamic=True)
+    def preprocess():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)  # (y1, x1)
+        roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)  # (y2, x2)
+        decoder_args = {"jpeg_fancy_upsampling": True} if gpu else {}  # closer to libjpeg's chroma
+        images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                   adjust_orientation=True, **decoder_args)
+        shapes = images.shape()  # to the CPU (needs the dynamic executor) for the sanity check
+        # The crop window in source pixels resized straight to CROP x CROP == resize-then-crop.
+        images = fn.resize(images, size=[CROP, CROP], roi_start=roi_start, roi_end=roi_end,
+                           roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
+        images = fn.crop_mirror_normalize(
+            images, crop=(CROP, CROP), output_layout="CHW",
+            mean=[m * 255.0 for m in MEAN], std=[s * 255.0 for s in STD],
+            dtype=types.FLOAT16 if gpu else types.FLOAT)
+        return images, shapes
+
+    pipe = preprocess()
+    pipe.build()
+    return pipe
+
+
+class DALILoader:
+    """paths -> Batch of (b, 3, 224, 224) normalized images on `device`, decoded by DALI.
+
+    On CUDA: mixed (nvJPEG) decoding on that GPU, float16 output, handed to torch through DLPack
+    (zero copy, no host round trip). On the CPU
+    (`device_id=None`, used by the tests): DALI CPU operators, float32 output.
+    num_threads: CPU threads for file reading/probing/PIL fallbacks and DALI's own threads.
+    """
+
+    name = "dali"
+
+    def __init__(self, device: torch.device | str = "cuda", num_threads: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, prefetch: int = 2):
+        try:
+            import nvidia.dali  # noqa: F401
+        except Exception as exc:
+            raise BackendUnavailable(
+                f"--decoder dali: nvidia.dali is not importable ({type(exc).__name__}: {exc}); "
+                "install it with: pip install 'imgcluster[gpu]'") from None
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise BackendUnavailable("--decoder dali on cuda: no CUDA GPU is available; use --device cpu")
+            device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+            self._device_id: int | None = device.index
+        elif device.type == "cpu":
+            self._device_id = None
+        else:
+            raise BackendUnavailable(f"--decoder dali supports cuda and cpu devices, not {device.type}")
+        self.device = device
+        self.num_threads = num_threads or min(32, os.cpu_count() or 1)
+        self.max_pixels = max_pixels
+        self.prefetch = max(1, prefetch)
+        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self._pipe = None
+        self._pipe_batch = 0
+
+    # -- pipeline management ------------------------------------------------------------------
+    def _pipeline(self, batch_size: int):
+        if self._pipe is None or batch_size > self._pipe_batch:
+            self._pipe = None
+            self._pipe = _build_pipeline(batch_size, max(1, min(self.num_threads, 16)), self._device_id)
+            self._pipe_batch = batch_size
+        return self._pipe
+
+    def _reset(self) -> None:
+        """After an error DALI declares the pipeline object invalid: drop it, build anew on next use."""
+        self._pipe = None
+
+    def _run(self, probes: list[ImageProbe], capacity: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Run the pipeline on `probes`: (n, 3, CROP, CROP) normalized self.dtype on self.device,
+        and the decoded (H, W) per sample, int64 (n, 2). Raises whatever DALI raises."""
+        pipe = self._pipeline(capacity)
+        starts, ends = [], []
+        for p in probes:
+            x1, y1, x2, y2 = source_crop_box(*p.oriented_size)
+            starts.append(np.array([y1, x1], dtype=np.float32))
+            ends.append(np.array([y2, x2], dtype=np.float32))
+        pipe.feed_input("encoded", [np.frombuffer(p.data, dtype=np.uint8) for p in probes])
+        pipe.feed_input("roi_start", starts)
+        pipe.feed_input("roi_end", ends)
+        # Host-synchronous outputs: this waits for DALI's work on *this* batch only; the model on
+        # the previous batch, already queued on torch's stream, keeps the GPU busy meanwhile.
+        images, shapes = pipe.run()
+        if self.device.type == "cuda":
+            # Zero copy: DLPack keeps DALI's buffer alive (dynamic executor) and orders torch's
+            # current stream after DALI's (what DALI's own PyTorch iterator does).
+            with torch.cuda.device(self.device):
+                out = torch.from_dlpack(images.as_tensor())
+        else:
+            out = torch.from_numpy(np.array(images.as_tensor()))
+        return out, np.array(shapes.as_tensor())[:, :2].astype(np.int64)
+
+    def _decode(self, items: list[tuple[int, ImageProbe]], capacity: int):
+        """DALI-decode `items` [(offset, probe)].
+
+        Returns ((offsets, tensor (len(offsets), 3, CROP, CROP) or None), slow, failures): slow maps
+        offset -> uint8 (3, CROP, CROP) for files redone by PIL, failures are (offset, reason).
+        """
+        slow: dict[int, np.ndarray] = {}
+        failures: list[tuple[int, str]] = []
+        if not items:
+            return ([], None), slow, failures
+        try:
+            whole, shapes = self._run([p for _, p in items], capacity)
+            rows = [(k, r, shapes[r]) for r, (k, _) in enumerate(items)]
+        except Exception:  # one bad file stops DALI's whole run: retry the batch one file at a time
+            self._reset()
+            singles, rows = [], []
+            for k, p in items:
+                try:
+                    one, shape = self._run([p], capacity)
+                except Exception as exc:
+                    self._reset()
+                    redo = pil_fallback(p.data, self.max_pixels)  # DALI-only failures stay decodable
+                    if redo.array is not None:
+                        slow[k] = redo.array
+                    else:
+                        failures.append((k, f"decode failed (dali): {short_error(exc)}; PIL: {redo.reason}"))
+                    continue
+                rows.append((k, len(singles), shape[0]))
+                singles.append(one)
+            whole = torch.cat(singles) if singles else None
+        probes = dict(items)
+        keep_offsets, keep_rows = [], []
+        for k, r, shape in rows:
+            if (int(shape[0]), int(shape[1])) != probes[k].oriented_size:
+                # DALI decoded another size/orientation than the header says: the crop window
+                # would be wrong, so the reference decodes this one.
+                redo = pil_fallback(probes[k].data, self.max_pixels)
+                if redo.array is not None:
+                    slow[k] = redo.array
+                else:
+                    failures.append((k, redo.reason))
+                continue
+            keep_offsets.append(k)
+            keep_rows.append(r)
+        if whole is not None and len(keep_rows) < len(whole):
+            whole = whole[torch.tensor(keep_rows, device=whole.device)] if keep_rows else None
+        return (keep_offsets, whole), slow, failures
+
+    def batches(self, paths: Sequence[Path], batch_size: int) -> Iterator[Batch]:
+        """Yield Batches in input order; every position is in `indices` or in `failures`."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        starts = list(range(0, len(paths), batch_size))
+        with ThreadPoolExecutor(self.num_threads, thread_name_prefix="imgcluster-dali-read") as pool:
+            def submit(start):
+                return [pool.submit(prepare_file, p, self.max_pixels, DALI_FORMATS)
+                        for p in paths[start:start + batch_size]]
+
+            # Reads, probes and PIL fallbacks of the next batches run while DALI does this one.
+            pending = [(s, submit(s)) for s in starts[: self.prefetch]]
+            next_start = self.prefetch
+            while pending:
+                start, futures = pending.pop(0)
+                if next_start < len(starts):
+                    pending.append((starts[next_start], submit(starts[next_start])))
+                    next_start += 1
+                prepared = [f.result() for f in futures]
+                fast = [(k, p.probe) for k, p in enumerate(prepared) if p.probe is not None]
+                slow = {k: p.array for k, p in enumerate(prepared) if p.array is not None}
+                failures = [(start + k, p.reason) for k, p in enumerate(prepared) if p.reason is not None]
+                (offsets, tensor), more_slow, more_failures = self._decode(fast, batch_size)
+                slow.update(more_slow)
+                failures += [(start + k, reason) for k, reason in more_failures]
+                yield assemble(start, (offsets, tensor), slow, failures, self.device, self.dtype)

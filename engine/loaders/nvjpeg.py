@@ -1,0 +1,312 @@
+"""nvJPEG loader (CUDA only): batched GPU JPEG decode through torchvision, then ONE batched
+resize + center crop with `torchvision.ops.roi_align` over a padded batch.
+
+Data path per batch:
+  CPU thread pool (one or two batches ahead): read bytes, probe the header (dali.probe_file);
+      non-JPEG and JPEGs nvJPEG would not reproduce (CMYK, truncated, unreadable EXIF, ...) are
+      decoded + resized by the PIL reference (`load_and_preprocess`) right there.
+  side CUDA stream: `torchvision.io.decode_jpeg(list, device="cuda")` in one call (if the call
+      fails, retry file by file; a file nvJPEG rejects alone goes to PIL), EXIF orientation
+      applied on the GPU (nvJPEG ignores it), `batched_resize_crop`, normalize to float16, and the
+      PIL-path images uploaded from pinned memory. The consumer's stream waits on the side stream
+      before the batch is handed over, so decoding batch i+1 overlaps the model on batch i.
+
+Known difference from the reference: nvJPEG's chroma upsampling differs from libjpeg's by a few
+levels, and it is lenient with corrupt entropy-coded data (PIL rejects such files; nvJPEG may
+return a damaged image). Compare features, not pixels.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailable
+from .base import Batch
+from .dali import ImageProbe, assemble, pil_fallback, prepare_file, short_error
+from .decode import DEFAULT_MAX_PIXELS
+from .preprocess import CROP, MEAN, STD, source_crop_box
+
+NVJPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO: a JPEG with extra frames; its first is the image
+
+# Padded float32 pixels (per channel) one roi_align call may hold: 2**25 -> 3 * 4 B * 32 Mi = 384 MiB.
+DEFAULT_PIXEL_BUDGET = 1 << 25
+# roi_align samples ceil(scale)^2 points per output pixel; above this scale the image is first
+# box-averaged by an integer factor k (exact area filter) so the grid stays <= MAX_SAMPLING^2.
+MAX_SAMPLING = 4
+
+
+def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(C, H, W) tensor as stored -> as displayed, for EXIF orientation 1..8 (PIL exif_transpose).
+
+    Returns a (C, H', W') tensor on image's device (flips copy); orientation 1 or unknown returns `image`.
+    """
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-2, -1)
+    if orientation == 6:
+        return image.transpose(-2, -1).flip(-1)
+    if orientation == 7:
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return image.transpose(-2, -1).flip(-2)
+    return image
+
+
+def _sub_batches(sizes: list[tuple[int, int]], budget: int) -> list[list[int]]:
+    """Group image indices (sorted by size) so each group's padded area count*Hmax*Wmax <= budget
+    (a single image larger than the budget forms its own group)."""
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    hmax = wmax = 0
+    for i in order:
+        h, w = sizes[i]
+        nh, nw = max(hmax, h), max(wmax, w)
+        if current and (len(current) + 1) * nh * nw > budget:
+            groups.append(current)
+            current, nh, nw = [], h, w
+        current.append(i)
+        hmax, wmax = nh, nw
+    if current:
+        groups.append(current)
+    return groups
+
+
+def batched_resize_crop(images: Sequence[torch.Tensor], pixel_budget: int = DEFAULT_PIXEL_BUDGET,
+                        max_sampling: int = MAX_SAMPLING) -> torch.Tensor:
+    """Resize the shorter side to 256 and center-crop 224, for a list of images, with one
+    `roi_align` per size group (see preprocess.py for the geometry).
+
+    images: list of (3, h_i, w_i) tensors (uint8 or float, 0..255) on one device (CPU or CUDA).
+    Returns float32 (len(images), 3, CROP, CROP), 0..255 scale, on that device, in input order.
+
+    How it approximates PIL's antialiased bilinear resize: for each image the crop window in
+    source pixels (`source_crop_box`) is one ROI; roi_align(aligned=True) averages an s x s grid
+    of bilinear samples in every output bin, with s = ceil(source/target scale) per axis
+    (sampling_ratio=0, torchvision's adaptive mode). That is a box filter of the bin width on top
+    of bilinear interpolation (PIL: a triangle of half-width = scale), i.e. an antialiased
+    downscale; upscaling (scale <= 1) is plain bilinear, as in PIL. Images with scale >
+    max_sampling are first average-pooled by an integer factor so the grid is bounded.
+    Portrait images are transposed to landscape (and their output transposed back) so groups of
+    similar sizes pad little; groups are bounded by `pixel_budget` padded pixels.
+    """
+    from torchvision.ops import roi_align
+
+    if len(images) == 0:
+        raise ValueError("batched_resize_crop needs at least one image")
+    device = images[0].device
+    out = torch.empty((len(images), 3, CROP, CROP), dtype=torch.float32, device=device)
+    prepared: list[tuple[torch.Tensor, tuple[float, float, float, float], bool]] = []
+    for img in images:
+        if img.dim() != 3 or img.shape[0] != 3:
+            raise ValueError(f"expected (3, h, w) images, got {tuple(img.shape)}")
+        h, w = int(img.shape[1]), int(img.shape[2])
+        x1, y1, x2, y2 = source_crop_box(h, w)
+        transposed = h > w
+        if transposed:  # work in landscape: swap axes of the image and of its box
+            img = img.transpose(1, 2)
+            x1, y1, x2, y2 = y1, x1, y2, x2
+        scale = max((x2 - x1) / CROP, (y2 - y1) / CROP)
+        if scale > max_sampling:
+            k = math.ceil(scale / max_sampling)
+            if k > 1:  # exact area average by k (crop box scaled too; remainder rows dropped)
+                img = torch.nn.functional.avg_pool2d(img.unsqueeze(0).float(), k, k).squeeze(0)
+                x1, y1, x2, y2 = x1 / k, y1 / k, x2 / k, y2 / k
+        prepared.append((img, (x1, y1, x2, y2), transposed))
+
+    sizes = [(int(img.shape[1]), int(img.shape[2])) for img, _, _ in prepared]
+    for group in _sub_batches(sizes, pixel_budget):
+        hmax = max(sizes[i][0] for i in group)
+        wmax = max(sizes[i][1] for i in group)
+        # zeros, not empty: padding that is never sampled must still not hold NaN garbage
+        padded = torch.zeros((len(group), 3, hmax, wmax), dtype=torch.float32, device=device)
+        for row, i in enumerate(group):
+            img = prepared[i][0]
+            h, w = sizes[i]
+            padded[row, :, :h, :w] = img
+            # Replicate the last row/column one pixel into the padding: a bilinear sample in the
+            # image's last half pixel also reads the next one, which must not be 0 (PIL clamps).
+            if h < hmax:
+                padded[row, :, h, :w] = padded[row, :, h - 1, :w]
+            if w < wmax:
+                padded[row, :, : min(h + 1, hmax), w] = padded[row, :, : min(h + 1, hmax), w - 1]
+        boxes = torch.tensor([[row, *prepared[i][1]] for row, i in enumerate(group)],
+                             dtype=torch.float32, device=device)
+        pooled = roi_align(padded, boxes, output_size=(CROP, CROP), spatial_scale=1.0,
+                           sampling_ratio=0, aligned=True)
+        del padded
+        for flip in (False, True):
+            rows = [row for row, i in enumerate(group) if prepared[i][2] == flip]
+            if rows:
+                part = pooled[rows].transpose(2, 3) if flip else pooled[rows]
+                out.index_copy_(0, torch.tensor([group[r] for r in rows], device=device), part)
+    return out
+
+
+def _decode_jpegs(items: list[tuple[int, ImageProbe, torch.Tensor]], device: torch.device, max_pixels):
+    """Decode [(offset, probe, encoded uint8 CPU tensor)] with torchvision onto `device` (nvJPEG on
+    CUDA, in one batched call on the current stream; libjpeg on the CPU, which the tests use).
+
+    Returns (decoded, slow, failures): decoded [(offset, uint8 (3, H, W) on device, EXIF-oriented)],
+    slow {offset: uint8 (3, CROP, CROP)} for files PIL had to redo, failures [(offset, reason)].
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    slow: dict[int, np.ndarray] = {}
+    failures: list[tuple[int, str]] = []
+    if not items:
+        return [], slow, failures
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; still what we use
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            images = decode_jpeg([t for _, _, t in items], mode=ImageReadMode.RGB, device=device)
+            results = [(k, p, img) for (k, p, _), img in zip(items, images)]
+        except Exception:  # one file nvJPEG rejects fails the whole call: retry one by one
+            results = []
+            for k, p, t in items:
+                try:
+                    results.append((k, p, decode_jpeg([t], mode=ImageReadMode.RGB, device=device)[0]))
+                except Exception as exc:
+                    redo = pil_fallback(p.data, max_pixels)  # nvJPEG-only failures stay decodable
+                    if redo.array is not None:
+                        slow[k] = redo.array
+                    else:
+                        failures.append((k, f"decode failed (nvjpeg): {short_error(exc)}; PIL: {redo.reason}"))
+    decoded = []
+    for k, p, img in results:
+        if img.dim() != 3 or img.shape[0] != 3 or (int(img.shape[1]), int(img.shape[2])) != (p.height, p.width):
+            redo = pil_fallback(p.data, max_pixels)  # the decoder saw another image than PIL did
+            if redo.array is not None:
+                slow[k] = redo.array
+            else:
+                failures.append((k, redo.reason))
+            continue
+        decoded.append((k, apply_exif_orientation(img, p.orientation)))
+    return decoded, slow, failures
+
+
+def _normalize(pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float32 (n, 3, CROP, CROP) 0..255 -> `dtype` ImageNet-normalized."""
+    mean = torch.tensor(MEAN, device=pixels.device).view(1, 3, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(STD, device=pixels.device).view(1, 3, 1, 1) * 255.0)
+    return ((pixels - mean) * inv_std).to(dtype)
+
+
+def decode_batch(start: int, prepared: Sequence["PreparedJpeg"], device: torch.device, dtype: torch.dtype,
+                 max_pixels, pixel_budget: int = DEFAULT_PIXEL_BUDGET) -> Batch:
+    """Everything after the CPU stage for one batch (positions start .. start+len(prepared)-1):
+    batched JPEG decode on `device`, EXIF orientation, `batched_resize_crop`, normalization, and
+    merging of the PIL-path images in input order. Device-agnostic (the loader calls it on CUDA
+    inside its side stream; tests call it on the CPU, where torchvision decodes with libjpeg).
+
+    Returns a Batch with images `dtype` (b, 3, CROP, CROP) on `device`.
+    """
+    fast = [(k, p.probe, p.tensor) for k, p in enumerate(prepared) if p.probe is not None]
+    slow = {k: p.array for k, p in enumerate(prepared) if p.array is not None}
+    failures = [(k, p.reason) for k, p in enumerate(prepared) if p.reason is not None]
+    decoded, more_slow, more_failures = _decode_jpegs(fast, device, max_pixels)
+    slow.update(more_slow)
+    failures += more_failures
+    offsets = [k for k, _ in decoded]
+    tensor = _normalize(batched_resize_crop([img for _, img in decoded], pixel_budget), dtype) if decoded else None
+    failures = [(start + k, reason) for k, reason in failures]
+    return assemble(start, (offsets, tensor), slow, failures, device, dtype)
+
+
+class NvJpegLoader:
+    """paths -> Batch of float16 (b, 3, 224, 224) normalized images on a CUDA `device`.
+
+    JPEGs are decoded by nvJPEG (torchvision.io.decode_jpeg, batched) and resized by
+    `batched_resize_crop`; everything else by the PIL reference in the CPU thread pool.
+    num_threads: CPU threads for reading/probing/PIL fallbacks. prefetch: batches read ahead.
+    """
+
+    name = "nvjpeg"
+
+    def __init__(self, device: torch.device | str = "cuda", num_threads: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, prefetch: int = 2,
+                 pixel_budget: int = DEFAULT_PIXEL_BUDGET):
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise BackendUnavailable(
+                f"--decoder nvjpeg decodes on the GPU and needs a CUDA device, got {str(device)!r}; "
+                "use --decoder pil (or dali) on the CPU")
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("--decoder nvjpeg: CUDA is not available (no NVIDIA GPU visible); "
+                                     "use --device cpu --decoder pil")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        self.device = torch.device("cuda", index)
+        self.num_threads = num_threads or min(32, os.cpu_count() or 1)
+        self.max_pixels = max_pixels
+        self.prefetch = max(1, prefetch)
+        self.pixel_budget = pixel_budget
+        self.dtype = torch.float16
+        self._stream: torch.cuda.Stream | None = None  # created on first use, not at construction
+
+    def batches(self, paths: Sequence[Path], batch_size: int) -> Iterator[Batch]:
+        """Yield Batches in input order; every position is in `indices` or in `failures`.
+
+        images: float16 (b, 3, 224, 224) on self.device, ready on the caller's current stream.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        side = self._stream
+        starts = list(range(0, len(paths), batch_size))
+        with ThreadPoolExecutor(self.num_threads, thread_name_prefix="imgcluster-nvjpeg-read") as pool:
+            def submit(start):
+                return [pool.submit(prepare_jpeg_file, p, self.max_pixels)
+                        for p in paths[start:start + batch_size]]
+
+            pending = [(s, submit(s)) for s in starts[: self.prefetch]]
+            next_start = self.prefetch
+            while pending:
+                start, futures = pending.pop(0)
+                if next_start < len(starts):
+                    pending.append((starts[next_start], submit(starts[next_start])))
+                    next_start += 1
+                prepared = [f.result() for f in futures]
+                # No side.wait_stream(consumer) here: that would make this decode wait for the
+                # model on the previous batch and remove the overlap.
+                consumer = torch.cuda.current_stream(self.device)
+                with torch.cuda.device(self.device), torch.cuda.stream(side):
+                    batch = decode_batch(start, prepared, self.device, self.dtype, self.max_pixels,
+                                         self.pixel_budget)
+                consumer.wait_stream(side)  # the batch is ready when the consumer's next kernel runs
+                # The images were allocated on the side stream but live on the consumer's stream:
+                # tell the caching allocator, so it does not hand the memory out before use ends.
+                if batch.images.numel():
+                    batch.images.record_stream(consumer)
+                yield batch
+
+
+class PreparedJpeg:
+    """prepare_file's result plus the encoded bytes as a uint8 CPU tensor (made in the pool)."""
+
+    __slots__ = ("probe", "array", "reason", "tensor")
+
+    def __init__(self, prepared, tensor):
+        self.probe, self.array, self.reason, self.tensor = prepared.probe, prepared.array, prepared.reason, tensor
+
+
+def prepare_jpeg_file(path, max_pixels) -> PreparedJpeg:
+    prepared = prepare_file(path, max_pixels, NVJPEG_FORMATS)
+    tensor = None
+    if prepared.probe is not None:
+        # bytearray: torch.frombuffer needs a writable buffer (the copy runs in the pool)
+        tensor = torch.frombuffer(bytearray(prepared.probe.data), dtype=torch.uint8)
+    return PreparedJpeg(prepared, tensor)

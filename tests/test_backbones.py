@@ -1,0 +1,76 @@
+"""Backbones and weights: local state dicts, random init, offline auto."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from engine.backbones import load_backbone
+from engine.errors import ConfigError, WeightsUnavailable
+
+
+def _images(n=3):
+    return torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_path_reproduces_in_memory_model(tmp_path, suffix):
+    torch.manual_seed(123)
+    model = torchvision.models.resnet18(weights=None).eval()
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".pth":
+        torch.save(model.state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(model.state_dict(), str(path))
+    model.fc = torch.nn.Identity()
+    with torch.no_grad():
+        expected = model(_images())
+    backbone = load_backbone("resnet18", path, "cpu")
+    got = backbone(_images())
+    assert got.shape == (3, 512)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert backbone.weights == str(path)
+
+
+def test_feature_dims():
+    assert load_backbone("resnet50", "random", "cpu").dim == 2048
+    assert load_backbone("pixels", "auto", "cpu")(_images(2)).shape == (2, 192)
+
+
+def test_random_weights_are_seeded_and_warn():
+    with pytest.warns(UserWarning, match="not meaningful"):
+        a = load_backbone("resnet18", "random", "cpu", seed=5)
+    with pytest.warns(UserWarning):
+        b = load_backbone("resnet18", "random", "cpu", seed=5)
+    torch.testing.assert_close(a(_images(1)), b(_images(1)))
+    assert a.fingerprint == b.fingerprint
+
+
+def test_fingerprint_depends_on_weights(tmp_path):
+    with pytest.warns(UserWarning):
+        a = load_backbone("resnet18", "random", "cpu", seed=1)
+        b = load_backbone("resnet18", "random", "cpu", seed=2)
+    assert a.fingerprint != b.fingerprint
+
+
+def test_auto_offline_names_both_alternatives(offline_weights):
+    with pytest.raises(WeightsUnavailable) as info:
+        load_backbone("resnet18", "auto", "cpu")
+    assert "--weights PATH" in str(info.value) and "--weights random" in str(info.value)
+
+
+def test_bad_weights_file(tmp_path):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsUnavailable, match="not a readable state dict"):
+        load_backbone("resnet18", path, "cpu")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(WeightsUnavailable, match="do not fit"):
+        load_backbone("resnet18", tmp_path / "wrong.pth", "cpu")
+
+
+def test_unknown_model():
+    with pytest.raises(ConfigError, match="not one of"):
+        load_backbone("vgg16")

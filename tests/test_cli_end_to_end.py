@@ -1,0 +1,74 @@
+"""The whole job through the CLI on generated images with known groups."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from sklearn.metrics import adjusted_rand_score
+
+from engine.cli import app
+from tests.helpers import group_labels, read_rows
+
+
+def test_run_pixels_finds_three_groups(three_groups, runner, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--no-report"])
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out / "predictions.csv")
+    assert len(rows) == 60
+    assert list(rows[0]) == ["path", "cluster"]
+    truth, pred = group_labels(rows)
+    assert adjusted_rand_score(truth, pred) >= 0.95
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["k"] == 3
+    assert summary["n_images"] == 60 and summary["n_skipped"] == 0
+    assert [s["k"] for s in summary["scores"]] == list(range(2, 21))
+    for key in ("silhouette", "inertia", "calinski_harabasz", "davies_bouldin", "fraction_negative", "balance"):
+        assert key in summary["scores"][0]
+    assert summary["cluster_sizes"] == sorted(summary["cluster_sizes"], reverse=True)
+    assert set(summary["timings"]) >= {"discover", "extract", "pca", "kmeans", "silhouette", "total"}
+    assert summary["backends"]["device"] == "cpu"
+    assert summary["config"]["model"] == "pixels"
+    assert read_rows(out / "skipped.csv") == []
+    assert "Chosen K = 3" in result.output
+    # ids run 0..K-1, largest cluster first
+    sizes = [pred.count(c) for c in range(3)]
+    assert sorted(set(pred)) == [0, 1, 2] and sizes == sorted(sizes, reverse=True)
+
+
+def test_same_seed_same_output(three_groups, runner, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels",
+                                     "--k", "2:6", "--seed", "7", "--no-report", "--no-cache"])
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    assert (outs[0] / "predictions.csv").read_bytes() == (outs[1] / "predictions.csv").read_bytes()
+    a, b = (json.loads((o / "summary.json").read_text()) for o in outs)
+    assert a["scores"] == b["scores"]
+
+
+def test_skipped_files_are_listed(three_groups, runner, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(three_groups, data)
+    (data / "red_stripes" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "red_stripes" / "empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(data), "--out", str(out), "--model", "pixels", "--k", "2:5", "--no-report"])
+    assert result.exit_code == 0, result.output
+    skipped = {r["path"].split("/")[-1]: r["reason"] for r in read_rows(out / "skipped.csv")}
+    assert set(skipped) == {"broken.jpg", "empty.png"}
+    assert "empty" in skipped["empty.png"]
+    assert len(read_rows(out / "predictions.csv")) == 60
+
+
+def test_save_features(three_groups, runner, tmp_path):
+    import numpy as np
+
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3",
+                                 "--save-features", "--no-report"])
+    assert result.exit_code == 0, result.output
+    feats = np.load(out / "features.npy")
+    assert feats.shape == (60, 192) and feats.dtype == np.float32

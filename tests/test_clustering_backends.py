@@ -1,0 +1,121 @@
+"""The torch backend (on CPU tensors) against scikit-learn: PCA, KMeans, CH/DB, K choice."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score
+
+from engine.cluster import assign, fit_kmeans, order_by_size
+from engine.errors import ConfigError
+from engine.metrics import balance, calinski_harabasz, davies_bouldin
+from engine.reduce import fit_pca
+from engine.select import choose_k, search_k
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return torch.from_numpy(load_digits().data.astype(np.float32))
+
+
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_pca_matches_sklearn_with_signs(digits, backend):
+    ours = fit_pca(digits, 20, backend)
+    ref = PCA(20, svd_solver="full").fit(digits.numpy())
+    np.testing.assert_allclose(ours.components.numpy(), ref.components_, atol=1e-4)
+    np.testing.assert_allclose(ours.explained_variance_ratio[:20], ref.explained_variance_ratio_, atol=1e-6)
+    np.testing.assert_allclose(ours.transform(digits).numpy(), ref.transform(digits.numpy()), atol=1e-3)
+    # svd_flip convention: the largest-magnitude entry of every component is positive
+    comps = ours.components.numpy()
+    assert (comps[np.arange(20), np.abs(comps).argmax(1)] > 0).all()
+
+
+def test_pca_variance_fraction_and_off(digits):
+    ours = fit_pca(digits, 0.9)
+    assert ours.n_components == PCA(0.9, svd_solver="full").fit(digits.numpy()).n_components_
+    assert ours.explained_variance >= 0.9
+    off = fit_pca(digits, 0)
+    assert off.mode == "off" and torch.equal(off.transform(digits), digits)
+
+
+def test_pca_sampled_fit_is_close(digits):
+    sampled = fit_pca(digits, 10, fit_limit=1000, seed=0)
+    exact = fit_pca(digits, 10)
+    assert sampled.mode == "sampled" and sampled.fit_rows == 1000
+    # Same leading subspace: principal angles small for the top components.
+    overlap = torch.linalg.svdvals(sampled.components[:3] @ exact.components[:3].T)
+    assert overlap.min() > 0.95
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    x, y = make_blobs(3000, centers=6, n_features=40, cluster_std=1.0, random_state=3)
+    return torch.from_numpy(x.astype(np.float32)), y
+
+
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_kmeans_recovers_separable_blobs(blobs, backend):
+    x, y = blobs
+    fit = fit_kmeans(x, 6, backend, seed=0)
+    assert adjusted_rand_score(y, fit.labels.numpy()) >= 0.99
+    counts = torch.bincount(fit.labels).tolist()
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_kmeans_torch_agrees_with_sklearn(blobs):
+    x, _ = blobs
+    ours = fit_kmeans(x, 6, "torch", seed=1)
+    ref = KMeans(6, n_init=3, random_state=1).fit(x.numpy())
+    assert adjusted_rand_score(ref.labels_, ours.labels.numpy()) >= 0.99
+    assert ours.inertia == pytest.approx(ref.inertia_, rel=1e-3)
+
+
+def test_kmeans_is_deterministic(blobs):
+    x, _ = blobs
+    a, b = fit_kmeans(x, 5, seed=4), fit_kmeans(x, 5, seed=4)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
+
+
+def test_kmeans_handles_duplicates_and_k_equal_n():
+    x = torch.tensor([[0.0, 0.0]] * 5 + [[1.0, 1.0]] * 5)
+    fit = fit_kmeans(x, 2)
+    assert sorted(torch.bincount(fit.labels).tolist()) == [5, 5]
+    assert fit_kmeans(x[:3] + torch.arange(3.0)[:, None], 3).labels.unique().numel() == 3
+    with pytest.raises(ConfigError):
+        fit_kmeans(x[:2], 3)
+
+
+def test_order_by_size():
+    labels = torch.tensor([2, 2, 0, 1, 1, 1])
+    centroids = torch.tensor([[0.0], [1.0], [2.0]])
+    new_labels, new_centroids = order_by_size(labels, centroids)
+    assert new_labels.tolist() == [1, 1, 2, 0, 0, 0]
+    assert new_centroids.flatten().tolist() == [1.0, 2.0, 0.0]
+
+
+def test_metrics_match_sklearn(blobs):
+    x, y = blobs
+    labels = torch.from_numpy(np.where(y == 2, 9, y))  # non-contiguous ids
+    assert calinski_harabasz(x, labels) == pytest.approx(calinski_harabasz_score(x.numpy(), labels.numpy()), rel=1e-6)
+    assert davies_bouldin(x, labels) == pytest.approx(davies_bouldin_score(x.numpy(), labels.numpy()), rel=1e-6)
+    assert balance(torch.tensor([0, 0, 1, 1, 1, 1]), 2) == 0.5
+
+
+def test_search_k_picks_true_k_and_every_metric(blobs):
+    x, _ = blobs
+    search = search_k(x, range(2, 10), seed=0)
+    assert search.chosen_k == 6
+    assert choose_k(search.scores, "calinski") == 6
+    assert choose_k(search.scores, "davies") == 6
+    assert [s.k for s in search.scores] == list(range(2, 10))
+    assert search.silhouette_mode == "exact"
+
+
+def test_assign_nearest_centroid():
+    centroids = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    labels, dist = assign(torch.tensor([[1.0, 0.0], [9.0, 0.0]]), centroids)
+    assert labels.tolist() == [0, 1]
+    assert dist[0, 0].item() == pytest.approx(1.0)

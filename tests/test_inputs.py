@@ -1,0 +1,147 @@
+"""Input formats, colour modes, EXIF orientation, and discovery order."""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.errors import DecodeError, InputError
+from engine.loaders.decode import decode_image, load_and_preprocess
+from engine.sources import discover
+
+
+def _left_red_right_blue(w=120, h=80) -> Image.Image:
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 2] = (255, 0, 0)
+    arr[:, w // 2:] = (0, 0, 255)
+    return Image.fromarray(arr)
+
+
+@pytest.mark.parametrize("fmt, ext", [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("BMP", "bmp"),
+                                      ("TIFF", "tiff"), ("GIF", "gif")])
+def test_every_format_decodes_to_rgb(tmp_path, fmt, ext):
+    path = tmp_path / f"img.{ext}"
+    _left_red_right_blue().save(path, fmt)
+    img = decode_image(path)
+    assert img.mode == "RGB" and img.size == (120, 80)
+    arr = np.asarray(img, dtype=int)
+    assert arr[40, 10, 0] > 200 and arr[40, 10, 2] < 60   # red on the left
+    assert arr[40, 110, 2] > 200 and arr[40, 110, 0] < 60  # blue on the right
+    assert load_and_preprocess(path).shape == (3, 224, 224)
+
+
+def test_gif_first_frame(tmp_path):
+    frames = [Image.new("RGB", (40, 40), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    arr = np.asarray(decode_image(path), dtype=int)
+    assert arr[20, 20, 0] > 200 and arr[20, 20, 1] < 60
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = _left_red_right_blue(120, 80)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    path = tmp_path / "rotated.jpg"
+    img.save(path, "JPEG", exif=exif.tobytes(), quality=95)
+    out = decode_image(path)
+    assert out.size == (80, 120)  # width and height swapped
+    arr = np.asarray(out, dtype=int)
+    assert arr[10, 40, 0] > 200 and arr[110, 40, 2] > 200  # red now on top, blue at the bottom
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA", "I;16", "1"])
+def test_modes_become_rgb(tmp_path, mode):
+    base = _left_red_right_blue()
+    if mode == "I;16":
+        arr = (np.linspace(0, 65535, 120 * 80).reshape(80, 120)).astype(np.uint16)
+        img, fmt = Image.fromarray(arr), "PNG"
+        assert img.mode.startswith("I;16")
+    elif mode == "CMYK":
+        img, fmt = base.convert("CMYK"), "JPEG"
+    else:
+        img, fmt = base.convert(mode), "PNG"
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    out = decode_image(buf.getvalue())
+    assert out.mode == "RGB" and out.size == (120, 80)
+    if mode == "I;16":  # 16-bit range scaled down, not clipped to white
+        arr = np.asarray(out, dtype=int)
+        assert arr[0, 0, 0] < 10 and arr[-1, -1, 0] > 245
+
+
+def test_transparent_pixels_become_white():
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    buf = io.BytesIO()
+    rgba.save(buf, "PNG")
+    assert np.asarray(decode_image(buf.getvalue()))[5, 5].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize("data, reason", [(b"", "empty"), (b"hello world", "not an image")])
+def test_bad_bytes_raise_decode_error(data, reason):
+    with pytest.raises(DecodeError, match=reason):
+        decode_image(data)
+
+
+def test_truncated_jpeg_is_an_error():
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buf, "JPEG")
+    with pytest.raises(DecodeError, match="truncated|corrupt"):
+        decode_image(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+def test_decompression_bomb_limit(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(path)
+    with pytest.raises(DecodeError, match="too large"):
+        decode_image(path, max_pixels=50_000)
+    assert decode_image(path, max_pixels=None).size == (300, 300)
+
+
+def _tree(tmp_path):
+    for rel in ["b/2.jpg", "b/1.png", "a/z.JPG", "a/sub/y.webp", "notes.txt", "c.gif"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    return tmp_path
+
+
+def test_folder_is_recursive_sorted_and_filtered(tmp_path):
+    root = _tree(tmp_path)
+    found = discover([root])
+    rel = [os.path.relpath(p, root) for p in found.paths]
+    assert rel == ["a/sub/y.webp", "a/z.JPG", "b/1.png", "b/2.jpg", "c.gif"]
+
+
+def test_file_list_glob_and_duplicates(tmp_path):
+    root = _tree(tmp_path)
+    listing = tmp_path / "list.txt"
+    listing.write_text("b/2.jpg\n# a comment\n\nc.gif\nmissing.jpg\n")
+    found = discover([f"@{listing}", str(root / "b" / "*.png"), str(root / "c.gif")])
+    assert [p.name for p in found.paths] == ["2.jpg", "c.gif", "1.png"]
+    reasons = {p.name: r for p, r in found.skipped}
+    assert reasons["missing.jpg"] == "listed file not found"
+    assert reasons["c.gif"].startswith("duplicate of")
+
+
+def test_symlinks(tmp_path):
+    root = _tree(tmp_path / "data")
+    (root / "link.jpg").symlink_to(root / "b" / "2.jpg")
+    (root / "dangling.jpg").symlink_to(root / "nowhere.jpg")
+    (root / "a" / "loop").symlink_to(root / "a")
+    found = discover([root])
+    names = [p.name for p in found.paths]
+    assert names.count("2.jpg") == 1 and "link.jpg" not in names
+    reasons = {p.name: r for p, r in found.skipped}
+    assert reasons["dangling.jpg"] in ("broken symlink", "not found")
+    assert any(r.startswith("duplicate of") for r in reasons.values())
+
+
+def test_missing_path_and_empty_glob_are_errors(tmp_path):
+    with pytest.raises(InputError, match="path not found"):
+        discover([tmp_path / "missing"])
+    with pytest.raises(InputError, match="no files match"):
+        discover([str(tmp_path / "*.jpg")])

@@ -1,0 +1,361 @@
+"""The fast loaders (DALI, nvJPEG + roi_align) against the PIL reference.
+
+On the CPU: DALI's CPU pipeline (device_id=None), `batched_resize_crop` and the nvJPEG loader's
+batch logic (`decode_batch`, with torchvision's CPU JPEG decoder standing in for nvJPEG).
+With a GPU (@pytest.mark.gpu): DALILoader and NvJpegLoader on CUDA.
+Tolerances: mean abs pixel difference <= 3 on the 0..255 scale, feature cosine >= 0.99.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageOps
+
+from engine.errors import BackendUnavailable
+from engine.loaders.decode import preprocess_pil
+from engine.loaders.pil import PILLoader
+from engine.loaders.preprocess import CROP, denormalize_to_uint8_scale
+
+PIXEL_TOL = 3.0
+COSINE_TOL = 0.99
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def smooth_image(height: int, width: int, seed: int) -> Image.Image:
+    """A natural-ish RGB test image: smooth gradients plus a few flat shapes with sharp edges."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    a = 40.0 + 7 * seed
+    planes = [128 + 100 * np.sin(x / a + seed) * np.cos(y / (a + 15)),
+              128 + 90 * np.cos((x + y) / (70 + seed)),
+              60 + 150 * x / width]
+    img = Image.fromarray(np.clip(np.stack(planes, -1), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse([width * 0.3, height * 0.3, width * 0.6, height * 0.7], fill=(200, 40, 60))
+    draw.rectangle([width * 0.1, height * 0.6, width * 0.3, height * 0.9], fill=(30, 160, 220))
+    return img
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def save_jpeg(img: Image.Image, path: Path, orientation: int | None = None) -> Path:
+    kwargs = {} if orientation is None else {"exif": _exif(orientation)}
+    img.save(path, "JPEG", quality=90, **kwargs)
+    return path
+
+
+def bad_huffman(jpeg: bytes) -> bytes:
+    """A JPEG whose header PIL accepts but whose Huffman table no decoder can use."""
+    data = bytearray(jpeg)
+    i = data.find(b"\xff\xc4")
+    data[i + 5:i + 25] = b"\xff" * 20
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """Named test files: good images of several kinds and broken ones."""
+    root = tmp_path_factory.mktemp("gpu-paths")
+    files = {
+        "land1": save_jpeg(smooth_image(400, 500, 1), root / "land1.jpg"),
+        "land2": save_jpeg(smooth_image(420, 520, 2), root / "land2.jpg"),
+        "portrait": save_jpeg(smooth_image(500, 380, 3), root / "portrait.jpg"),
+        # stored landscape, displayed portrait (EXIF orientation 6 = rotate 90 degrees clockwise)
+        "exif6": save_jpeg(smooth_image(400, 500, 4), root / "exif6.jpg", orientation=6),
+        "odd": save_jpeg(smooth_image(333, 517, 5), root / "odd.jpg"),
+    }
+    smooth_image(380, 460, 6).save(root / "smooth.png")
+    files["png"] = root / "smooth.png"
+    good = files["land1"].read_bytes()
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    files["truncated"] = root / "truncated.jpg"
+    (root / "badhuff.jpg").write_bytes(bad_huffman(good))
+    files["badhuff"] = root / "badhuff.jpg"
+    (root / "zero.jpg").write_bytes(b"")
+    files["zero"] = root / "zero.jpg"
+    return files
+
+
+def pil_reference(paths) -> tuple[np.ndarray, torch.Tensor, list]:
+    """(indices, float32 0..255 pixels, failures) from the reference loader, one batch."""
+    (batch,) = list(PILLoader("cpu", num_threads=2).batches(paths, len(paths)))
+    return batch.indices, denormalize_to_uint8_scale(batch.images), batch.failures
+
+
+def mean_abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(n,) mean abs difference per image of two (n, 3, H, W) float tensors on the 0..255 scale."""
+    return (a.float().cpu() - b.float().cpu()).abs().mean(dim=(1, 2, 3))
+
+
+def run_loader(loader, paths, batch_size):
+    batches = list(loader.batches(paths, batch_size))
+    indices = np.concatenate([b.indices for b in batches])
+    images = torch.cat([b.images for b in batches])
+    failures = [f for b in batches for f in b.failures]
+    return batches, indices, images, failures
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    """Random-weight ResNet-18 feature extractor (fc = Identity), fp32, eval, seeded."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None)
+    model.fc = torch.nn.Identity()
+    return model.eval()
+
+
+def features(model, pixels_0_255: torch.Tensor) -> torch.Tensor:
+    """(n, 512) fp32 features of (n, 3, 224, 224) images given on the 0..255 scale."""
+    from engine.loaders.preprocess import normalize_uint8
+
+    with torch.no_grad():
+        return model(normalize_uint8(pixels_0_255.float().cpu()))
+
+
+# ---------------------------------------------------------------------------------------------
+# DALI on the CPU
+# ---------------------------------------------------------------------------------------------
+
+GOOD = ["land1", "portrait", "exif6", "odd", "png", "land2"]
+
+
+@pytest.fixture(scope="module")
+def dali_cpu():
+    pytest.importorskip("nvidia.dali", reason="nvidia.dali is not importable: DALI tests skipped")
+    from engine.loaders.dali import DALILoader
+
+    return DALILoader(torch.device("cpu"), num_threads=2)
+
+
+def test_dali_cpu_matches_pil_pixels_and_features(dali_cpu, images, resnet18):
+    paths = [images[k] for k in GOOD]
+    batches, indices, got, failures = run_loader(dali_cpu, paths, batch_size=4)
+    assert failures == []
+    assert indices.tolist() == list(range(len(paths)))
+    assert [len(b.indices) for b in batches] == [4, 2]
+    assert got.dtype == torch.float32 and got.device.type == "cpu" and got.shape == (len(paths), 3, CROP, CROP)
+    ref_idx, ref, _ = pil_reference(paths)
+    diff = mean_abs_diff(denormalize_to_uint8_scale(got), ref)
+    assert (diff <= PIXEL_TOL).all(), dict(zip(GOOD, diff.tolist()))
+    cos = torch.nn.functional.cosine_similarity(features(resnet18, denormalize_to_uint8_scale(got)),
+                                                features(resnet18, ref), dim=1)
+    assert (cos >= COSINE_TOL).all(), dict(zip(GOOD, cos.tolist()))
+
+
+def test_dali_cpu_bad_files_do_not_kill_the_batch(dali_cpu, images):
+    names = ["land1", "truncated", "portrait", "badhuff", "zero", "png", "exif6"]
+    paths = [images[k] for k in names]
+    batches, indices, got, failures = run_loader(dali_cpu, paths, batch_size=len(paths))
+    assert len(batches) == 1
+    bad = {names.index(k) for k in ("truncated", "badhuff", "zero")}
+    assert sorted(pos for pos, _ in failures) == sorted(bad)
+    assert indices.tolist() == [i for i in range(len(names)) if i not in bad]  # input order
+    reasons = dict(failures)
+    assert reasons[names.index("zero")] == "empty file (0 bytes)"
+    assert "truncated" in reasons[names.index("truncated")]
+    assert reasons[names.index("badhuff")].startswith("decode failed (dali)")
+    ref_idx, ref, ref_failures = pil_reference(paths)
+    assert ref_idx.tolist() == indices.tolist() and {p for p, _ in ref_failures} == bad
+    assert (mean_abs_diff(denormalize_to_uint8_scale(got), ref) <= PIXEL_TOL).all()
+
+
+def test_dali_cpu_every_exif_orientation(dali_cpu, tmp_path):
+    base = smooth_image(300, 420, 7)
+    paths = [save_jpeg(base, tmp_path / f"o{o}.jpg", orientation=o) for o in range(1, 9)]
+    _, indices, got, failures = run_loader(dali_cpu, paths, batch_size=8)
+    assert failures == [] and indices.tolist() == list(range(8))
+    _, ref, _ = pil_reference(paths)
+    diff = mean_abs_diff(denormalize_to_uint8_scale(got), ref)
+    assert (diff <= PIXEL_TOL).all(), diff.tolist()
+
+
+def test_dali_cpu_other_formats(dali_cpu, tmp_path):
+    """Formats/modes DALI decodes itself (BMP, simple WebP, grayscale) and those that go to PIL
+    (GIF, RGBA/palette/16-bit/EXIF PNG, CMYK JPEG, TIFF) all match the reference, in input order."""
+    from engine.loaders.dali import DALI_FORMATS, probe_file
+
+    img = smooth_image(300, 360, 8)
+    gray16 = (np.asarray(img.convert("L"), dtype=np.uint16) * 257)
+    files = {
+        "bmp": (img, "BMP", {}),
+        "webp": (img, "WEBP", {"quality": 90}),
+        "gray_jpg": (img.convert("L"), "JPEG", {"quality": 90}),
+        "gif": (img.convert("P"), "GIF", {}),
+        "rgba_png": (img.convert("RGBA"), "PNG", {}),
+        "palette_alpha_png": (img.convert("P"), "PNG", {"transparency": 0}),
+        "gray16_png": (Image.fromarray(gray16), "PNG", {}),
+        "cmyk_jpg": (img.convert("CMYK"), "JPEG", {"quality": 90}),
+        "tiff": (img, "TIFF", {}),
+        "exif6_png": (img, "PNG", {"exif": _exif(6)}),
+    }
+    paths = []
+    for name, (im, fmt, kwargs) in files.items():
+        path = tmp_path / f"{name}.{fmt.lower()}"
+        im.save(path, fmt, **kwargs)
+        paths.append(path)
+    fast = {name for name, path in zip(files, paths) if probe_file(path, None, DALI_FORMATS).fast_ok}
+    assert fast == {"bmp", "webp", "gray_jpg"}
+    _, indices, got, failures = run_loader(dali_cpu, paths, batch_size=len(paths))
+    assert failures == [] and indices.tolist() == list(range(len(paths)))
+    _, ref, _ = pil_reference(paths)
+    diff = mean_abs_diff(denormalize_to_uint8_scale(got), ref)
+    assert (diff <= PIXEL_TOL).all(), dict(zip(files, diff.tolist()))
+
+
+def test_jpeg_is_complete(images):
+    from engine.loaders.dali import jpeg_is_complete
+
+    good = images["land1"].read_bytes()
+    assert jpeg_is_complete(good)
+    assert jpeg_is_complete(good + b"trailing data after EOI")
+    assert not jpeg_is_complete(good[:-2])
+    assert not jpeg_is_complete(good[: len(good) // 2])
+    assert not jpeg_is_complete(b"\xff\xd8")
+
+
+def test_png_chunks(images):
+    from engine.loaders.dali import png_chunks
+
+    data = images["png"].read_bytes()
+    complete, kinds = png_chunks(data)
+    assert complete and {b"IHDR", b"IDAT", b"IEND"} <= kinds
+    assert not png_chunks(data[: len(data) // 2])[0]
+    assert not png_chunks(data[:-12])[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# nvJPEG loader pieces that run anywhere
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(400, 500), (500, 380), (333, 517), (300, 1000), (900, 1200), (257, 259), (180, 200)])
+def test_batched_resize_crop_matches_pil(size):
+    from engine.loaders.nvjpeg import batched_resize_crop
+
+    # one call over a mixed batch, so padding/grouping/transposing is exercised too
+    sizes = [size, (400, 500), (500, 380)]
+    imgs = [smooth_image(h, w, seed) for seed, (h, w) in enumerate(sizes)]
+    tensors = [torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in imgs]
+    got = batched_resize_crop(tensors)
+    assert got.dtype == torch.float32 and got.shape == (3, 3, CROP, CROP)
+    ref = torch.tensor(np.stack([preprocess_pil(im) for im in imgs]), dtype=torch.float32)
+    diff = mean_abs_diff(got, ref)
+    assert (diff <= PIXEL_TOL).all(), diff.tolist()
+    # grouping under a tiny pixel budget (one image per roi_align call) gives the same result
+    assert torch.allclose(batched_resize_crop(tensors, pixel_budget=1), got, atol=1e-4)
+
+
+def test_batched_resize_crop_downscales_huge_images():
+    from engine.loaders.nvjpeg import batched_resize_crop
+
+    img = smooth_image(2600, 3400, 9)  # scale ~10: box-averaged by 2 first, then sampled 5x5
+    got = batched_resize_crop([torch.from_numpy(np.array(img)).permute(2, 0, 1)])
+    ref = torch.tensor(preprocess_pil(img), dtype=torch.float32).unsqueeze(0)
+    assert mean_abs_diff(got, ref).item() <= PIXEL_TOL
+
+
+def test_apply_exif_orientation_matches_pil():
+    from engine.loaders.nvjpeg import apply_exif_orientation
+
+    img = smooth_image(30, 50, 1)
+    stored = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+    for orientation in range(1, 9):
+        buf = io.BytesIO()
+        img.save(buf, "PNG", exif=_exif(orientation))
+        shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("RGB"))
+        assert np.array_equal(apply_exif_orientation(stored, orientation).permute(1, 2, 0).numpy(), shown), orientation
+
+
+def test_nvjpeg_batch_logic_on_cpu(images):
+    """decode_batch is the nvJPEG loader's per-batch work; on the CPU torchvision decodes with
+    libjpeg instead of nvJPEG, which exercises probing, fallbacks, EXIF, roi_align and merging."""
+    from engine.loaders.nvjpeg import decode_batch, prepare_jpeg_file
+
+    names = ["land1", "zero", "portrait", "exif6", "truncated", "png", "badhuff", "odd"]
+    paths = [images[k] for k in names]
+    prepared = [prepare_jpeg_file(p, None) for p in paths]
+    assert [p.probe is not None for p in prepared] == [n in ("land1", "portrait", "exif6", "badhuff", "odd") for n in names]
+    start = 10  # positions are offset by the batch start
+    batch = decode_batch(start, prepared, torch.device("cpu"), torch.float32, None)
+    bad = {names.index(k) for k in ("zero", "truncated", "badhuff")}
+    assert sorted(p - start for p, _ in batch.failures) == sorted(bad)
+    assert (batch.indices - start).tolist() == [i for i in range(len(names)) if i not in bad]
+    assert dict(batch.failures)[start + names.index("badhuff")].startswith("decode failed (nvjpeg)")
+    assert batch.images.dtype == torch.float32 and batch.images.shape == (len(names) - len(bad), 3, CROP, CROP)
+    _, ref, _ = pil_reference(paths)
+    diff = mean_abs_diff(denormalize_to_uint8_scale(batch.images), ref)
+    assert (diff <= PIXEL_TOL).all(), diff.tolist()
+
+
+def test_nvjpeg_loader_needs_cuda():
+    from engine.loaders.nvjpeg import NvJpegLoader
+
+    with pytest.raises(BackendUnavailable, match="CUDA"):
+        NvJpegLoader(torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU
+# ---------------------------------------------------------------------------------------------
+
+def _check_gpu_loader(loader, images, resnet18, reject_prefix):
+    names = ["land1", "truncated", "portrait", "zero", "exif6", "odd", "badhuff", "png", "land2"]
+    paths = [images[k] for k in names]
+    batches, indices, got, failures = run_loader(loader, paths, batch_size=5)
+    assert all(b.images.device.type == "cuda" and b.images.dtype == torch.float16 for b in batches)
+    torch.cuda.synchronize()
+    failed = {p for p, _ in failures}
+    assert {names.index("truncated"), names.index("zero")} <= failed
+    # a bad Huffman table: PIL rejects it; the GPU decoder should too (never silently dropped)
+    assert (names.index("badhuff") in failed) != (names.index("badhuff") in indices.tolist())
+    assert sorted(failed | set(indices.tolist())) == list(range(len(names)))
+    assert indices.tolist() == sorted(indices.tolist())
+    good = [names.index(k) for k in ("land1", "portrait", "exif6", "odd", "png", "land2")]
+    rows = [indices.tolist().index(i) for i in good]
+    _, ref, _ = pil_reference([paths[i] for i in good])
+    pixels = denormalize_to_uint8_scale(got[rows].float())
+    diff = mean_abs_diff(pixels, ref)
+    assert (diff <= PIXEL_TOL).all(), diff.tolist()
+    cos = torch.nn.functional.cosine_similarity(features(resnet18, pixels), features(resnet18, ref), dim=1)
+    assert (cos >= COSINE_TOL).all(), cos.tolist()
+    for pos, reason in failures:
+        if pos == names.index("badhuff"):
+            assert reason.startswith(reject_prefix), reason
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_dali_cuda_matches_pil(images, resnet18):
+    pytest.importorskip("nvidia.dali", reason="nvidia.dali is not importable: DALI tests skipped")
+    from engine.loaders.dali import DALILoader
+
+    _check_gpu_loader(DALILoader(torch.device("cuda"), num_threads=4), images, resnet18, "decode failed (dali)")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_nvjpeg_cuda_matches_pil(images, resnet18):
+    from engine.loaders.nvjpeg import NvJpegLoader
+
+    _check_gpu_loader(NvJpegLoader(torch.device("cuda"), num_threads=4), images, resnet18, "decode failed (nvjpeg)")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_batched_resize_crop_cuda_matches_cpu():
+    from engine.loaders.nvjpeg import batched_resize_crop
+
+    imgs = [torch.from_numpy(np.array(smooth_image(h, w, s))).permute(2, 0, 1)
+            for s, (h, w) in enumerate([(400, 500), (500, 380), (1200, 900)])]
+    cpu = batched_resize_crop(imgs)
+    gpu = batched_resize_crop([t.cuda() for t in imgs])
+    assert gpu.device.type == "cuda"
+    assert (gpu.cpu() - cpu).abs().max().item() < 0.05
