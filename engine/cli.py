@@ -84,6 +84,7 @@ def run(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (faster on GPUs after a warm-up)."),
     seed: int = SeedOpt,
     save_features: bool = typer.Option(False, "--save-features", help="Also write features.npy (n × d float32)."),
+    save_model: Optional[Path] = typer.Option(None, "--save-model", help="Also save the fitted model to this file (e.g. model.imgc) for `imgcluster predict`."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the HTML report to OUT/report/."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep a feature cache in OUT/features/ so an interrupted run resumes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
@@ -103,6 +104,9 @@ def run(
                         compile=compile, seed=seed)
     clusterer = ImageClusterer(**params)
     clusterer.fit(paths, out_dir=out, reporter=reporter, save_features=save_features, report=report, cache=cache)
+    if save_model is not None:
+        clusterer.save(save_model)
+        reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
     print_run_summary(clusterer.result_.summary, out_console)
     out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {out}/")
 
@@ -136,6 +140,96 @@ def doctor():
     from .doctor import print_doctor
 
     print_doctor(out_console)
+
+
+@app.command()
+@user_errors
+def bench(
+    folder: Optional[Path] = typer.Option(None, "--folder", help="Folder of bench JPEGs (generated there when missing; default $TMPDIR/imgcluster-bench)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Images (default: 4096 on CUDA, 96 on the CPU)."),
+    model: str = typer.Option("resnet152", "--model", "-m", help="Backbone (random weights: speed does not depend on them)."),
+    device: str = DeviceOpt,
+    decoder: str = DecoderOpt,
+    k: str = typer.Option("2:20", "--k", help="K range for the clustering stages."),
+    pca: str = typer.Option("200", "--pca", help="PCA components or variance fraction."),
+    batch_size: Optional[int] = BatchOpt,
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone."),
+    seed_like: bool = typer.Option(True, "--seed-like/--no-seed-like", help="Also measure the seed-like configuration (PIL + fp32 + scikit-learn) and print the ratio."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
+):
+    """Measure images/s per stage (read, decode+resize, backbone, PCA, KMeans, silhouette) and end to end.
+
+    Example: [bold]imgcluster bench --device cpu --n 64 --json bench.json[/bold]
+    """
+    from .bench import print_bench, run_bench
+    from .cli_progress import RichReporter
+    from .report.outputs import write_json
+
+    result = run_bench(folder, n, model=model, device=device, decoder=decoder, k=k, pca=parse_pca(pca),
+                       batch_size=batch_size, compile=compile, seed_like=seed_like,
+                       reporter=RichReporter(err_console))
+    print_bench(result, out_console)
+    if json_out:
+        write_json(json_out, result.as_dict())
+        out_console.print(f"Figures written to {json_out}")
+
+
+@app.command()
+@user_errors
+def cluster(
+    run_dir: Path = typer.Argument(..., help="A folder written by `imgcluster run` (predictions.csv, summary.json, features/)."),
+    k: Optional[str] = typer.Option(None, "--k", help="Candidate K: a range 2:20, a single 11, or a list 3,5,8 (default: the run's)."),
+    pca: Optional[str] = typer.Option(None, "--pca", help="PCA: components (200), variance fraction (0.9), or 0 (off) (default: the run's)."),
+    select: Optional[str] = typer.Option(None, "--select", help="How K is chosen: silhouette | calinski | davies (default: the run's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for KMeans init and samples (default: the run's)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN_DIR, replacing its outputs)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the HTML report to OUT/report/."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
+):
+    """Re-cluster a finished run from its feature cache with a new K range, PCA, selection or seed; decodes no image.
+
+    Example: [bold]imgcluster cluster results/ --k 2:30 --pca 0.9 --out results-k30/[/bold]
+    """
+    from .cli_progress import RichReporter
+    from .recluster import recluster
+    from .report.terminal import print_run_summary
+
+    reporter = RichReporter(err_console, quiet=quiet)
+    result = recluster(run_dir, out_dir=out, reporter=reporter, report=report,
+                       **run_config(k=k, pca=parse_pca(pca) if pca is not None else None, select=select, seed=seed))
+    print_run_summary(result.summary, out_console)
+    out_console.print(f"Chosen K = [bold]{result.k}[/bold]; results in {out or run_dir}/")
+
+
+@app.command()
+@user_errors
+def predict(
+    model_file: Path = typer.Argument(..., metavar="MODEL", help="A model file saved by `imgcluster run --save-model` or ImageClusterer.save."),
+    paths: List[str] = typer.Argument(..., help="Folders (recursive), files, @list.txt files, or globs."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV to write: path,cluster,distance,confidence (skipped.csv goes beside it)."),
+    device: str = DeviceOpt,
+    decoder: str = DecoderOpt,
+    batch_size: Optional[int] = BatchOpt,
+    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights file to use instead of the one the model records (its fingerprint must match)."),
+    allow_fingerprint_mismatch: bool = typer.Option(False, "--allow-fingerprint-mismatch", help="Use weights whose fingerprint differs from the model's (a warning instead of an error)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
+):
+    """Assign new images to the clusters of a saved model; write path,cluster,distance,confidence to --out.
+
+    confidence = 1 − d1/d2 (nearest / second-nearest centroid distance): 0 on a boundary, near 1 deep inside a cluster.
+
+    Example: [bold]imgcluster predict results/model.imgc ./new-photos --out new.csv[/bold]
+    """
+    from .cli_progress import RichReporter
+    from .model import load_model, predict_files
+
+    reporter = RichReporter(err_console, quiet=quiet)
+    fitted = load_model(model_file, device=device, weights=weights, allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+                        decoder=decoder, batch_size=batch_size, warn=reporter.warn, notify=reporter.notify)
+    with fitted:
+        done = predict_files(fitted, paths, out, reporter=reporter)
+    skipped = f"; {len(done.skipped)} skipped (see {done.skipped_csv})" if done.skipped else ""
+    out_console.print(f"Assigned {len(done.paths)} image(s) to K = {fitted.k} clusters: {out}{skipped}")
 
 
 def main():  # console-script entry point

@@ -1,0 +1,249 @@
+"""`imgcluster bench`: images/s per stage and end to end, against the seed-like configuration.
+
+The seed-like configuration is the 2019 method as first written: PIL decode in a thread pool,
+an fp32 model, scikit-learn PCA / KMeans / silhouette_score one K at a time. It is measured in
+the same run, on the same files, so the ratio is meaningful on a noisy machine. Throughput does
+not depend on the weights, so the backbone uses seeded random weights (no download).
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .backbones import load_backbone
+from .config import Config
+from .device import resolve_cluster_backend, resolve_decoder, resolve_device
+from .features import auto_batch_size, extract_features
+from .loaders import make_loader
+from .pipeline import cluster_features
+from .progress import Reporter
+
+UNIQUE_IMAGES = 256  # distinct JPEGs generated; larger sets hard-link them (decode work is the same)
+
+
+def _imagenet_like(rng: np.random.Generator, h: int = 400, w: int = 500) -> Image.Image:
+    """A photo-like 400x500 RGB image: smooth colour field + mid-frequency detail + grain.
+    At JPEG quality 90 it is about 90 KB, like an average ImageNet validation image."""
+    coarse = Image.fromarray(rng.uniform(0, 255, (8, 10, 3)).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    detail = Image.fromarray(rng.uniform(0, 255, (50, 62, 3)).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    img = 0.7 * np.asarray(coarse, np.float32) + 0.3 * np.asarray(detail, np.float32) + rng.normal(0, 13, (h, w, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def make_bench_set(folder, n: int, seed: int = 0) -> list[Path]:
+    """Ensure `folder` holds n ImageNet-like JPEGs (bench_00000.jpg ...); returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"bench_{i:05d}.jpg" for i in range(n)]
+    unique = min(n, UNIQUE_IMAGES)
+
+    def write(i: int) -> None:
+        if not paths[i].exists():
+            _imagenet_like(np.random.default_rng([seed, i])).save(paths[i], "JPEG", quality=90)
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(write, range(unique)))
+    for i in range(unique, n):
+        if not paths[i].exists():
+            try:
+                os.link(paths[i % unique], paths[i])
+            except OSError:
+                paths[i].write_bytes(paths[i % unique].read_bytes())
+    return paths
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float
+    images: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class BenchResult:
+    device: str
+    model: str
+    n_images: int
+    ks: list[int]
+    ours: dict[str, dict] = field(default_factory=dict)
+    seed_like: dict[str, dict] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """End-to-end speed of ours over the seed-like configuration."""
+        return self.seed_like["end_to_end"]["seconds"] / self.ours["end_to_end"]["seconds"]
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["ratio_end_to_end"] = self.ratio
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _record(table: dict, stage: Stage) -> None:
+    table[stage.name] = {"seconds": round(stage.seconds, 4), "images_per_s": round(stage.images_per_s, 1),
+                         "images": stage.images}
+
+
+def _read_all(paths) -> None:
+    def read(p):
+        with open(p, "rb") as handle:
+            return len(handle.read())
+
+    with ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
+        list(pool.map(read, paths))
+
+
+def _drain(loader, paths, batch_size, device) -> None:
+    for batch in loader.batches(paths, batch_size):
+        _ = batch.images.shape
+    _sync(device)
+
+
+def _backbone_rate(backbone, batch_size, device, iters: int) -> Stage:
+    images = torch.randn(batch_size, 3, 224, 224, device=device,
+                         dtype=torch.float16 if device.type == "cuda" else torch.float32)
+    backbone(images)  # warm-up (cudnn autotune, compile)
+    seconds = _timed(lambda: [backbone(images) for _ in range(iters)], device)
+    return Stage("backbone", seconds, batch_size * iters)
+
+
+def _seed_like_clustering(features: torch.Tensor, config: Config) -> dict[str, float]:
+    """scikit-learn PCA, then KMeans and silhouette_score one K at a time (the 2019 method)."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import silhouette_score
+
+    x = features.float().cpu().numpy()
+    times = {}
+    t0 = time.perf_counter()
+    reduced = PCA(n_components=min(config.reduce.pca, *x.shape) if isinstance(config.reduce.pca, int) else config.reduce.pca,
+                  svd_solver="full").fit_transform(x) if config.reduce.pca else x
+    times["pca"] = time.perf_counter() - t0
+    times["kmeans"] = times["silhouette"] = 0.0
+    for k in config.cluster.k:
+        t0 = time.perf_counter()
+        labels = KMeans(k, n_init=config.cluster.n_init, random_state=config.cluster.seed).fit_predict(reduced)
+        times["kmeans"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        silhouette_score(reduced, labels)
+        times["silhouette"] += time.perf_counter() - t0
+    return times
+
+
+def _warm_up_clustering(features: torch.Tensor, config: Config, backend: str) -> None:
+    """One tiny clustering pass first: the first linalg/BLAS call of a process loads libraries
+    (seconds on the CPU), which is not what the stages should be charged for."""
+    small = features[: min(len(features), 32)]
+    tiny = config.replace(k=(2, 3), pca=min(4, small.shape[0] - 1, small.shape[1]))
+    cluster_features(small, tiny, backend, Reporter())
+    _seed_like_clustering(small, tiny)
+
+
+def run_bench(folder=None, n: int | None = None, model: str = "resnet152", device: str = "auto",
+              decoder: str = "auto", k: str = "2:20", pca=200, batch_size: int | None = None,
+              compile: bool = False, seed_like: bool = True, reporter: Reporter | None = None) -> BenchResult:
+    """Measure every stage on `n` ImageNet-like JPEGs (generated into `folder` when missing)."""
+    reporter = reporter or Reporter()
+    dev = resolve_device(device, reporter.notify)
+    n = n or (4096 if dev.type == "cuda" else 96)
+    config = Config.from_kwargs(model=model, weights="random", device=device, decoder=decoder, k=k, pca=pca,
+                                compile=compile, batch_size=batch_size)
+    folder = Path(folder) if folder else Path(os.environ.get("TMPDIR", "/tmp")) / "imgcluster-bench"
+    reporter.notify(f"Bench set: {n} ImageNet-like JPEGs (400x500, q90) in {folder}")
+    paths = make_bench_set(folder, n)
+    dec = resolve_decoder(decoder, dev, reporter.notify)
+    cluster_backend = resolve_cluster_backend("auto", dev)
+    bs = batch_size or auto_batch_size(dev, model)
+    result = BenchResult(str(dev), model, n, list(config.cluster.k),
+                         backends={"decoder": dec, "cluster": cluster_backend})
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights are intended here
+        ours_bb = load_backbone(model, "random", dev, compile=compile)
+        seed_bb = load_backbone(model, "random", dev, precision="fp32") if seed_like else None
+    result.backends["backbone"] = f"{model} {ours_bb.precision}" + (" compiled" if compile else "")
+
+    # Ours, stage by stage.
+    _record(result.ours, Stage("read", _timed(lambda: _read_all(paths), dev), n))
+    loader = make_loader(dec, dev)
+    _drain(loader, paths[: min(n, bs)], bs, dev)  # warm-up (pipeline build, thread pools)
+    _record(result.ours, Stage("decode_resize", _timed(lambda: _drain(loader, paths, bs, dev), dev), n))
+    _record(result.ours, _backbone_rate(ours_bb, bs, dev, iters=max(2, min(20, n // bs))))
+    t0 = time.perf_counter()
+    extraction = extract_features(paths, loader, ours_bb, bs)
+    _sync(dev)
+    extract_s = time.perf_counter() - t0
+    _record(result.ours, Stage("extract", extract_s, n))
+    _warm_up_clustering(extraction.features, config, cluster_backend)
+    t0 = time.perf_counter()
+    _, _, search, timings = cluster_features(extraction.features, config, cluster_backend, Reporter())
+    _sync(dev)
+    cluster_s = time.perf_counter() - t0
+    for stage in ("pca", "kmeans", "silhouette"):
+        _record(result.ours, Stage(stage, timings[stage]["seconds"], n))
+    _record(result.ours, Stage("end_to_end", extract_s + cluster_s, n))
+
+    if seed_like:
+        pil = make_loader("pil", dev)
+        _record(result.seed_like, Stage("decode_resize", _timed(lambda: _drain(pil, paths, bs, dev), dev), n))
+        _record(result.seed_like, _backbone_rate(seed_bb, bs, dev, iters=max(2, min(20, n // bs))))
+        t0 = time.perf_counter()
+        seed_extraction = extract_features(paths, pil, seed_bb, bs)
+        _sync(dev)
+        seed_extract_s = time.perf_counter() - t0
+        _record(result.seed_like, Stage("extract", seed_extract_s, n))
+        times = _seed_like_clustering(seed_extraction.features, config)
+        for stage, seconds in times.items():
+            _record(result.seed_like, Stage(stage, seconds, n))
+        _record(result.seed_like, Stage("end_to_end", seed_extract_s + sum(times.values()), n))
+    return result
+
+
+def print_bench(result: BenchResult, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"imgcluster bench — {result.n_images} images, {result.model}, {result.device}, "
+                        f"K={result.ks[0]}..{result.ks[-1]}")
+    table.add_column("stage")
+    table.add_column("ours img/s", justify="right")
+    table.add_column("ours s", justify="right")
+    table.add_column("seed-like img/s", justify="right")
+    table.add_column("seed-like s", justify="right")
+    for stage in ("read", "decode_resize", "backbone", "extract", "pca", "kmeans", "silhouette", "end_to_end"):
+        ours = result.ours.get(stage)
+        seed = result.seed_like.get(stage)
+        table.add_row(stage,
+                      f"{ours['images_per_s']:,.1f}" if ours else "—", f"{ours['seconds']:.3f}" if ours else "—",
+                      f"{seed['images_per_s']:,.1f}" if seed else "—", f"{seed['seconds']:.3f}" if seed else "—")
+    console.print(table)
+    console.print("Backends: " + ", ".join(f"{k}={v}" for k, v in result.backends.items()), highlight=False)
+    if result.seed_like:
+        console.print(f"End to end: ours is [bold]{result.ratio:.2f}×[/bold] the seed-like configuration "
+                      "(PIL + fp32 model + scikit-learn), measured in this run.")
