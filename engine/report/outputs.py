@@ -30,12 +30,32 @@ ANALYSIS = "analysis.npz"
 FEATURES = "features.npy"
 
 
+def _umask_mode() -> int:
+    """0o666 minus the process umask: the mode open() would give a new file. Read from /proc where
+    possible, since os.umask() to read it briefly changes it for every thread."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` via a temp file in the same folder + fsync + rename."""
+    """Write `data` to `path` via a temp file in the same folder + fsync + rename.
+    The file gets the usual umask mode (mkstemp alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

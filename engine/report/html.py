@@ -1,0 +1,232 @@
+"""index.html: one self-contained page (inline CSS, no scripts, no network) over the report's files.
+
+Every link is relative to report/ and points at a file the builder wrote (or ../skipped.csv when it
+exists). All text taken from the run (paths, inputs, config) goes through html.escape.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from html import escape
+
+from .rundata import RunData
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{margin:0 0 4px;font-size:28px}h2{margin-top:36px;border-bottom:2px solid #d0d4da;padding-bottom:4px}
+.sub{color:#555;margin:0 0 16px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
+.card{background:#fff;border:1px solid #d0d4da;border-radius:8px;padding:10px 16px;min-width:130px}
+.card .v{font-size:24px;font-weight:600}.card .l{color:#555;font-size:13px}
+.card.chosen{border:2px solid #d62728}.card.chosen .v{color:#d62728}
+table{border-collapse:collapse;background:#fff;margin:8px 0;font-size:14px}
+th,td{border:1px solid #d0d4da;padding:4px 10px;text-align:right}th{background:#eef0f3}
+td.l,th.l{text-align:left}
+tr.chosen td{background:#fde2e2;font-weight:600}
+.mark{color:#d62728;font-weight:700}
+figure{background:#fff;border:1px solid #d0d4da;border-radius:8px;padding:10px;margin:16px 0;display:inline-block;max-width:100%}
+figure img{max-width:100%;height:auto;display:block}
+figure.half{width:calc(50% - 34px);vertical-align:top;margin-right:10px}
+figcaption{color:#444;font-size:14px;margin-top:6px;max-width:900px}
+.note{background:#fff8e1;border:1px solid #f0d58c;border-radius:6px;padding:8px 12px}
+.cluster{background:#fff;border:1px solid #d0d4da;border-radius:8px;padding:12px 16px;margin:18px 0}
+.cluster h3{margin:0 0 6px}
+.swatch{display:inline-block;width:14px;height:14px;border-radius:3px;margin-right:6px;vertical-align:-1px;border:1px solid #0004}
+.cluster figure{border:none;padding:0;margin:8px 0}
+nav a{margin-right:12px}
+code,pre{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:13px}
+pre{background:#fff;border:1px solid #d0d4da;padding:10px;overflow:auto;max-height:420px}
+ol.paths{font-size:13px;columns:2;word-break:break-all}
+.bad{color:#a00}
+"""
+
+
+@dataclass
+class PlotEntry:
+    """One plot on the page: `file` relative to report/, size in pixels."""
+
+    file: str
+    title: str
+    caption: str
+    size: tuple[int, int]
+    css_class: str = ""  # "half": shown two to a row (the silhouette plots for K-1, K, K+1)
+
+
+@dataclass
+class ClusterEntry:
+    """One cluster's section. near/far: [(path text, distance, decoded ok)] in montage order."""
+
+    cid: int
+    size: int
+    mean_silhouette: float
+    color: str
+    csv_file: str
+    montage_file: str | None
+    montage_size: tuple[int, int] | None
+    near: list[tuple[str, float, bool]] = field(default_factory=list)
+    far: list[tuple[str, float, bool]] = field(default_factory=list)
+
+
+def fmt(value, digits: int = 3) -> str:
+    """Numbers for tables: ints with thousands separators, floats with `digits` decimals, '–' for missing."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return escape(str(value))
+    if not math.isfinite(value):
+        return "–"
+    if abs(value) >= 1e4:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _card(label: str, value: str, cls: str = "", extra: str = "") -> str:
+    return f'<div class="card {cls}"{extra}><div class="v">{value}</div><div class="l">{escape(label)}</div></div>'
+
+
+def _summary(data: RunData) -> str:
+    s = data.summary
+    chosen = data.score_for(data.k) or {}
+    skipped = int(s.get("n_skipped", 0) or 0)
+    skipped_html = f'<a href="../skipped.csv">{skipped:,}</a>' if data.has_skipped_csv else f"{skipped:,}"
+    cards = [
+        _card("images clustered", fmt(int(s.get("n_images", data.n)))),
+        _card("files skipped", skipped_html),
+        _card(f"chosen K (by {s.get('select', 'silhouette')})", str(data.k), "chosen",
+              f' id="chosen-k" data-k="{data.k}"'),
+        _card("mean silhouette at chosen K", fmt(chosen.get("silhouette"))),
+    ]
+    total = (s.get("timings") or {}).get("total") or {}
+    if total.get("seconds") is not None:
+        cards.append(_card("total time (s)", fmt(total.get("seconds"), 1)))
+    pca = s.get("pca") or {}
+    explained = pca.get("explained_variance")
+    explained = fmt(100 * float(explained), 1) if explained is not None else "–"
+    sil = s.get("silhouette") or {}
+    inputs = s.get("inputs") or []
+    rows = [
+        ("inputs", "<br>".join(f"<code>{escape(str(i))}</code>" for i in inputs) or "–"),
+        ("created", escape(str(s.get("created", "–")))),
+        ("imgcluster version", escape(str(s.get("imgcluster_version", "–")))),
+        ("K selected by", escape(str(s.get("select", "silhouette")))),
+        ("PCA", "off" if pca.get("mode") == "off" else
+         escape(f"{pca.get('mode', '–')}, {pca.get('n_components', '–')} components, "
+                f"{explained} % of variance explained")),
+        ("silhouette", escape(f"{sil.get('mode', '–')}"
+                              + (f", sample of {int(sil['sample_size']):,}" if sil.get("sample_size") else ""))),
+    ]
+    if skipped and data.has_skipped_csv:
+        rows.append(("skipped files", f'{skipped:,} — reasons in <a href="../skipped.csv">skipped.csv</a>'))
+    table = "".join(f'<tr><th class="l">{escape(k)}</th><td class="l">{v}</td></tr>' for k, v in rows)
+    return f'<div class="cards">{"".join(cards)}</div><table>{table}</table>'
+
+
+def _scores_table(data: RunData) -> str:
+    head = ("K", "mean silhouette", "inertia", "Calinski–Harabasz", "Davies–Bouldin", "fraction negative",
+            "balance", "smallest", "largest")
+    out = ["<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
+    for entry in sorted(data.summary.get("scores", []) or [], key=lambda e: int(e["k"])):
+        k = int(entry["k"])
+        sizes = entry.get("cluster_sizes") or []
+        chosen = k == data.k
+        mark = ' <span class="mark">◀ chosen</span>' if chosen else ""
+        cls = ' class="chosen"' if chosen else ""
+        out.append(
+            f'<tr{cls} data-k="{k}"><td>{k}{mark}</td><td>{fmt(entry.get("silhouette"))}</td>'
+            f'<td>{fmt(entry.get("inertia"), 1)}</td><td>{fmt(entry.get("calinski_harabasz"), 1)}</td>'
+            f'<td>{fmt(entry.get("davies_bouldin"))}</td><td>{fmt(entry.get("fraction_negative"))}</td>'
+            f'<td>{fmt(entry.get("balance"))}</td><td>{fmt(min(sizes) if sizes else None)}</td>'
+            f'<td>{fmt(max(sizes) if sizes else None)}</td></tr>')
+    out.append("</table>")
+    return "".join(out)
+
+
+def _timings_and_backends(data: RunData) -> str:
+    timings = data.summary.get("timings") or {}
+    rows = "".join(
+        f'<tr><td class="l">{escape(str(stage))}</td><td>{fmt((t or {}).get("seconds"), 2)}</td>'
+        f'<td>{fmt((t or {}).get("images_per_s"), 1)}</td></tr>' for stage, t in timings.items())
+    timing_html = (f'<table><tr><th class="l">stage</th><th>seconds</th><th>images / s</th></tr>{rows}</table>'
+                   if rows else '<p class="note">No timings recorded.</p>')
+    backends = data.summary.get("backends") or {}
+    brow = "".join(f'<tr><th class="l">{escape(str(k))}</th><td class="l">{escape(str(v))}</td></tr>'
+                   for k, v in backends.items())
+    backend_html = f"<table>{brow}</table>" if brow else ""
+    return (f'<div style="display:flex;gap:32px;flex-wrap:wrap"><div><h3>Time per stage</h3>{timing_html}</div>'
+            f"<div><h3>Backends</h3>{backend_html}</div></div>")
+
+
+def _plots(plots: list[PlotEntry], notes: list[str]) -> str:
+    parts = [f'<p class="note">{escape(n)}</p>' for n in notes]
+    for p in plots:
+        w, h = p.size
+        cls = f' class="{escape(p.css_class)}"' if p.css_class else ""
+        parts.append(f'<figure{cls}><a href="{escape(p.file)}"><img src="{escape(p.file)}" width="{w}" height="{h}" '
+                     f'alt="{escape(p.title)}"></a>'
+                     f"<figcaption><b>{escape(p.title)}.</b> {escape(p.caption)}</figcaption></figure>")
+    return "".join(parts)
+
+
+def _path_list(items: list[tuple[str, float, bool]]) -> str:
+    lis = "".join(f'<li><code>{escape(path)}</code> <span>d={fmt(dist)}</span>'
+                  f'{"" if ok else " <span class=bad>(unreadable)</span>"}</li>' for path, dist, ok in items)
+    return f'<ol class="paths">{lis}</ol>'
+
+
+def _cluster(c: ClusterEntry, n_total: int) -> str:
+    share = 100.0 * c.size / n_total if n_total else 0.0
+    parts = [f'<section class="cluster" id="cluster-{c.cid}">',
+             f'<h3><span class="swatch" style="background:{escape(c.color)}"></span>Cluster {c.cid}</h3>',
+             f"<p>{c.size:,} images ({share:.1f} %) · mean silhouette {fmt(c.mean_silhouette)} · "
+             f'members: <a href="{escape(c.csv_file)}">{escape(c.csv_file)}</a> '
+             f"(path, distance to centre, silhouette; nearest first)</p>"]
+    if c.montage_file and c.montage_size:
+        w, h = c.montage_size
+        parts.append(f'<figure><img src="{escape(c.montage_file)}" width="{w}" height="{h}" '
+                     f'alt="montage of cluster {c.cid}"><figcaption>The {len(c.near)} members nearest the '
+                     f"centre, nearest first" + (f"; under the red label, the {len(c.far)} farthest from it "
+                                                 "(likely outliers), farthest first" if c.far else "")
+                     + ".</figcaption></figure>")
+        parts.append(f"<details><summary>Paths of the images shown</summary>{_path_list(c.near)}"
+                     + (f"<p class=mark>farthest from centre</p>{_path_list(c.far)}" if c.far else "")
+                     + "</details>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_page(data: RunData, plots: list[PlotEntry], clusters: list[ClusterEntry], notes: list[str]) -> str:
+    """The whole index.html as text."""
+    title = f"imgcluster report: {data.run_dir.resolve().name}"
+    nav_clusters = " ".join(f'<a href="#cluster-{c.cid}">{c.cid}</a>' for c in clusters)
+    extra = {key: data.summary.get(key) for key in ("config", "versions") if data.summary.get(key) is not None}
+    extra_html = "".join(
+        f"<details><summary>{escape(key)}</summary><pre>{escape(json.dumps(value, indent=2, default=str))}</pre>"
+        f"</details>" for key, value in extra.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title><style>{CSS}</style></head>
+<body><main>
+<h1>{escape(title)}</h1>
+<p class="sub">{escape(str(data.summary.get("created", "")))} · {data.n:,} images in {data.k} clusters</p>
+<nav><a href="#summary">Summary</a><a href="#scores">Scores per K</a><a href="#timings">Timings</a>
+<a href="#plots">Plots</a><a href="#clusters">Clusters</a></nav>
+<h2 id="summary">Summary</h2>{_summary(data)}
+<h2 id="scores">Scores per K</h2>
+<p>The chosen K ({data.k}) is highlighted. Silhouette and Calinski–Harabasz: higher is better;
+Davies–Bouldin and fraction negative: lower is better; balance = smallest / largest cluster.</p>
+{_scores_table(data)}
+<h2 id="timings">Timings and backends</h2>{_timings_and_backends(data)}
+<h2 id="plots">Plots</h2>{_plots(plots, notes)}
+<h2 id="clusters">Clusters</h2><p>Jump to cluster: {nav_clusters}</p>
+{"".join(_cluster(c, data.n) for c in clusters)}
+<h2 id="run">Configuration</h2>{extra_html or "<p>–</p>"}
+</main></body></html>
+"""

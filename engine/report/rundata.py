@@ -1,0 +1,140 @@
+"""Read a finished run directory into one object the report can draw from (no recomputation).
+
+Only the saved outputs are read: summary.json, predictions.csv, analysis.npz (and whether
+skipped.csv exists). Inconsistent or missing files are a ReportError that names the file.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImgclusterError
+from . import outputs
+
+
+class ReportError(ImgclusterError):
+    """The run directory is not a finished run (a file is missing or the files disagree)."""
+
+
+@dataclass
+class RunData:
+    """Everything the report draws, loaded from one run directory.
+
+    run_dir:      the run directory (report goes to run_dir / "report")
+    summary:      summary.json as a dict
+    analysis:     analysis.npz (outputs.RunAnalysis)
+    paths:        n image paths (str, as written in predictions.csv), in input order
+    labels:       (n,) int32 cluster id per image for the chosen K (0..K-1, largest cluster first)
+    k:            chosen K
+    distances:    (n,) float32 distance to the own centroid; NaN when the run did not save it
+    silhouettes:  (n,) float32 per-sample silhouette for the chosen K; NaN where not sampled
+    cluster_sizes:      (K,) int64 members per cluster id
+    cluster_silhouettes: (K,) float64 mean silhouette per cluster id (NaN when unknown)
+    has_skipped_csv:    whether run_dir/skipped.csv exists (the page links to it only then)
+    """
+
+    run_dir: Path
+    summary: dict
+    analysis: outputs.RunAnalysis
+    paths: list[str]
+    labels: np.ndarray
+    k: int
+    distances: np.ndarray
+    silhouettes: np.ndarray
+    cluster_sizes: np.ndarray
+    cluster_silhouettes: np.ndarray
+    has_skipped_csv: bool
+
+    @property
+    def n(self) -> int:
+        return len(self.paths)
+
+    def score_for(self, k: int) -> dict | None:
+        """The summary's per-K scores entry for `k`, or None."""
+        for entry in self.summary.get("scores", []) or []:
+            if int(entry.get("k", -1)) == int(k):
+                return entry
+        return None
+
+
+def _read_predictions(path: Path) -> tuple[list[str], np.ndarray]:
+    """predictions.csv -> (paths, (n,) int32 labels). Plain csv.reader: ~10x faster than DictReader at 1M rows."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or header[:2] != ["path", "cluster"]:
+            raise ReportError(f"{path}: expected header 'path,cluster', got {header!r}")
+        rows = [row for row in reader if row]
+    try:
+        labels = np.fromiter((int(row[1]) for row in rows), dtype=np.int32, count=len(rows))
+    except (ValueError, IndexError) as exc:
+        raise ReportError(f"{path}: bad cluster value ({exc})") from None
+    return [row[0] for row in rows], labels
+
+
+def _finite_or_nan(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value
+
+
+def load_run(run_dir) -> RunData:
+    """Load and cross-check a finished run. Raises ReportError when a file is missing or inconsistent."""
+    run_dir = Path(run_dir)
+    for name in (outputs.SUMMARY, outputs.PREDICTIONS, outputs.ANALYSIS):
+        if not (run_dir / name).is_file():
+            raise ReportError(f"{run_dir} is not a finished run: {name} is missing")
+    summary = outputs.read_summary(run_dir)
+    analysis = outputs.read_analysis(run_dir)
+    paths, labels = _read_predictions(run_dir / outputs.PREDICTIONS)
+    n = len(paths)
+
+    k = summary.get("k")
+    if k is None:
+        raise ReportError(f"{run_dir / outputs.SUMMARY}: no chosen 'k'")
+    k = int(k)
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise ReportError(f"{run_dir / outputs.PREDICTIONS}: cluster ids outside 0..{k - 1}")
+    saved = analysis.labels.get(k)
+    if saved is not None and (saved.shape != (n,) or not np.array_equal(saved, labels)):
+        raise ReportError(f"{run_dir}: analysis.npz labels for K={k} disagree with predictions.csv")
+
+    def per_sample(array, what) -> np.ndarray:
+        if array is None:
+            return np.full(n, np.nan, dtype=np.float32)
+        array = np.asarray(array, dtype=np.float32)
+        if array.shape != (n,):
+            raise ReportError(f"{run_dir / outputs.ANALYSIS}: {what} has shape {array.shape}, expected ({n},)")
+        return array
+
+    distances = per_sample(analysis.distance_to_centroid, "distance_to_centroid")
+    silhouettes = per_sample(analysis.silhouettes.get(k), f"silhouette_k{k}")
+    if analysis.projection_2d is not None and analysis.projection_2d.shape != (n, 2):
+        raise ReportError(f"{run_dir / outputs.ANALYSIS}: projection_2d has shape "
+                          f"{analysis.projection_2d.shape}, expected ({n}, 2)")
+
+    counted = np.bincount(labels, minlength=k).astype(np.int64)
+    sizes = summary.get("cluster_sizes")
+    if sizes is not None and list(map(int, sizes)) != counted.tolist():
+        raise ReportError(f"{run_dir}: summary.json cluster_sizes disagree with predictions.csv")
+
+    cluster_sils = summary.get("cluster_silhouettes")
+    if cluster_sils is not None and len(cluster_sils) == k:
+        cluster_sils = np.array([_finite_or_nan(v) for v in cluster_sils], dtype=np.float64)
+    else:  # older/partial summaries: the mean of the saved per-sample values
+        cluster_sils = np.full(k, np.nan)
+        for cid in range(k):
+            values = silhouettes[labels == cid]
+            values = values[np.isfinite(values)]
+            if values.size:
+                cluster_sils[cid] = float(values.mean())
+
+    return RunData(run_dir=run_dir, summary=summary, analysis=analysis, paths=paths, labels=labels, k=k,
+                   distances=distances, silhouettes=silhouettes, cluster_sizes=counted,
+                   cluster_silhouettes=cluster_sils, has_skipped_csv=(run_dir / outputs.SKIPPED).is_file())

@@ -1,0 +1,404 @@
+"""The report: files, plots, montages, the page, the terminal summary, and a headless-browser render."""
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+import sys
+from html import escape
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.errors import ConfigError
+from engine.report import build_report, montage, outputs, plots, print_run_summary
+from engine.report.rundata import ReportError
+
+try:
+    from report_fixtures import K, N_OUTLIERS, ODD_NAMES, RED_STEP, RED_TOP, SIZES, YELLOW, make_fake_run
+except ImportError:  # pytest's importlib mode does not put tests/ on sys.path
+    from tests.report_fixtures import K, N_OUTLIERS, ODD_NAMES, RED_STEP, RED_TOP, SIZES, YELLOW, make_fake_run
+
+
+class _Links(HTMLParser):
+    """Collects every src/href and every id of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        for name in ("src", "href"):
+            if attrs.get(name) is not None:
+                self.links.append(attrs[name])
+
+
+def _parse(index: Path) -> _Links:
+    parser = _Links()
+    parser.feed(index.read_text(encoding="utf-8"))
+    return parser
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+EXPECTED = {
+    "index.html",
+    "plots/pca_variance.png", "plots/silhouette_vs_k.png", "plots/metrics_vs_k.png",
+    f"plots/silhouette_k{K - 1}.png", f"plots/silhouette_k{K}.png", f"plots/silhouette_k{K + 1}.png",
+    "plots/cluster_sizes.png", "plots/scatter_2d.png",
+    *(f"montages/cluster_{c}.png" for c in range(K)),
+    *(f"clusters/cluster_{c}.csv" for c in range(K)),
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One fake run with its report built (read-only for the tests that use it)."""
+    fake = make_fake_run(tmp_path_factory.mktemp("built"))
+    index = build_report(fake.run_dir, num_threads=2)
+    return fake, index
+
+
+def _montage_counts(size: int, max_montage: int = 36, n_outliers: int = N_OUTLIERS) -> tuple[int, int]:
+    n_near = min(size, max_montage - n_outliers)
+    return n_near, min(n_outliers, size - n_near)
+
+
+def _tile_pixel(img: Image.Image, box, where: str = "centre") -> tuple[int, int, int]:
+    x0, y0, x1, y1 = box
+    xy = ((x0 + x1) // 2, (y0 + y1) // 2) if where == "centre" else (x0 + 4, y0 + 4)
+    return img.getpixel(xy)[:3]
+
+
+# --- files and sizes -------------------------------------------------------------------------------
+
+def test_every_expected_file_is_written(built):
+    fake, index = built
+    assert index == fake.run_dir / "report" / "index.html"
+    assert _files(index.parent) == EXPECTED
+
+
+def test_pngs_have_the_documented_sizes(built):
+    fake, index = built
+    root = index.parent
+    kinds = {"pca_variance": "pca_variance", "silhouette_vs_k": "silhouette_vs_k", "metrics_vs_k": "metrics_vs_k",
+             "cluster_sizes": "cluster_sizes", "scatter_2d": "scatter_2d"}
+    for name, kind in kinds.items():
+        with Image.open(root / "plots" / f"{name}.png") as img:
+            img.load()
+            assert img.format == "PNG" and img.size == plots.SIZES[kind], name
+    for kk in (K - 1, K, K + 1):
+        with Image.open(root / "plots" / f"silhouette_k{kk}.png") as img:
+            assert img.size == plots.SIZES["silhouette"]
+    for cid, size in enumerate(SIZES):
+        with Image.open(root / "montages" / f"cluster_{cid}.png") as img:
+            img.load()
+            assert img.size == montage.layout(*_montage_counts(size)).size
+
+
+# --- the page ----------------------------------------------------------------------------------------
+
+def test_html_links_only_to_files_that_exist(built):
+    fake, index = built
+    page = _parse(index)
+    assert page.links, "the page has no links or images"
+    for link in page.links:
+        parts = urlsplit(link)
+        assert not parts.scheme and not parts.netloc, f"not a relative link: {link}"
+        if not parts.path:  # in-page anchor
+            assert parts.fragment in page.ids, f"anchor without target: {link}"
+            continue
+        target = (index.parent / unquote(parts.path)).resolve()
+        assert target.is_file(), f"broken link: {link}"
+        assert fake.run_dir.resolve() in target.parents, f"link leaves the run directory: {link}"
+    assert "../skipped.csv" in page.links
+    srcs = {a["src"] for tag, a in page.tags if tag == "img"}
+    assert srcs == {f for f in EXPECTED if f.endswith(".png")}  # every plot and montage is on the page
+    for tag, _ in page.tags:
+        assert tag not in ("script", "link", "iframe"), f"page must be self-contained, found <{tag}>"
+
+
+def test_html_escapes_path_and_config_text(built):
+    _, index = built
+    text = index.read_text(encoding="utf-8")
+    assert "<name>" not in text and "<script>" not in text
+    assert "odd &lt;name&gt; &amp; &#x27;q&#x27;.png" in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_html_marks_the_chosen_k(built):
+    fake, index = built
+    page = _parse(index)
+    chosen = [a for _, a in page.tags if a.get("id") == "chosen-k"]
+    assert len(chosen) == 1 and chosen[0]["data-k"] == str(fake.k)
+    rows = [a for tag, a in page.tags if tag == "tr" and "chosen" in (a.get("class") or "").split()]
+    assert [r["data-k"] for r in rows] == [str(fake.k)]
+    text = index.read_text(encoding="utf-8")
+    for cid in range(K):  # every cluster: section, size, CSV link
+        assert f'id="cluster-{cid}"' in text and f"{SIZES[cid]:,} images" in text
+        assert f'href="clusters/cluster_{cid}.csv"' in text
+
+
+def test_montage_paths_on_the_page_are_nearest_first(built):
+    fake, index = built
+    text = index.read_text(encoding="utf-8")
+    members = fake.members(0)
+    n_near, n_far = _montage_counts(SIZES[0])
+    positions = [text.index(f"<code>{escape(fake.paths[i])}</code>") for i in members[:n_near]]
+    assert positions == sorted(positions)
+    far_positions = [text.index(f"<code>{escape(fake.paths[i])}</code>") for i in members[::-1][:n_far]]
+    assert far_positions == sorted(far_positions) and far_positions[0] > positions[-1]
+
+
+# --- plots: the data they draw -----------------------------------------------------------------------
+
+def _gid(ax, gid):
+    found = [line for line in ax.get_lines() if line.get_gid() == gid]
+    assert len(found) == 1, f"expected one artist with gid {gid!r}"
+    return found[0]
+
+
+def test_silhouette_vs_k_marks_the_chosen_k(built):
+    fake, _ = built
+    fig = plots.silhouette_vs_k(fake.summary["scores"], fake.k)
+    marker = _gid(fig.axes[0], "chosen-k")
+    assert list(marker.get_xdata()) == [fake.k]
+    assert marker.get_ydata()[0] == pytest.approx(0.62)
+    # another K is marked where asked: the function does not pick its own maximum
+    fig = plots.silhouette_vs_k(fake.summary["scores"], 5)
+    assert list(_gid(fig.axes[0], "chosen-k").get_xdata()) == [5]
+
+
+def test_metrics_small_multiple_marks_the_chosen_k(built):
+    fake, _ = built
+    fig = plots.metrics_vs_k(fake.summary["scores"], fake.k)
+    assert len(fig.axes) == 4
+    for ax in fig.axes:
+        assert list(_gid(ax, "chosen-k").get_xdata()) == [fake.k]
+
+
+def test_silhouette_plot_drops_nan_and_draws_the_mean(built):
+    fake, _ = built
+    sil = fake.silhouettes[K]
+    fig = plots.silhouette_plot(fake.labels, sil, K, chosen=True)
+    ax = fig.axes[0]
+    assert _gid(ax, "mean-silhouette").get_xdata()[0] == pytest.approx(float(np.nanmean(sil)), abs=1e-6)
+    assert len(ax.collections) == K  # one filled band per cluster
+    assert "54 sampled of 60" in ax.get_title()
+
+
+def test_silhouette_plot_downsamples_large_clusters():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 200_000).astype(np.int32)
+    sil = rng.uniform(-0.2, 0.9, 200_000).astype(np.float32)
+    fig = plots.silhouette_plot(labels, sil, 4, max_points_per_cluster=300)
+    for band in fig.axes[0].collections:
+        assert len(band.get_paths()[0].vertices) < 1000
+    plots.to_png(fig)
+
+
+def test_scatter_subsample_keeps_small_clusters_and_is_seeded():
+    labels = np.r_[np.zeros(100_000, np.int32), np.ones(30, np.int32)]
+    idx = plots.subsample_indices(labels, 20_000, seed=3)
+    assert 20_000 <= idx.size <= 20_030 and np.unique(idx).size == idx.size
+    assert (labels[idx] == 1).sum() == 30
+    assert np.array_equal(idx, plots.subsample_indices(labels, 20_000, seed=3))
+
+
+# --- montages ----------------------------------------------------------------------------------------
+
+def test_select_members_nearest_first_then_farthest():
+    d = np.array([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 1.0])
+    near, far = montage.select_members(d, max_montage=6, n_outliers=2)
+    assert d[near].tolist() == [0.1, 0.2, 0.3, 0.4]
+    assert d[far].tolist() == [1.0, 0.9]
+    near, far = montage.select_members(d[:4], max_montage=6, n_outliers=2)  # fits the grid: no outlier strip
+    assert d[near].tolist() == sorted(d[:4].tolist()) and far.size == 0
+    near, far = montage.select_members(d[:5], max_montage=6, n_outliers=2)  # one more: it goes in the strip
+    assert d[near].tolist() == [0.1, 0.3, 0.5, 0.7] and d[far].tolist() == [0.9]
+    near, far = montage.select_members(d[:5], max_montage=4, n_outliers=3)  # 1 near, 3 far, no repeats
+    assert near.size == 1 and far.size == 3 and not set(near) & set(far)
+    nan = np.array([np.nan, 0.2, np.nan, 0.1, 0.3])  # unknown distances: never called outliers
+    near, far = montage.select_members(nan, max_montage=3, n_outliers=1)
+    assert nan[near].tolist() == [0.1, 0.2] and nan[far].tolist() == [0.3]
+    with pytest.raises(ConfigError):
+        montage.select_members(d, max_montage=4, n_outliers=4)
+
+
+def test_montage_shows_nearest_first_and_marks_the_farthest(built):
+    fake, index = built
+    with Image.open(index.parent / "montages" / "cluster_0.png") as img:
+        img = img.convert("RGB")
+    n_near, n_far = _montage_counts(SIZES[0])
+    geo = montage.layout(n_near, n_far)
+    reds = [_tile_pixel(img, box) for box in geo.near_boxes]
+    for rank, (r, g, b) in enumerate(reds):  # cluster 0 encodes the distance rank in its red level
+        assert abs(r - (RED_TOP - RED_STEP * rank)) <= 2 and g < 10 and b < 10, (rank, (r, g, b))
+    for box in geo.far_boxes:
+        assert np.allclose(_tile_pixel(img, box), YELLOW, atol=3)  # the farthest members are the yellow ones
+        x0, y0, _, _ = box
+        assert np.allclose(img.getpixel((x0 - 2, y0 + 20)), montage.OUTLIER_RED, atol=3)  # red frame
+    assert geo.label_box is not None
+
+
+def test_broken_image_in_a_montage_becomes_a_placeholder(tmp_path):
+    fake = make_fake_run(tmp_path)
+    nearest = fake.members(1)[:3]
+    Path(fake.paths[nearest[0]]).write_bytes(Path(fake.paths[nearest[0]]).read_bytes()[:200])  # truncated JPEG
+    Path(fake.paths[nearest[1]]).unlink()  # deleted since the run
+    index = build_report(fake.run_dir, num_threads=2)
+    with Image.open(index.parent / "montages" / "cluster_1.png") as img:
+        img = img.convert("RGB")
+    geo = montage.layout(*_montage_counts(SIZES[1]))
+    assert _tile_pixel(img, geo.near_boxes[0], "corner") == montage.PLACEHOLDER
+    assert _tile_pixel(img, geo.near_boxes[1], "corner") == montage.PLACEHOLDER
+    assert _tile_pixel(img, geo.near_boxes[2], "corner") != montage.PLACEHOLDER
+    assert index.read_text(encoding="utf-8").count("(unreadable)") == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\xff\xd8\xff\xe0" + b"\0" * 50])
+def test_load_thumbnail_returns_none_for_bad_files(tmp_path, content):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    assert montage.load_thumbnail(path) is None
+    assert montage.load_thumbnail(tmp_path / "missing.jpg") is None
+    assert montage.load_thumbnail(tmp_path) is None  # a directory
+
+
+def test_load_thumbnail_fits_the_tile(tmp_path):
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (1600, 1200), (200, 100, 50)).save(big, quality=85)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 20), (0, 0, 255)).save(small)
+    assert montage.load_thumbnail(big, 128).size == (128, 96)
+    assert montage.load_thumbnail(small, 128).size == (128, 64)
+
+
+# --- CSVs, rebuilds, errors --------------------------------------------------------------------------
+
+def test_cluster_csvs_list_members_nearest_first(built):
+    fake, index = built
+    for cid in range(K):
+        with open(index.parent / "clusters" / f"cluster_{cid}.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [r["path"] for r in rows] == [fake.paths[i] for i in fake.members(cid)]
+        dist = [float(r["distance_to_centroid"]) for r in rows]
+        assert dist == sorted(dist)
+        for r, i in zip(rows, fake.members(cid), strict=True):
+            value = fake.silhouettes[K][i]
+            if np.isnan(value):
+                assert r["silhouette"] == ""
+            else:
+                assert float(r["silhouette"]) == pytest.approx(value, abs=1e-5)
+    names = {Path(r["path"]).name for r in outputs.read_csv(index.parent / "clusters" / "cluster_2.csv")}
+    assert set(ODD_NAMES) <= names  # commas and markup survive the CSV round trip
+
+
+def test_build_twice_overwrites_cleanly(tmp_path):
+    fake = make_fake_run(tmp_path)
+    index = build_report(fake.run_dir, num_threads=1)
+    first = {name: (index.parent / name).read_bytes() for name in EXPECTED}
+    (index.parent / "montages" / "cluster_9.png").write_bytes(b"stale")  # e.g. from a run with more clusters
+    (index.parent / "clusters" / ".cluster_0.csv.abc.tmp").write_bytes(b"left by a crash")
+    assert build_report(fake.run_dir, num_threads=1) == index
+    assert _files(index.parent) == EXPECTED
+    second = {name: (index.parent / name).read_bytes() for name in EXPECTED}
+    assert first["index.html"] == second["index.html"]
+    assert all(first[n] == second[n] for n in EXPECTED if n.endswith(".csv"))
+    assert not list(fake.run_dir.rglob("*.tmp"))
+
+
+def test_pca_off_skips_the_plot_with_a_note(tmp_path):
+    fake = make_fake_run(tmp_path)
+    analysis = outputs.read_analysis(fake.run_dir)
+    analysis.explained_variance_ratio = np.zeros(0, np.float32)
+    analysis.n_components = 0
+    outputs.write_analysis(fake.run_dir, analysis)
+    summary = outputs.read_summary(fake.run_dir)
+    summary["pca"] = {"mode": "off", "n_components": 0, "explained_variance": None}
+    outputs.write_summary(fake.run_dir, summary)
+    index = build_report(fake.run_dir, num_threads=1)
+    assert not (index.parent / "plots" / "pca_variance.png").exists()
+    assert "PCA was off" in index.read_text(encoding="utf-8")
+    assert _files(index.parent) == EXPECTED - {"plots/pca_variance.png"}
+
+
+def test_not_a_finished_run_is_a_clear_error(tmp_path):
+    with pytest.raises(ReportError, match="summary.json is missing"):
+        build_report(tmp_path)
+    fake = make_fake_run(tmp_path)
+    summary = outputs.read_summary(fake.run_dir)
+    summary["cluster_sizes"] = [1, 2, 3]
+    outputs.write_summary(fake.run_dir, summary)
+    with pytest.raises(ReportError, match="cluster_sizes"):
+        build_report(fake.run_dir)
+    with pytest.raises(ConfigError, match="n_outliers"):
+        build_report(fake.run_dir, max_montage=4, n_outliers=9)
+
+
+def test_importing_outputs_stays_light():
+    code = "import sys, engine.report.outputs; sys.exit('matplotlib' in sys.modules or 'PIL' in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+# --- terminal ----------------------------------------------------------------------------------------
+
+def test_print_run_summary(built):
+    from rich.console import Console
+
+    fake, _ = built
+    console = Console(file=io.StringIO(), width=120, record=True, color_system=None)
+    print_run_summary(fake.summary, console)
+    text = console.export_text()
+    for needle in ("chosen K", "3 (by silhouette)", "0.620", "36, 14, 10", "skipped", "extract", "24.0 img/s",
+                   "scores per K", "3 ◀"):
+        assert needle in text, needle
+    assert text.count("◀") == 1
+    print_run_summary({"k": 2}, Console(file=io.StringIO()))  # a minimal summary does not crash
+
+
+# --- a real browser ----------------------------------------------------------------------------------
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def test_page_renders_in_headless_chromium(built, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium, chromium-browser or google-chrome on PATH "
+                    "(install: apt-get install -y chromium)")
+    _, index = built
+    shot = tmp_path / "page.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--hide-scrollbars", "--force-device-scale-factor=1", f"--user-data-dir={tmp_path / 'profile'}",
+           f"--screenshot={shot}", "--window-size=1280,2000", index.resolve().as_uri()]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert shot.is_file(), f"chromium wrote no screenshot (rc {result.returncode}): {result.stderr[-2000:]}"
+    with Image.open(shot) as img:
+        pixels = np.asarray(img.convert("RGB"), dtype=np.int16)
+    assert pixels.shape[:2] == (2000, 1280)
+    assert pixels.std() > 25, "screenshot is (nearly) blank"
+    colours = np.unique(pixels.reshape(-1, 3), axis=0)
+    assert len(colours) > 500, f"only {len(colours)} colours: plots did not render"
+    # the chosen-K row's pink background (#fde2e2): the page's CSS was applied
+    pink = np.all(np.abs(pixels - np.array([253, 226, 226])) <= 3, axis=-1).sum()
+    assert pink > 2000, f"chosen row highlight not found ({pink} px)"
