@@ -176,6 +176,24 @@ def bench(
 
 @app.command()
 @user_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A finished run's --out folder."),
+    max_montage: int = typer.Option(36, "--max-montage", help="Thumbnails per cluster montage."),
+):
+    """Rebuild RUN_DIR/report/ from a finished run's saved outputs (no features are recomputed).
+
+    Example: [bold]imgcluster report results/[/bold]  then open results/report/index.html
+    """
+    from .report import build_report
+
+    if not (run_dir / "summary.json").is_file():
+        fail(f"{run_dir} is not a finished run (no summary.json)")
+    index = build_report(run_dir, max_montage=max_montage)
+    out_console.print(f"Report written to {index}")
+
+
+@app.command()
+@user_errors
 def cluster(
     run_dir: Path = typer.Argument(..., help="A folder written by `imgcluster run` (predictions.csv, summary.json, features/)."),
     k: Optional[str] = typer.Option(None, "--k", help="Candidate K: a range 2:20, a single 11, or a list 3,5,8 (default: the run's)."),

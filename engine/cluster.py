@@ -26,28 +26,70 @@ class KMeansResult:
     n_iter: int
 
 
-def _chunk_rows(n: int, k: int, budget_elems: int = 1 << 24) -> int:
-    return max(1, min(n, budget_elems // max(1, k)))
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for an allocation failure: torch.OutOfMemoryError (CUDA), MemoryError (Python), or a
+    RuntimeError that says so (torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MESSAGES)
+
+
+class ChunkBudget:
+    """Elements of the (rows, k) distance block evaluated at once. Halved on out-of-memory and kept
+    for later calls in this process (memory pressure rarely goes away); `halvings` counts them."""
+
+    def __init__(self, elems: int = 1 << 24):
+        self.elems = elems
+        self.halvings = 0
+
+
+CHUNK_BUDGET = ChunkBudget()
+
+
+def _chunk_rows(n: int, k: int, budget_elems: int | None = None) -> int:
+    budget = CHUNK_BUDGET.elems if budget_elems is None else budget_elems
+    return max(1, min(n, budget // max(1, k)))
+
+
+def _block_argmin(block: torch.Tensor, block_sq: torch.Tensor, centroids: torch.Tensor, c_sq: torch.Tensor):
+    """One row block: (values (b,) float32, argmin (b,) int64) of the squared distances to centroids."""
+    d2 = (block_sq[:, None] - 2.0 * (block @ centroids.T) + c_sq[None, :]).clamp_min_(0)
+    return d2.min(dim=1)
 
 
 def squared_distances_argmin(x: torch.Tensor, centroids: torch.Tensor, x_sq: torch.Tensor | None = None):
     """For each row of x (n, d): (argmin index (n,) int64, min squared distance (n,) float32) to centroids (k, d).
 
     ‖x‖² − 2x·c + ‖c‖², clamped at 0; evaluated in row chunks so the (chunk, k) block stays small.
+    An out-of-memory error on a block halves the chunk (CHUNK_BUDGET) and retries that block.
     """
     n = x.shape[0]
+    k = centroids.shape[0]
     c_sq = (centroids * centroids).sum(1)
     if x_sq is None:
         x_sq = (x * x).sum(1)
     labels = torch.empty(n, dtype=torch.int64, device=x.device)
     mins = torch.empty(n, dtype=torch.float32, device=x.device)
-    step = _chunk_rows(n, centroids.shape[0])
-    for start in range(0, n, step):
-        block = x[start:start + step]
-        d2 = (x_sq[start:start + step, None] - 2.0 * (block @ centroids.T) + c_sq[None, :]).clamp_min_(0)
-        values, idx = d2.min(dim=1)
+    step = _chunk_rows(n, k)
+    start = 0
+    while start < n:
+        try:
+            values, idx = _block_argmin(x[start:start + step], x_sq[start:start + step], centroids, c_sq)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_oom(exc) or step == 1:
+                raise
+            step = max(1, step // 2)
+            CHUNK_BUDGET.elems = max(k, step * k)
+            CHUNK_BUDGET.halvings += 1
+            if x.is_cuda:
+                torch.cuda.empty_cache()
+            continue
         labels[start:start + step] = idx
         mins[start:start + step] = values
+        start += step
     return labels, mins
 
 

@@ -9,11 +9,14 @@ from .errors import WeightsUnavailable
 from .sample_data import GROUPS, generate_sample_set
 
 DEMO_K = "2:10"
+MODEL_FILE = "model.imgc"
+HELD_OUT = "held-out"
 
 
 def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_group: int = 24, quiet: bool = False,
              console: Console | None = None, err_console: Console | None = None):
-    """Write out/images/<group>/*.jpg (6 groups) and cluster them into out/results/.
+    """Write out/images/<group>/*.jpg (6 groups) and cluster them into out/results/; save the
+    fitted model to out/model.imgc and write new images of the same groups to out/held-out/<group>/.
 
     ImageNet weights are used when torchvision has them cached (or can download them); otherwise
     the demo says so and uses the weight-free `pixels` features. Returns the fitted ImageClusterer.
@@ -41,4 +44,17 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
     print_run_summary(clusterer.result_.summary, console)
     console.print(f"Chosen K = [bold]{clusterer.k_}[/bold] (the sample set has {len(GROUPS)} groups); "
                   f"results in {results}/, report at {results / 'report' / 'index.html'}")
+    # A model to ship, and new images of the same groups (never seen in training) to try it on.
+    model_file = clusterer.save(out / MODEL_FILE)
+    held_out = out / HELD_OUT
+    per_held_out = held_out_size(per_group)
+    generate_sample_set(held_out, per_group=per_held_out, start_index=per_group)
+    console.print(f"Model saved to {model_file}; {per_held_out * len(GROUPS)} held-out images in {held_out}/. Try:\n"
+                  f"  [bold]imgcluster predict {model_file} {held_out} --out {out / 'held-out-predictions.csv'}[/bold]",
+                  highlight=False, soft_wrap=True)
     return clusterer
+
+
+def held_out_size(per_group: int) -> int:
+    """Held-out images per group: a third of the training set, at least 4."""
+    return max(4, per_group // 3)

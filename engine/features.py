@@ -7,6 +7,7 @@ new features are written to disk shards as they are produced (resume after a cra
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
+from .cluster import is_oom
 from .loaders.base import Loader
 
 
@@ -44,7 +46,7 @@ class OOMBackoff:
 
     @staticmethod
     def is_oom(exc: BaseException) -> bool:
-        return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+        return is_oom(exc)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """images: (b, 3, 224, 224) -> (b, dim) float32."""
@@ -78,6 +80,8 @@ class Extraction:
     good:     (n_good,) int64 positions into the input path list
     failures: [(position, reason)] of images that could not be decoded
     resumed:  how many images came from the feature cache instead of being decoded
+    extracted: how many images were given to the loader (decoded or failed) in this call
+    shards_written: cache shards written to disk in this call (0 without a store)
     """
 
     features: torch.Tensor
@@ -88,6 +92,7 @@ class Extraction:
     extracted: int = 0
     micro_batch: int = 0
     oom_halvings: int = 0
+    shards_written: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -108,35 +113,46 @@ def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_
 
     todo = np.arange(n, dtype=np.int64)
     resumed = 0
+    shards_before = 0
     if store is not None:
-        cached = store.lookup(paths)
-        for pos, value in cached.items():
-            if isinstance(value, str):
-                failures[pos] = value
-            else:
-                buffer[pos] = torch.as_tensor(value, device=device)
-                ok[pos] = True
-        resumed = len(cached)
-        todo = np.array([i for i in range(n) if i not in cached], dtype=np.int64)
+        shards_before = store.shards_written
+        hit_positions, _, cached_failures = store.gather(paths, out=buffer)
+        ok[hit_positions] = True
+        failures.update(cached_failures)
+        resumed = len(hit_positions) + len(cached_failures)
+        cached = np.zeros(n, dtype=bool)
+        cached[hit_positions] = True
+        cached[list(cached_failures)] = True
+        todo = np.flatnonzero(~cached).astype(np.int64)
         if progress and resumed:
             progress(resumed)
 
     runner = OOMBackoff(backbone, batch_size, notify)
     todo_paths = [paths[i] for i in todo]
-    for batch in loader.batches(todo_paths, batch_size):
-        positions = todo[batch.indices] if len(batch.indices) else np.zeros(0, dtype=np.int64)
-        failed = [(int(todo[i]), reason) for i, reason in batch.failures]
-        feats = None
-        if len(positions):
-            feats = runner(batch.images)
-            buffer[torch.as_tensor(positions, device=device)] = feats
-            ok[positions] = True
-        for pos, reason in failed:
-            failures[pos] = reason
+    # Test-only hook (tests/test_resume.py): sleep this long per batch so a kill lands mid-extraction.
+    slow = float(os.environ.get("IMGCLUSTER_TEST_SLOW_BATCH_S", "0") or 0)
+    try:
+        for batch in loader.batches(todo_paths, batch_size):
+            if slow > 0:
+                time.sleep(slow)
+            positions = todo[batch.indices] if len(batch.indices) else np.zeros(0, dtype=np.int64)
+            failed = [(int(todo[i]), reason) for i, reason in batch.failures]
+            feats = None
+            if len(positions):
+                feats = runner(batch.images)
+                buffer[torch.as_tensor(positions, device=device)] = feats
+                ok[positions] = True
+            for pos, reason in failed:
+                failures[pos] = reason
+            if store is not None:
+                store.add([paths[p] for p in positions], feats, [(paths[p], r) for p, r in failed])
+            if progress:
+                progress(len(batch.indices) + len(batch.failures))
+    except KeyboardInterrupt:
+        # Ctrl-C: the rows already queued are complete, so write them; the rerun resumes after them.
         if store is not None:
-            store.add([paths[p] for p in positions], feats, [(paths[p], r) for p, r in failed])
-        if progress:
-            progress(len(batch.indices) + len(batch.failures))
+            store.flush()
+        raise
     if store is not None:
         store.flush()
     good = np.flatnonzero(ok)
@@ -145,4 +161,5 @@ def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_
         torch.cuda.synchronize(device)
     return Extraction(features, good, sorted(failures.items()), time.perf_counter() - started,
                       resumed=resumed, extracted=len(todo), micro_batch=runner.micro_batch,
-                      oom_halvings=runner.halvings)
+                      oom_halvings=runner.halvings,
+                      shards_written=(store.shards_written - shards_before) if store is not None else 0)

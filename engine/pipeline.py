@@ -38,13 +38,25 @@ class Backends:
     decoder: str
     cluster: str
 
-    def as_dict(self, backbone: Backbone | None = None, silhouette: str | None = None) -> dict:
+    def as_dict(self, backbone: Backbone | BackboneInfo | None = None, silhouette: str | None = None) -> dict:
         out = {"device": str(self.device), "decoder": self.decoder, "cluster": self.cluster}
         if backbone is not None:
             out["backbone"] = f"{backbone.name} ({backbone.weights}, {backbone.precision})"
         if silhouette:
             out["silhouette"] = silhouette
         return out
+
+
+@dataclass
+class BackboneInfo:
+    """What a run records about its backbone, without the model itself (re-clustering cached
+    features needs no network; see engine.recluster). Has the fields of Backbone that summaries read."""
+
+    name: str
+    weights: str
+    dim: int
+    fingerprint: str
+    precision: str = "fp32"
 
 
 @dataclass
@@ -55,6 +67,7 @@ class RunResult:
     reduced:  (n, n_components) float32 on the device (PCA output, what KMeans saw)
     centroids: (k, n_components) float32 of the chosen K
     skipped:  [(path, reason)] for every input not used
+    backbone: the loaded Backbone, or a BackboneInfo record when re-clustering cached features
     """
 
     config: Config
@@ -67,7 +80,7 @@ class RunResult:
     centroids: torch.Tensor
     extraction: Extraction
     skipped: list[tuple[Path, str]]
-    backbone: Backbone
+    backbone: Backbone | BackboneInfo
     backends: Backends
     timings: dict[str, dict[str, float]]
     inputs: list[str] = field(default_factory=list)
@@ -126,6 +139,8 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     found = discover(list(inputs))
     timings["discover"] = _stage(time.perf_counter() - t0, len(found.paths))
     if not found.paths:
+        if out_dir is not None and found.skipped:
+            outputs.write_skipped(out_dir, found.skipped)
         raise InputError("no image files found in " + ", ".join(map(str, inputs))
                          + (f" ({len(found.skipped)} unusable: see skipped.csv)" if found.skipped else ""))
 
@@ -139,11 +154,14 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     if out_dir is not None and cache:
         from .store import FeatureStore
 
-        store = FeatureStore.open(Path(out_dir) / "features", backbone.fingerprint, notify=reporter.notify)
+        store = FeatureStore.open(Path(out_dir) / "features", backbone.fingerprint, notify=reporter.notify,
+                                  dim=backbone.dim)
 
     with reporter.task("Extracting features", len(found.paths)) as advance:
         extraction = extract_features(found.paths, loader, backbone, batch_size, progress=advance,
                                       store=store, notify=reporter.notify)
+    if store is not None:
+        store.close()
     if extraction.resumed:
         reporter.notify(f"Resumed {extraction.resumed} of {len(found.paths)} images from the feature cache")
     timings["extract"] = _stage(extraction.seconds, len(found.paths))
@@ -156,7 +174,13 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     if skipped:
         reporter.notify(f"Skipped {len(skipped)} file(s): see skipped.csv")
 
-    pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster, reporter)
+    try:
+        pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster,
+                                                                 reporter)
+    except InputError:  # e.g. fewer good images than the smallest K: still say which files were bad
+        if out_dir is not None:
+            outputs.write_skipped(out_dir, skipped)
+        raise
     timings.update(cluster_timings)
     timings["total"] = _stage(time.perf_counter() - started, len(found.paths))
 
@@ -197,7 +221,8 @@ def build_summary(result: RunResult) -> dict:
                      "fingerprint": result.backbone.fingerprint, "precision": result.backbone.precision,
                      "preprocess": describe_preprocess(), "micro_batch": ext.micro_batch,
                      "oom_halvings": ext.oom_halvings},
-        "cache": {"resumed": ext.resumed, "extracted": ext.extracted},
+        "cache": {"resumed": ext.resumed, "extracted": ext.extracted, "shards_written": ext.shards_written},
+        "oom_halvings": {"extract": ext.oom_halvings, **search.oom_halvings},
         "timings": result.timings,
         "backends": result.backends.as_dict(result.backbone, search.silhouette_backend),
         "config": result.config.flat(),

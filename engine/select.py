@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cluster import KMeansResult, fit_kmeans
+from .cluster import CHUNK_BUDGET, KMeansResult, fit_kmeans, is_oom
 from .errors import InputError
 from .metrics import balance, calinski_harabasz, davies_bouldin
-from .silhouette import SilhouetteResult, default_exact_limit, silhouette_all_k
+from .silhouette import SilhouetteResult, _auto_chunk, default_exact_limit, silhouette_all_k
 
 
 @dataclass
@@ -46,6 +46,7 @@ class KSearch:
     silhouette_sample: int | None
     silhouette_backend: str
     timings: dict[str, float] = field(default_factory=dict)
+    oom_halvings: dict[str, int] = field(default_factory=dict)  # {"kmeans": n, "silhouette": n}
 
     def score(self, k: int) -> KScore:
         return next(s for s in self.scores if s.k == k)
@@ -94,16 +95,34 @@ def _silhouette_sklearn(x: torch.Tensor, labels: torch.Tensor, sample: int | Non
 
 
 def _silhouettes(x: torch.Tensor, fits: dict[int, KMeansResult], backend: str, sample: int | None,
-                 seed: int) -> tuple[dict[int, SilhouetteResult], str]:
+                 seed: int, notify: Callable[[str], None] | None = None
+                 ) -> tuple[dict[int, SilhouetteResult], str, int]:
+    """(silhouette per K, backend name, out-of-memory halvings of the distance tile)."""
     ks = sorted(fits)
     if backend == "cuml":
         from .cuml_adapter import silhouette_cuml
 
-        return {k: silhouette_cuml(x, fits[k].labels, sample, seed) for k in ks}, "cuml"
+        return {k: silhouette_cuml(x, fits[k].labels, sample, seed) for k in ks}, "cuml", 0
     if backend == "sklearn":
-        return {k: _silhouette_sklearn(x, fits[k].labels, sample, seed) for k in ks}, "sklearn"
-    results = silhouette_all_k(x, [fits[k].labels for k in ks], backend="auto", sample_size=sample, seed=seed)
-    return dict(zip(ks, results)), "torch-all-k"
+        return {k: _silhouette_sklearn(x, fits[k].labels, sample, seed) for k in ks}, "sklearn", 0
+    # Out of memory in the distance tiles: halve the rows per tile and run the pass again.
+    chunk, halvings = None, 0
+    while True:
+        try:
+            results = silhouette_all_k(x, [fits[k].labels for k in ks], backend="auto", chunk_size=chunk,
+                                       sample_size=sample, seed=seed)
+            break
+        except (RuntimeError, MemoryError) as exc:
+            current = chunk or _auto_chunk(min(x.shape[0], sample or x.shape[0]), x.device)
+            if not is_oom(exc) or current <= 1:
+                raise
+            chunk = max(1, current // 2)
+            halvings += 1
+            if x.is_cuda:
+                torch.cuda.empty_cache()
+            if notify:
+                notify(f"Out of memory in the silhouette: retrying with {chunk} rows per distance tile")
+    return dict(zip(ks, results)), "torch-all-k", halvings
 
 
 def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init: int = 3, max_iter: int = 100,
@@ -118,6 +137,7 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     n = x.shape[0]
     ks = usable_ks(ks, n, notify)
     timings = {"kmeans": 0.0, "silhouette": 0.0, "metrics": 0.0}
+    kmeans_halvings_before = CHUNK_BUDGET.halvings
     fits: dict[int, KMeansResult] = {}
     for k in ks:
         t0 = time.perf_counter()
@@ -136,7 +156,7 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     if sample is not None and sample >= n:
         sample = None
     t0 = time.perf_counter()
-    silhouettes, sil_backend = _silhouettes(x, fits, backend, sample, seed)
+    silhouettes, sil_backend, sil_halvings = _silhouettes(x, fits, backend, sample, seed, notify)
     timings["silhouette"] = time.perf_counter() - t0
     if progress:
         progress(1)
@@ -154,4 +174,5 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     timings["metrics"] = time.perf_counter() - t0
     chosen = choose_k(scores, select)
     mode = "sampled" if sample is not None else "exact"
-    return KSearch(list(ks), scores, fits, silhouettes, chosen, select, mode, sample, sil_backend, timings)
+    halvings = {"kmeans": CHUNK_BUDGET.halvings - kmeans_halvings_before, "silhouette": sil_halvings}
+    return KSearch(list(ks), scores, fits, silhouettes, chosen, select, mode, sample, sil_backend, timings, halvings)

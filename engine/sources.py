@@ -1,13 +1,17 @@
 """Discover images: folders (recursive), single files, @list.txt files (one path per line), globs.
 
 Order is deterministic: each argument's files are sorted, arguments are taken in the order given,
-and a file reached twice (same real file through another path, a symlink, or a repeated argument)
-is kept once and the repeat is reported as skipped. Nothing is dropped silently.
+and a file reached twice (same real file through another path, a symlink, a hard link, or a
+repeated argument: same device and inode) is kept once and the repeat is reported as skipped.
+Broken symlinks, symlink loops, unreadable entries and things that are not regular files (a FIFO
+named x.jpg would block a reader forever) are skipped with a reason. Nothing is dropped silently.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -67,8 +71,8 @@ def _read_list(list_file: Path, skipped: list) -> list[Path]:
     return out
 
 
-def _expand(arg: str | os.PathLike, skipped: list) -> list[Path]:
-    text = os.fspath(arg)
+def _expand(arg: str | bytes | os.PathLike, skipped: list) -> list[Path]:
+    text = os.fsdecode(arg)  # bytes names (not UTF-8) become str with surrogate escapes, as os.listdir gives
     if isinstance(text, str) and text.startswith("@"):
         list_file = Path(text[1:])
         if not list_file.is_file():
@@ -86,8 +90,7 @@ def _expand_path(path: Path, skipped: list, explicit: bool) -> list[Path]:
     if path.exists():
         return [path]  # an explicit file is taken whatever its extension; content decides
     if path.is_symlink():
-        skipped.append((path, "broken symlink"))
-        return []
+        return [path]  # broken or looping: discover() says which
     text = os.fspath(path)
     if glob.has_magic(text):
         matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
@@ -114,22 +117,32 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> Discove
     if not inputs:
         raise InputError("no input paths given")
     result = Discovery()
-    seen: dict[str, Path] = {}
+    seen: dict[tuple[int, int], Path] = {}
     for arg in inputs:
         for path in _expand(arg, result.skipped):
             try:
-                key = os.path.realpath(path)
-            except (OSError, RuntimeError):
-                result.skipped.append((path, "symlink loop"))
+                st = os.stat(path)
+            except OSError as exc:
+                result.skipped.append((path, _stat_reason(path, exc)))
                 continue
+            if not stat.S_ISREG(st.st_mode):
+                result.skipped.append((path, "not a regular file"))
+                continue
+            key = (st.st_dev, st.st_ino)
             if key in seen:
                 result.skipped.append((path, f"duplicate of {seen[key]}"))
-                continue
-            if not os.path.exists(key):
-                result.skipped.append((path, "broken symlink" if os.path.islink(path) else "not found"))
                 continue
             seen[key] = path
             result.paths.append(path)
     return result
 
 
+def _stat_reason(path: Path, exc: OSError) -> str:
+    """Why os.stat failed, in words for skipped.csv."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "broken symlink" if os.path.islink(path) else "not found"
+    if exc.errno == errno.EACCES:
+        return "unreadable: permission denied"
+    return f"unreadable: {exc.strerror or type(exc).__name__}"

@@ -72,3 +72,21 @@ def test_save_features(three_groups, runner, tmp_path):
     assert result.exit_code == 0, result.output
     feats = np.load(out / "features.npy")
     assert feats.shape == (60, 192) and feats.dtype == np.float32
+
+
+def test_report_command_rebuilds_from_saved_outputs(three_groups, runner, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "2:4",
+                                 "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "report").exists()
+    (out / "features").rename(tmp_path / "features-moved")  # proves nothing is re-extracted
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "report" / "index.html").is_file()
+    assert len(list((out / "report" / "montages").glob("cluster_*.png"))) == 3
+
+
+def test_report_command_on_a_non_run_is_exit_2(runner, tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a finished run" in result.output

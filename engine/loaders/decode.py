@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from ..errors import DecodeError
-from .preprocess import CROP, center_crop_offsets, resized_size
+from .preprocess import CROP, RESIZE, center_crop_offsets, resized_size, source_crop_box
 
 # Formats we accept by content (whatever the file extension says).
 ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
@@ -100,13 +100,25 @@ def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEF
         raise DecodeError(f"corrupt or truncated image: {msg}") from None
 
 
+# Above this many pixels in the resized (pre-crop) image, resize only the crop window (see preprocess_pil).
+_RESIZED_PIXELS_LIMIT = 16 * RESIZE * RESIZE
+
+
 def preprocess_pil(img: Image.Image) -> np.ndarray:
-    """RGB PIL image -> uint8 (3, CROP, CROP): shorter side to RESIZE (bilinear, antialiased), center crop."""
+    """RGB PIL image -> uint8 (3, CROP, CROP): shorter side to RESIZE (bilinear, antialiased), center crop.
+
+    A very elongated image (say 1 x 60,000, a few hundred bytes as a PNG) would be resized to
+    256 x 15 million pixels before the crop. Then only the crop window is resized (PIL's `box`),
+    which gives the same filter centres and scale, so the same pixels up to float rounding.
+    """
     height, width = img.height, img.width
     rh, rw = resized_size(height, width)
-    resized = img.resize((rw, rh), Image.BILINEAR)
-    top, left = center_crop_offsets(rh, rw)
-    cropped = resized.crop((left, top, left + CROP, top + CROP))
+    if rh * rw > _RESIZED_PIXELS_LIMIT:
+        cropped = img.resize((CROP, CROP), Image.BILINEAR, box=source_crop_box(height, width))
+    else:
+        resized = img.resize((rw, rh), Image.BILINEAR)
+        top, left = center_crop_offsets(rh, rw)
+        cropped = resized.crop((left, top, left + CROP, top + CROP))
     return np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1)
 
 

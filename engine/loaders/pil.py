@@ -19,10 +19,13 @@ from .preprocess import normalize_uint8
 
 
 def _decode_one(path, max_pixels):
+    """(uint8 (3, 224, 224) array, None) or (None, reason). Never raises for one bad file."""
     try:
         return load_and_preprocess(path, max_pixels), None
     except DecodeError as exc:
         return None, str(exc)
+    except Exception as exc:  # a decoder bug must cost one image, not the run (decode_image should not let any out)
+        return None, f"unexpected decoder error: {type(exc).__name__}: {str(exc)[:120]}"
 
 
 class PILLoader:

@@ -99,9 +99,10 @@ def load_thumbnail(path: str | os.PathLike, tile: int = TILE, max_pixels: int | 
         return None
 
 
-def submit_thumbnails(pool: Executor, paths, tile: int = TILE) -> dict[str, Future]:
-    """Start decoding each distinct path in `pool`; {path: Future[Image | None]}."""
-    return {p: pool.submit(load_thumbnail, p, tile) for p in dict.fromkeys(paths)}
+def submit_thumbnails(pool: Executor, paths, tile: int = TILE, base: str | None = None) -> dict[str, Future]:
+    """Start decoding each distinct path in `pool`; {path: Future[Image | None]}.
+    Relative paths are read relative to `base` (the run's working directory) when given."""
+    return {p: pool.submit(load_thumbnail, os.path.join(base, p) if base else p, tile) for p in dict.fromkeys(paths)}
 
 
 @dataclass

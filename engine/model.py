@@ -1,0 +1,688 @@
+"""Fitted models you can ship: save/load one safetensors file, assign new images to the clusters.
+
+    from engine import load_model
+    model = load_model("photos.imgc", device="cuda")      # backbone stays resident
+    result = model.predict_bytes([jpeg_bytes, png_bytes])  # labels, distances, confidences, errors
+
+File format (format_version 1): ONE safetensors file (conventionally `*.imgc`); no pickle anywhere.
+
+  tensors (little-endian, C order)
+    pca_mean                      (d,) float32               absent when PCA is off
+    pca_components                (n_components, d) float32  rows are principal axes; absent when PCA is off
+    pca_explained_variance_ratio  (m,) float32               the fitted spectrum, m = min(fit rows, d); absent when off
+    centroids                     (k, n_components) float32  of the chosen K; n_components = d when PCA is off
+    cluster_mean_distance         (k,) float32               mean Euclidean distance of each cluster's training
+                                                             images to its centroid (NaN for an empty cluster)
+    cluster_sizes                 (k,) int64                 training images per cluster (ids ordered by size)
+  metadata: {"imgcluster": <one JSON document>} with the keys
+    format "imgcluster-model", format_version 1, imgcluster_version, created (UTC ISO time),
+    backbone {name, dim, precision, fingerprint,
+              weights {kind: auto | path | random | none, path, seed, description}},
+    preprocess (engine.loaders.preprocess.describe()),
+    pca {mode: exact | sampled | off, n_components, input_dim, explained_variance, fit_rows, spectrum_length},
+    k, scores (the per-K metrics table of the search), config (the run's flat config),
+    arrays {name: {dtype, shape}} (the listing above, as saved),
+    sha256: hex SHA-256 over the canonical JSON of this document without "sha256"
+            (sorted keys, no spaces) followed by, for every array in name order,
+            "name|dtype|shape\\n" and its raw bytes. Any changed byte of a tensor (or of the JSON) fails it.
+
+Prediction: features from the recorded backbone -> PCA -> squared distances to the centroids
+(fp32) -> nearest centroid. distance = Euclidean distance to it; confidence = 1 - d1/d2 with d1, d2
+the nearest and second-nearest centroid distances (silhouette-style, in [0, 1]; 0 on a boundary).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .backbones import Backbone, load_backbone
+from .errors import ConfigError, DecodeError, InputError, ModelFileError, WeightsUnavailable
+from .features import OOMBackoff, auto_batch_size
+from .loaders.decode import DEFAULT_MAX_PIXELS, load_and_preprocess, preprocess_pil
+from .loaders.preprocess import CROP, describe as describe_preprocess, normalize_uint8
+from .reduce import PCAResult
+from .versions import imgcluster_version
+
+FORMAT = "imgcluster-model"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+METADATA_KEY = "imgcluster"
+_MAX_HEADER = 100 << 20  # a model header is a few kB; anything this large is not ours
+_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Prediction:
+    """Per-item results of one predict call (n items, in request order).
+
+    labels:      (n,) int64 cluster ids; -1 where the item failed
+    distances:   (n,) float32 Euclidean distance to the assigned centroid (PCA space); NaN where failed
+    confidences: (n,) float32 in [0, 1], 1 - d1/d2 (nearest / second-nearest centroid); NaN where failed
+    errors:      n entries: None, or a one-line reason why the item failed
+    """
+
+    labels: np.ndarray
+    distances: np.ndarray
+    confidences: np.ndarray
+    errors: list[str | None]
+
+    @classmethod
+    def empty(cls, n: int) -> "Prediction":
+        return cls(np.full(n, -1, dtype=np.int64), np.full(n, np.nan, dtype=np.float32),
+                   np.full(n, np.nan, dtype=np.float32), [None] * n)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """(n,) bool: items that got a label."""
+        return self.labels >= 0
+
+    def to_dict(self) -> dict[str, list]:
+        """JSON-able lists; failed items have null distance/confidence."""
+        def floats(a):
+            return [None if not math.isfinite(v) else float(v) for v in a.tolist()]
+        return {"labels": self.labels.tolist(), "distances": floats(self.distances),
+                "confidences": floats(self.confidences), "errors": list(self.errors)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The saved state (pure data: no backbone)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, torch.device):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _canonical(doc: dict) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=True, default=_json_default)
+
+
+def _checksum(doc: dict, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the canonical JSON (without 'sha256') and every tensor's name, dtype, shape, bytes."""
+    digest = hashlib.sha256(_canonical({k: v for k, v in doc.items() if k != "sha256"}).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}\n".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_spec(model: str, weights: str | os.PathLike, seed: int, description: str) -> dict:
+    """How to get the backbone's weights again: {kind, path, seed, description}."""
+    text = os.fspath(weights)
+    if model == "pixels":
+        return {"kind": "none", "path": None, "seed": None, "description": description}
+    if text == "random":
+        return {"kind": "random", "path": None, "seed": int(seed), "description": description}
+    if text == "auto":
+        return {"kind": "auto", "path": None, "seed": None, "description": description}
+    return {"kind": "path", "path": os.path.abspath(text), "seed": None, "description": description}
+
+
+@dataclass
+class ModelState:
+    """Everything a model file holds (arrays on the CPU). See the module docstring for the format.
+
+    pca_mean (d,) float32 | None; pca_components (n_components, d) float32 | None;
+    pca_explained_variance_ratio (m,) float32 | None (None = PCA off); centroids (k, n_components)
+    float32; cluster_mean_distance (k,) float32; cluster_sizes (k,) int64.
+    """
+
+    backbone: dict
+    preprocess: dict
+    pca: dict
+    k: int
+    scores: list[dict]
+    config: dict
+    centroids: torch.Tensor
+    cluster_mean_distance: torch.Tensor
+    cluster_sizes: torch.Tensor
+    pca_mean: torch.Tensor | None = None
+    pca_components: torch.Tensor | None = None
+    pca_explained_variance_ratio: torch.Tensor | None = None
+    imgcluster_version: str = field(default_factory=imgcluster_version)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def n_components(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def pca_off(self) -> bool:
+        return self.pca["mode"] == "off"
+
+    @classmethod
+    def from_result(cls, result) -> "ModelState":
+        """From an engine.pipeline.RunResult: the chosen K's centroids, the PCA, and per-cluster
+        statistics of the training images (their reduced features)."""
+        k = result.k
+        fit = result.search.fits[k]
+        reduced = result.reduced.float()
+        labels = fit.labels.to(reduced.device)
+        centroids = fit.centroids.float().to(reduced.device)
+        dist = (reduced - centroids[labels]).norm(dim=1)  # as engine.pipeline.run_analysis
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros(k, dtype=torch.float64, device=reduced.device).index_add_(0, labels, dist.double())
+        mean_dist = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
+        pca = result.pca
+        fc = result.config.features
+        bb = result.backbone
+        off = pca.mode == "off"
+        return cls(
+            backbone={"name": bb.name, "dim": int(bb.dim), "precision": bb.precision, "fingerprint": bb.fingerprint,
+                      "weights": weights_spec(bb.name, fc.weights, result.config.cluster.seed, bb.weights)},
+            preprocess=describe_preprocess(),
+            pca={"mode": pca.mode, "n_components": int(centroids.shape[1]), "input_dim": int(bb.dim),
+                 "explained_variance": float(pca.explained_variance), "fit_rows": int(pca.fit_rows),
+                 "spectrum_length": 0 if off else int(len(pca.explained_variance_ratio))},
+            k=int(k), scores=result.search.scores_table(), config=result.config.flat(),
+            centroids=centroids.cpu().contiguous(),
+            cluster_mean_distance=mean_dist.float().cpu(),
+            cluster_sizes=counts.to(torch.int64).cpu(),
+            pca_mean=None if off else pca.mean.float().cpu().contiguous(),
+            pca_components=None if off else pca.components.float().cpu().contiguous(),
+            pca_explained_variance_ratio=None if off else torch.from_numpy(
+                np.ascontiguousarray(pca.explained_variance_ratio, dtype=np.float32)),
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"centroids": self.centroids, "cluster_mean_distance": self.cluster_mean_distance,
+               "cluster_sizes": self.cluster_sizes}
+        if not self.pca_off:
+            out.update(pca_mean=self.pca_mean, pca_components=self.pca_components,
+                       pca_explained_variance_ratio=self.pca_explained_variance_ratio)
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    def document(self) -> dict:
+        """The metadata JSON document (without 'sha256')."""
+        doc = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "imgcluster_version": self.imgcluster_version,
+            "created": self.created, "backbone": self.backbone, "preprocess": self.preprocess, "pca": self.pca,
+            "k": self.k, "scores": self.scores, "config": self.config,
+            "arrays": {name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+                       for name, t in sorted(self.tensors().items())},
+        }
+        return json.loads(_canonical(doc))  # plain JSON types only, so the checksum is reproducible
+
+    def to_bytes(self) -> bytes:
+        from safetensors.torch import save
+
+        tensors = self.tensors()
+        doc = self.document()
+        doc["sha256"] = _checksum(doc, tensors)
+        return save(tensors, metadata={METADATA_KEY: _canonical(doc)})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model file atomically (temp file in the same folder + rename)."""
+        from .report.outputs import atomic_write_bytes
+
+        return atomic_write_bytes(path, self.to_bytes())
+
+    def pca_result(self, device: torch.device | str = "cpu") -> PCAResult:
+        """The PCA as an engine.reduce.PCAResult on `device` (identity transform when off)."""
+        device = torch.device(device)
+        d = int(self.backbone["dim"])
+        if self.pca_off:
+            return PCAResult(torch.zeros(d, device=device), torch.eye(d, device=device),
+                             np.zeros(0, dtype=np.float32), 0, "off", 0)
+        return PCAResult(self.pca_mean.to(device), self.pca_components.to(device),
+                         self.pca_explained_variance_ratio.numpy().copy(), self.n_components, self.pca["mode"],
+                         int(self.pca.get("fit_rows", 0)))
+
+
+def _bad_file(path, detail: str) -> ModelFileError:
+    return ModelFileError(f"{path}: truncated or not an imgcluster model file ({detail})")
+
+
+def _expected_arrays(doc: dict, path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) implied by the metadata's backbone dim, PCA and K."""
+    try:
+        d = int(doc["backbone"]["dim"])
+        k = int(doc["k"])
+        pca = doc["pca"]
+        mode = pca["mode"]
+        nc = int(pca["n_components"])
+        m = int(pca.get("spectrum_length", 0))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: model metadata is incomplete ({type(exc).__name__}: {exc})") from None
+    if mode == "off":
+        nc = d
+    out = {"centroids": ("float32", (k, nc)), "cluster_mean_distance": ("float32", (k,)),
+           "cluster_sizes": ("int64", (k,))}
+    if mode != "off":
+        out.update(pca_mean=("float32", (d,)), pca_components=("float32", (nc, d)),
+                   pca_explained_variance_ratio=("float32", (m,)))
+    return out
+
+
+def read_model_file(path: str | os.PathLike) -> ModelState:
+    """Parse and validate a model file (no backbone is loaded).
+
+    Raises ModelFileError: truncated / not a model file; unsupported format version; an array
+    missing, unexpected, or of the wrong dtype or shape for the metadata; checksum mismatch.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the model file ({exc.strerror or type(exc).__name__})") from None
+    if len(data) < 8:
+        raise _bad_file(path, f"only {len(data)} bytes")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > min(len(data) - 8, _MAX_HEADER):
+        raise _bad_file(path, "header longer than the file")
+    try:
+        header = json.loads(data[8:8 + header_len])
+        text = header.get("__metadata__", {}).get(METADATA_KEY)
+    except (ValueError, AttributeError):
+        raise _bad_file(path, "unreadable header") from None
+    if not isinstance(text, str):
+        raise _bad_file(path, "no imgcluster metadata")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise _bad_file(path, "unreadable imgcluster metadata") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise _bad_file(path, f"format is {doc.get('format') if isinstance(doc, dict) else None!r}, not {FORMAT!r}")
+    version = doc.get("format_version")
+    if version not in SUPPORTED_VERSIONS:
+        newer = isinstance(version, int) and version > max(SUPPORTED_VERSIONS)
+        raise ModelFileError(
+            f"{path}: model file format version {version!r} is not supported (imgcluster {imgcluster_version()} "
+            f"reads version {', '.join(map(str, SUPPORTED_VERSIONS))})"
+            + ("; it was written by a newer imgcluster: upgrade imgcluster" if newer else ""))
+    try:
+        from safetensors.torch import load
+
+        tensors = load(data)
+    except Exception as exc:  # SafetensorError: incomplete buffer, bad offsets
+        raise _bad_file(path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__) from None
+
+    expected = _expected_arrays(doc, path)
+    listed = doc.get("arrays") if isinstance(doc.get("arrays"), dict) else {}
+    for name, (dtype, shape) in expected.items():
+        if name not in tensors:
+            raise ModelFileError(f"{path}: array {name!r} is missing")
+        t = tensors[name]
+        if t.dtype != _DTYPES[dtype]:
+            raise ModelFileError(f"{path}: array {name!r} has dtype {str(t.dtype).removeprefix('torch.')}, "
+                                 f"expected {dtype}")
+        if tuple(t.shape) != shape:
+            raise ModelFileError(f"{path}: array {name!r} has shape {tuple(t.shape)}; the metadata says {shape}")
+        if listed.get(name) != {"dtype": dtype, "shape": list(shape)}:
+            raise ModelFileError(f"{path}: array {name!r} does not match its listing in the metadata")
+    extra = sorted(set(tensors) - set(expected)) or sorted(set(listed) - set(expected))
+    if extra:
+        raise ModelFileError(f"{path}: unexpected array {extra[0]!r} for this model's metadata")
+    if doc.get("sha256") != _checksum(doc, tensors):
+        raise ModelFileError(f"{path}: checksum mismatch: the model file was modified or corrupted after it was saved")
+    return ModelState(
+        backbone=doc["backbone"], preprocess=doc["preprocess"], pca=doc["pca"], k=int(doc["k"]),
+        scores=doc.get("scores", []), config=doc.get("config", {}),
+        centroids=tensors["centroids"], cluster_mean_distance=tensors["cluster_mean_distance"],
+        cluster_sizes=tensors["cluster_sizes"], pca_mean=tensors.get("pca_mean"),
+        pca_components=tensors.get("pca_components"),
+        pca_explained_variance_ratio=tensors.get("pca_explained_variance_ratio"),
+        imgcluster_version=doc.get("imgcluster_version", "?"), created=doc.get("created", ""),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The predictor
+
+
+class FittedModel:
+    """A fitted clustering with its backbone resident: assigns new images to the clusters.
+
+    Thread-safe: any number of threads may call the predict_* methods at once. Decoding runs in a
+    small shared thread pool; the backbone forward and the centroid assignment run under one lock
+    (one batch at a time on the device, and the OOM back-off state is shared). Nothing grows
+    between calls: no caches, no per-call model reloads.
+
+    Attributes: state (ModelState), backbone (engine.backbones.Backbone), device, decoder (for
+    predict_paths), batch_size (largest micro-batch one forward sees), k, centroids (k, n_components)
+    float32 on the device.
+    """
+
+    def __init__(self, state: ModelState, backbone: Backbone, decoder: str = "pil", batch_size: int | None = None,
+                 num_threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.state = state
+        self.backbone = backbone
+        self.device = backbone.device
+        self.decoder = decoder
+        self.max_pixels = max_pixels
+        self.num_threads = num_threads
+        self.batch_size = batch_size or auto_batch_size(self.device, backbone.name)
+        self.pca = state.pca_result(self.device)
+        self.centroids = state.centroids.to(self.device).float()
+        self._c_sq = (self.centroids * self.centroids).sum(1)
+        self._runner = OOMBackoff(backbone, self.batch_size)
+        self._lock = threading.Lock()  # one forward at a time; guards the OOM back-off state
+        self._pool_lock = threading.Lock()  # lazy creation of the decode pool (not behind a forward)
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_result(cls, result) -> "FittedModel":
+        """The model of a finished run (engine.pipeline.RunResult), reusing its resident backbone.
+        A run re-clustered from cached features has only a record of its backbone: the backbone is
+        then loaded from the recorded weights and its fingerprint checked, as load_model does."""
+        fc = result.config.features
+        state = ModelState.from_result(result)
+        backbone, decoder = result.backbone, result.backends.decoder
+        if not isinstance(backbone, Backbone):
+            from .device import resolve_decoder
+
+            backbone = _checked_backbone(state, result.backends.device, None, False, "this run",
+                                         precision=fc.precision, compile=fc.compile)
+            decoder = resolve_decoder(fc.decoder, backbone.device)
+        return cls(state, backbone, decoder=decoder, batch_size=fc.batch_size, num_threads=fc.num_threads,
+                   max_pixels=fc.max_pixels)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model file (see the module docstring); atomic."""
+        return self.state.save(path)
+
+    @property
+    def k(self) -> int:
+        return self.state.k
+
+    def __repr__(self) -> str:
+        return (f"FittedModel(k={self.k}, backbone={self.backbone.name} ({self.backbone.weights}), "
+                f"pca={self.state.pca['mode']}:{self.state.n_components}, device={self.device})")
+
+    def close(self) -> None:
+        """Stop the decode thread pool once no request is running (a later call starts a new one)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> "FittedModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the one assignment path ---------------------------------------------------------------
+    def _predict_normalized(self, images: torch.Tensor) -> Prediction:
+        """images: (n, 3, CROP, CROP) normalized float on any device -> Prediction (n items).
+
+        An item whose features are not finite (a half-precision overflow) fails alone.
+        """
+        n = images.shape[0]
+        out = Prediction.empty(n)
+        if n == 0:
+            return out
+        with self._lock:
+            feats = self._runner(images.to(self.device, non_blocking=True))  # (n, dim) float32
+            reduced = self.pca.transform(feats)  # (n, n_components) float32
+            # ||x||^2 - 2 x.c + ||c||^2 exactly as KMeans assigned the training images (engine.cluster)
+            d2 = ((reduced * reduced).sum(1)[:, None] - 2.0 * (reduced @ self.centroids.T)
+                  + self._c_sq[None, :]).clamp_min_(0)
+            labels = d2.argmin(1)
+            two = d2.topk(2, dim=1, largest=False).values.sqrt()  # (n, 2): nearest, second nearest
+            d1, d2nd = two[:, 0], two[:, 1]
+            conf = torch.where(d2nd > 0, 1.0 - d1 / d2nd.clamp_min(1e-30), torch.zeros_like(d1)).clamp_(0, 1)
+            finite = torch.isfinite(feats).all(1) & torch.isfinite(d1)
+            labels, d1, conf, finite = (t.cpu().numpy() for t in (labels, d1, conf, finite))
+        out.labels[finite] = labels[finite]
+        out.distances[finite] = d1[finite]
+        out.confidences[finite] = conf[finite]
+        for i in np.flatnonzero(~finite):
+            out.errors[i] = ("non-finite features (the backbone overflowed; "
+                             "load the model with precision='fp32')")
+        return out
+
+    def _predict_uint8(self, items: list[tuple[np.ndarray | None, str | None]]) -> Prediction:
+        """items: per request item, (uint8 (3, CROP, CROP), None) or (None, reason)."""
+        n = len(items)
+        good = [i for i, (arr, _) in enumerate(items) if arr is not None]
+        if good:
+            batch = torch.from_numpy(np.stack([items[i][0] for i in good]))
+            if self.device.type == "cuda":  # upload uint8 (4x fewer bytes), normalize on the GPU in fp16
+                batch = normalize_uint8(batch.pin_memory().to(self.device, non_blocking=True), torch.float16)
+            else:
+                batch = normalize_uint8(batch, torch.float32)
+            part = self._predict_normalized(batch)
+        out = Prediction.empty(n)
+        for i, (_, reason) in enumerate(items):
+            out.errors[i] = reason
+        if good:
+            idx = np.asarray(good, dtype=np.int64)
+            out.labels[idx], out.distances[idx], out.confidences[idx] = part.labels, part.distances, part.confidences
+            for j, i in enumerate(good):
+                out.errors[i] = part.errors[j]
+        return out
+
+    def _map(self, fn: Callable[[Any], tuple], items: Sequence) -> list[tuple]:
+        if len(items) <= 1:  # no pool hop for single-image requests (latency)
+            return [fn(x) for x in items]
+        with self._pool_lock:
+            if self._pool is None:
+                workers = self.num_threads or min(8, os.cpu_count() or 1)
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="imgcluster-predict")
+            pool = self._pool
+        return list(pool.map(fn, items))
+
+    # -- public predict API --------------------------------------------------------------------
+    def predict_tensors(self, images: torch.Tensor) -> Prediction:
+        """images: (n, 3, 224, 224) ImageNet-normalized float (engine.loaders.preprocess.normalize_uint8),
+        any float dtype, on any device (moved to the model's device) -> Prediction with n items."""
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != (3, CROP, CROP):
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ConfigError(f"predict_tensors expects a (n, 3, {CROP}, {CROP}) normalized float tensor, got {shape}")
+        if not images.is_floating_point():
+            raise ConfigError(f"predict_tensors expects a float tensor (normalized), got {images.dtype}; "
+                              "use predict_arrays for uint8 pixels")
+        return self._predict_normalized(images)
+
+    def predict_arrays(self, arrays: Sequence[np.ndarray]) -> Prediction:
+        """arrays: n uint8 (H, W, 3) RGB images (any H, W) -> Prediction with n items. Each is resized
+        and center-cropped like training; an item of another dtype or shape fails alone."""
+        return self._predict_uint8(self._map(self._prepare_array, list(arrays)))
+
+    def predict_bytes(self, blobs: Sequence[bytes]) -> Prediction:
+        """blobs: n encoded images (JPEG, PNG, WebP, BMP, TIFF, GIF bytes) -> Prediction with n items.
+        Decoded on the CPU in the model's thread pool; an undecodable item fails alone."""
+        return self._predict_uint8(self._map(self._prepare_bytes, list(blobs)))
+
+    def predict_paths(self, paths: Sequence[str | os.PathLike], progress: Callable[[int], None] | None = None
+                      ) -> Prediction:
+        """Image files (exact paths, not folders) -> Prediction, one item per path, decoded with the
+        model's decoder through the same loaders as `imgcluster run`. progress(n) after each batch."""
+        from .loaders import make_loader
+
+        paths = [Path(p) for p in paths]
+        out = Prediction.empty(len(paths))
+        loader = make_loader(self.decoder, self.device, max_pixels=self.max_pixels, num_threads=self.num_threads)
+        for batch in loader.batches(paths, self.batch_size):
+            for i, reason in batch.failures:
+                out.errors[i] = reason
+            if len(batch.indices):
+                part = self._predict_normalized(batch.images)
+                idx = batch.indices
+                out.labels[idx], out.distances[idx], out.confidences[idx] = part.labels, part.distances, part.confidences
+                for j, i in enumerate(idx.tolist()):
+                    out.errors[i] = part.errors[j]
+            if progress:
+                progress(len(batch.indices) + len(batch.failures))
+        return out
+
+    # -- per-item preparation (runs in the pool; no shared state) -----------------------------
+    def _prepare_bytes(self, blob) -> tuple[np.ndarray | None, str | None]:
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            # never treat a str as a file path: request data must not open files on the server
+            return None, f"expected encoded image bytes, got {type(blob).__name__}"
+        try:
+            return load_and_preprocess(bytes(blob), self.max_pixels), None
+        except DecodeError as exc:
+            return None, str(exc)
+        except Exception as exc:  # defensive: one item must never fail the batch
+            return None, f"could not decode: {type(exc).__name__}"
+
+    def _prepare_array(self, array) -> tuple[np.ndarray | None, str | None]:
+        from PIL import Image
+
+        arr = np.asarray(array) if not isinstance(array, np.ndarray) else array
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+            return None, f"expected a uint8 (H, W, 3) RGB array, got {arr.dtype} {tuple(arr.shape)}"
+        if self.max_pixels is not None and arr.shape[0] * arr.shape[1] > self.max_pixels:
+            return None, f"too large: {arr.shape[1]}x{arr.shape[0]} exceeds max_pixels={self.max_pixels}"
+        try:
+            return preprocess_pil(Image.fromarray(np.ascontiguousarray(arr), "RGB")), None
+        except Exception as exc:
+            return None, f"could not resize: {type(exc).__name__}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _weights_argument(state: ModelState, override, path) -> tuple[str, int]:
+    """(weights argument for load_backbone, seed) from the recorded spec or the override."""
+    spec = state.backbone.get("weights") or {}
+    seed = int(spec.get("seed") or state.config.get("seed") or 0)
+    if override is not None:
+        return os.fspath(override), seed
+    kind = spec.get("kind")
+    if kind == "random":
+        return "random", seed
+    if kind in ("auto", "none"):
+        return "auto", seed
+    if kind == "path":
+        recorded = spec.get("path") or ""
+        if not Path(recorded).is_file():
+            raise WeightsUnavailable(f"{path}: the model's weights file {recorded} is not here; pass weights=PATH "
+                                     "(CLI: --weights PATH) pointing at a copy of it")
+        return recorded, seed
+    raise ModelFileError(f"{path}: unknown weights kind {kind!r} in the model metadata")
+
+
+def _checked_backbone(state: ModelState, device: torch.device, weights, allow_mismatch: bool, source,
+                      precision: str = "auto", compile: bool = False,
+                      warn: Callable[[str], None] | None = None) -> Backbone:
+    """Load the state's backbone (recorded weights, or `weights`) on `device` and check its
+    fingerprint against the recorded one: ModelFileError on a mismatch unless allow_mismatch."""
+    warn = warn or (lambda m: warnings.warn(m, stacklevel=4))
+    weights_arg, seed = _weights_argument(state, weights, source)
+    name = state.backbone["name"]
+    # a random-weights warning at load time is noise: the user chose this model already
+    backbone = load_backbone(name, weights_arg, device, seed=seed, precision=precision, compile=compile,
+                             warn=lambda m: None)
+    recorded = state.backbone.get("fingerprint")
+    if backbone.fingerprint != recorded:
+        why = ("the preprocessing differs from this imgcluster's"
+               if state.preprocess != describe_preprocess() else "the weights differ")
+        message = (f"{source}: backbone fingerprint mismatch ({why}): the model was fitted with {name} weights "
+                   f"{state.backbone['weights'].get('description')} ({str(recorded)[:12]}), but the weights loaded "
+                   f"now ({backbone.weights}) have fingerprint {backbone.fingerprint[:12]}, so features will not "
+                   "match the clusters")
+        if not allow_mismatch:
+            raise ModelFileError(message + "; pass the original weights (--weights PATH) or allow it with "
+                                 "--allow-fingerprint-mismatch")
+        warn(message + " (allowed by allow_fingerprint_mismatch)")
+    return backbone
+
+
+def load_model(path: str | os.PathLike, device: str = "auto", weights: str | os.PathLike | None = None,
+               allow_fingerprint_mismatch: bool = False, *, decoder: str = "auto", precision: str = "auto",
+               batch_size: int | None = None, num_threads: int | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, compile: bool = False,
+               warn: Callable[[str], None] | None = None, notify: Callable[[str], None] | None = None) -> FittedModel:
+    """Load a model file and its backbone (kept resident on `device`).
+
+    weights: None = the weights the model records (ImageNet 'auto', the recorded file, or the
+    recorded random seed); a path (or 'auto' / 'random') overrides it. The loaded backbone's
+    fingerprint must equal the recorded one (same architecture, weights and preprocessing), else
+    ModelFileError, unless allow_fingerprint_mismatch=True (then a warning through `warn`).
+    precision 'auto' -> bf16 on CUDA, fp32 on the CPU. decoder: for predict_paths ('auto' picks as `run`).
+    """
+    from .device import resolve_decoder, resolve_device
+
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    state = read_model_file(path)
+    dev = resolve_device(device, notify)
+    resolved_decoder = resolve_decoder(decoder, dev, notify)
+    backbone = _checked_backbone(state, dev, weights, allow_fingerprint_mismatch, path, precision=precision,
+                                 compile=compile, warn=warn)
+    return FittedModel(state, backbone, decoder=resolved_decoder, batch_size=batch_size, num_threads=num_threads,
+                       max_pixels=max_pixels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files in, CSV out (what `imgcluster predict` does)
+
+
+@dataclass
+class PredictFilesResult:
+    """paths: the images that got a cluster (CSV rows); prediction: their Prediction (all ok);
+    skipped: [(path, reason)] found but unusable; out / skipped_csv: the files written."""
+
+    paths: list[Path]
+    prediction: Prediction
+    skipped: list[tuple[Path, str]]
+    out: Path
+    skipped_csv: Path
+
+
+def predict_files(model: FittedModel, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                  reporter=None) -> PredictFilesResult:
+    """Discover images under `inputs` (folders, files, @lists, globs) as `run` does, assign them,
+    and write `out` (CSV: path,cluster,distance,confidence; one row per assigned image, input
+    order) and skipped.csv (path,reason) beside it. reporter: an engine.progress.Reporter."""
+    from .progress import Reporter
+    from .report import outputs
+    from .sources import discover
+
+    reporter = reporter or Reporter()
+    found = discover(list(inputs))
+    if not found.paths:
+        raise InputError("no image files found in " + ", ".join(map(os.fspath, inputs))
+                         + (f" ({len(found.skipped)} unusable)" if found.skipped else ""))
+    with reporter.task("Predicting", len(found.paths)) as advance:
+        pred = model.predict_paths(found.paths, progress=advance)
+    ok = pred.ok
+    good = [p for p, g in zip(found.paths, ok) if g]
+    skipped = list(found.skipped) + [(p, e) for p, g, e in zip(found.paths, ok, pred.errors) if not g]
+    out = Path(out)
+    idx = np.flatnonzero(ok)
+    rows = ((outputs.path_to_text(p), int(pred.labels[i]), f"{float(pred.distances[i]):.6g}",
+             f"{float(pred.confidences[i]):.6g}") for p, i in zip(good, idx))
+    outputs.write_csv(out, ["path", "cluster", "distance", "confidence"], rows)
+    skipped_csv = outputs.write_skipped(out.parent, skipped)
+    part = Prediction(pred.labels[idx], pred.distances[idx], pred.confidences[idx], [None] * len(idx))
+    return PredictFilesResult(good, part, skipped, out, skipped_csv)
+
+
+__all__ = ["FittedModel", "ModelState", "Prediction", "PredictFilesResult", "load_model", "predict_files",
+           "read_model_file", "FORMAT_VERSION"]

@@ -1,0 +1,312 @@
+"""Feature cache: kill -9 and resume, changed/new/removed files, invalidation, damage, and
+`imgcluster cluster` (re-clustering from the cache without decoding)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import app
+from engine.sample_data import generate_sample_set
+from tests.helpers import read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+RESUMED = re.compile(r"Resumed (\d+) of (\d+) images from the feature cache")
+
+
+def _run(runner, data, out, *extra):
+    result = runner.invoke(app, ["run", str(data), "--out", str(out), "--model", "pixels", "--k", "2:4",
+                                 "--no-report", *extra])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _summary(out) -> dict:
+    return json.loads((Path(out) / "summary.json").read_text())
+
+
+def _shard_rows(features: Path) -> int:
+    """Entries (good rows + failures) in the shards that count (those with an index file)."""
+    total = 0
+    for index in features.glob("shard-*.index.json"):
+        data = json.loads(index.read_text())
+        total += len(data["rows"]) + len(data["failures"])
+    return total
+
+
+@pytest.fixture()
+def small_set(tmp_path):
+    """12 JPEGs in 3 groups, a private copy per test (tests change files)."""
+    data = tmp_path / "data"
+    generate_sample_set(data, per_group=4, groups=("red_stripes", "green_disc", "sunset_gradient"))
+    return data
+
+
+# --------------------------------------------------------------------------- kill -9 and resume
+
+
+@pytest.mark.slow
+def test_kill_9_mid_extraction_then_resume(tmp_path, runner, monkeypatch):
+    data = tmp_path / "data"
+    generate_sample_set(data, per_group=50, groups=("red_stripes", "green_disc", "sunset_gradient", "checkerboard"))
+    n = 200
+    out = tmp_path / "out"
+    env = dict(os.environ, IMGCLUSTER_SHARD_SIZE="16", IMGCLUSTER_TEST_SLOW_BATCH_S="0.15")
+    cmd = [sys.executable, "-m", "engine.cli", "run", str(data), "--out", str(out), "--model", "pixels",
+           "--k", "2:6", "--batch-size", "8", "--no-report", "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    features = out / "features"
+    deadline = time.monotonic() + 120
+    try:
+        while len(list(features.glob("shard-*.index.json"))) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "extraction did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_at_kill = _shard_rows(features)
+    shards_at_kill = len(list(features.glob("shard-*.index.json")))
+    assert 48 <= done_at_kill < n  # killed mid-extraction, with at least 3 complete shards
+    assert not (out / "predictions.csv").exists()
+
+    monkeypatch.setenv("IMGCLUSTER_SHARD_SIZE", "16")
+    resumed = runner.invoke(app, ["run", str(data), "--out", str(out), "--model", "pixels", "--k", "2:6",
+                                  "--batch-size", "8", "--no-report"])
+    assert resumed.exit_code == 0, resumed.output
+    match = RESUMED.search(resumed.output)
+    assert match and (int(match.group(1)), int(match.group(2))) == (done_at_kill, n), resumed.output
+    cache = _summary(out)["cache"]
+    # Everything in a complete shard was reused; only what was not yet in one is extracted again
+    # (at most the shard being filled plus the batch in flight when the kill came).
+    assert cache["resumed"] == done_at_kill and cache["extracted"] == n - done_at_kill
+    assert cache["shards_written"] == len(list(features.glob("shard-*.index.json"))) - shards_at_kill
+    assert cache["shards_written"] == -(-(n - done_at_kill) // 16)  # the rest, in full shards of 16
+
+    clean = tmp_path / "clean"
+    _run_ok = runner.invoke(app, ["run", str(data), "--out", str(clean), "--model", "pixels", "--k", "2:6",
+                                  "--no-report", "--no-cache"])
+    assert _run_ok.exit_code == 0, _run_ok.output
+    assert (out / "predictions.csv").read_bytes() == (clean / "predictions.csv").read_bytes()
+    assert _summary(out)["scores"] == _summary(clean)["scores"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_the_queued_rows_and_says_how_to_resume(tmp_path, runner, monkeypatch):
+    data = tmp_path / "data"
+    generate_sample_set(data, per_group=40, groups=("red_stripes", "green_disc"))
+    out = tmp_path / "out"
+    env = dict(os.environ, IMGCLUSTER_SHARD_SIZE="1000", IMGCLUSTER_TEST_SLOW_BATCH_S="0.15")
+    cmd = [sys.executable, "-m", "engine.cli", "run", str(data), "--out", str(out), "--model", "pixels",
+           "--k", "2:3", "--batch-size", "8", "--no-report"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    deadline = time.monotonic() + 120
+    try:
+        while not (out / "features" / "manifest.json").exists():  # extraction has started
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # a few batches: fewer than one shard of 1000, so only the Ctrl-C flush saves them
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr.decode()
+    assert "interrupted; rerun the same command to resume from the feature cache" in stderr.decode()
+    saved = _shard_rows(out / "features")
+    assert 0 < saved < 80
+    monkeypatch.setenv("IMGCLUSTER_SHARD_SIZE", "1000")
+    result = _run(runner, data, out, "--k", "2:3")
+    assert f"Resumed {saved} of 80 images from the feature cache" in result.output
+
+
+def test_rerun_resumes_everything_and_prints_the_line(small_set, runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGCLUSTER_SHARD_SIZE", "5")
+    out = tmp_path / "out"
+    (small_set / "bad.jpg").write_bytes(b"not an image")
+    first = _run(runner, small_set, out)
+    assert not RESUMED.search(first.output)
+    assert _summary(out)["cache"] == {"resumed": 0, "extracted": 13, "shards_written": 3}
+    second = _run(runner, small_set, out)
+    assert "Resumed 13 of 13 images from the feature cache" in second.output  # the failure is cached too
+    assert _summary(out)["cache"] == {"resumed": 13, "extracted": 0, "shards_written": 0}
+    assert read_rows(out / "skipped.csv")[0]["reason"].startswith("not an image")
+
+
+def test_changed_new_and_removed_files(small_set, runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGCLUSTER_SHARD_SIZE", "4")
+    out = tmp_path / "out"
+    _run(runner, small_set, out)
+    before = {r["path"]: r["cluster"] for r in read_rows(out / "predictions.csv")}
+    files = sorted(small_set.glob("*/*.jpg"))
+    changed, removed = files[0], files[5]
+    Image.new("RGB", (64, 64), (20, 200, 60)).save(changed, "JPEG")  # new content, new size
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    removed.unlink()
+    new = small_set / "green_disc" / "green_disc_new.jpg"
+    shutil.copy(files[6], new)
+
+    result = _run(runner, small_set, out)
+    assert "Resumed 10 of 12 images from the feature cache" in result.output
+    assert _summary(out)["cache"]["extracted"] == 2  # the changed and the new file, nothing else
+    after = {r["path"]: r["cluster"] for r in read_rows(out / "predictions.csv")}
+    assert str(new) in after and str(removed) not in after and str(changed) in after
+    assert len(after) == len(before)
+
+
+def test_other_model_or_weights_invalidates_the_cache(small_set, runner, tmp_path):
+    out = tmp_path / "out"
+    _run(runner, small_set, out)
+    result = runner.invoke(app, ["run", str(small_set), "--out", str(out), "--model", "resnet18", "--weights",
+                                 "random", "--k", "2:4", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "different model, weights or preprocessing" in result.output
+    assert not RESUMED.search(result.output)
+    assert _summary(out)["cache"]["resumed"] == 0 and _summary(out)["cache"]["extracted"] == 12
+    manifest = json.loads((out / "features" / "manifest.json").read_text())
+    assert manifest["fingerprint"] == _summary(out)["features"]["fingerprint"]
+
+
+def test_corrupt_manifest_is_rebuilt_with_a_message(small_set, runner, tmp_path):
+    out = tmp_path / "out"
+    _run(runner, small_set, out)
+    (out / "features" / "manifest.json").write_bytes(b"{\"format\": 1, \"fingerp")
+    result = _run(runner, small_set, out)
+    assert "manifest" in result.output and "corrupt" in result.output and "rebuilding" in result.output
+    assert _summary(out)["cache"]["resumed"] == 0
+    assert json.loads((out / "features" / "manifest.json").read_text())["format"] == 1
+    assert "Resumed 12 of 12" in _run(runner, small_set, out).output  # and the rebuilt cache works
+
+
+def test_half_written_and_damaged_shards_are_ignored(small_set, runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGCLUSTER_SHARD_SIZE", "4")
+    out = tmp_path / "out"
+    _run(runner, small_set, out)
+    features = out / "features"
+    assert sorted(p.name for p in features.glob("shard-*.index.json")) == [
+        "shard-000000.index.json", "shard-000001.index.json", "shard-000002.index.json"]
+    # A kill between the two renames: features without an index do not count.
+    (features / "shard-000002.index.json").unlink()
+    # A damaged shard: truncated features under a valid index.
+    npy = features / "shard-000001.npy"
+    npy.write_bytes(npy.read_bytes()[:100])
+    # A temporary file a kill left behind.
+    (features / ".shard-000003.npy.abc123.tmp").write_bytes(b"partial")
+    result = _run(runner, small_set, out)
+    assert "Ignoring damaged cache shard shard-000001.index.json" in result.output
+    assert "Resumed 4 of 12 images from the feature cache" in result.output
+    assert _summary(out)["cache"]["extracted"] == 8
+    assert not list(features.glob(".*.tmp"))
+    clean = tmp_path / "clean"
+    _run(runner, small_set, clean, "--no-cache")
+    assert (out / "predictions.csv").read_bytes() == (clean / "predictions.csv").read_bytes()
+
+
+# --------------------------------------------------------------------------- imgcluster cluster
+
+
+def test_cluster_recluster_without_decoding(small_set, runner, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _run(runner, small_set, out, "--k", "2:3")
+    first = read_rows(out / "predictions.csv")
+
+    from engine.loaders import decode, pil
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("`cluster` must not decode images")
+
+    monkeypatch.setattr(decode, "decode_image", no_decoding)
+    monkeypatch.setattr(decode, "load_and_preprocess", no_decoding)
+    monkeypatch.setattr(pil, "load_and_preprocess", no_decoding)
+
+    new = tmp_path / "k45"
+    result = runner.invoke(app, ["cluster", str(out), "--k", "4:5", "--pca", "8", "--seed", "3", "--out", str(new),
+                                 "--no-report"])
+    assert result.exit_code == 0, result.output
+    summary = _summary(new)
+    assert summary["k"] in (4, 5) and [s["k"] for s in summary["scores"]] == [4, 5]
+    assert summary["config"]["pca"] == 8 and summary["config"]["seed"] == 3 and summary["config"]["model"] == "pixels"
+    assert summary["pca"]["n_components"] == 8
+    assert summary["cache"]["extracted"] == 0 and summary["cache"]["resumed"] == 12
+    assert summary["features"]["fingerprint"] == _summary(out)["features"]["fingerprint"]
+    assert [r["path"] for r in read_rows(new / "predictions.csv")] == [r["path"] for r in first]
+    assert len({r["cluster"] for r in read_rows(new / "predictions.csv")}) == summary["k"]
+    assert read_rows(out / "predictions.csv") == first  # --out elsewhere leaves the run alone
+
+    # The new folder has no cache of its own; its summary points at the original one.
+    again = runner.invoke(app, ["cluster", str(new), "--k", "2", "--no-report"])
+    assert again.exit_code == 0, again.output
+    assert _summary(new)["k"] == 2
+
+
+def test_cluster_reports_changed_and_removed_files_in_skipped(small_set, runner, tmp_path):
+    out = tmp_path / "out"
+    (small_set / "bad.png").write_bytes(b"")
+    _run(runner, small_set, out, "--k", "2:3")
+    files = sorted(small_set.glob("*/*.jpg"))
+    files[0].unlink()
+    Image.new("RGB", (32, 32)).save(files[1], "JPEG")
+    os.utime(files[1], ns=(time.time_ns(), time.time_ns() + 10**9))
+    result = runner.invoke(app, ["cluster", str(out), "--k", "3", "--no-report"])  # in place
+    assert result.exit_code == 0, result.output
+    assert "2 image(s) changed or removed since the run" in result.output
+    paths = [r["path"] for r in read_rows(out / "predictions.csv")]
+    assert len(paths) == 10 and str(files[0]) not in paths and str(files[1]) not in paths
+    reasons = {Path(r["path"]).name: r["reason"] for r in read_rows(out / "skipped.csv")}
+    assert reasons["bad.png"].startswith("empty")  # carried over from the run
+    assert reasons[files[0].name].startswith("removed since the run")
+    assert reasons[files[1].name].startswith("changed since the run")
+    assert _summary(out)["k"] == 3
+
+
+@pytest.mark.parametrize("setup, needle", [
+    ("empty", "not a run folder"),
+    ("no-cache", "no feature cache"),
+    ("bad-k", "below 2"),
+    ("other-cache", "different model"),
+])
+def test_cluster_errors_exit_2(small_set, runner, tmp_path, setup, needle):
+    out = tmp_path / "out"
+    if setup == "empty":
+        out.mkdir()
+    else:
+        _run(runner, small_set, out, *(["--no-cache"] if setup == "no-cache" else []))
+    if setup == "other-cache":
+        manifest = out / "features" / "manifest.json"
+        manifest.write_text(manifest.read_text().replace(_summary(out)["features"]["fingerprint"], "0" * 64))
+    args = ["cluster", str(out), "--no-report"] + (["--k", "1"] if setup == "bad-k" else [])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cluster_help_has_an_example(runner):
+    result = runner.invoke(app, ["cluster", "--help"])
+    assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_recluster_api_rejects_feature_parameters(small_set, runner, tmp_path):
+    from engine.errors import ConfigError
+    from engine.recluster import recluster
+
+    out = tmp_path / "out"
+    _run(runner, small_set, out)
+    with pytest.raises(ConfigError, match="cannot change model"):
+        recluster(out, model="resnet18")
+    result = recluster(out, out_dir=tmp_path / "api", k=3, select="davies")
+    assert result.k == 3 and result.extraction.extracted == 0
+    assert result.features.shape == (12, 192) and result.features.dtype.is_floating_point
+    assert np.array_equal(np.sort(result.extraction.good), np.arange(12))
