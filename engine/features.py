@@ -17,6 +17,7 @@ import torch
 
 from .backbones import Backbone
 from .cluster import is_oom
+from .errors import InputError
 from .loaders.base import Loader
 
 
@@ -76,7 +77,7 @@ class OOMBackoff:
 class Extraction:
     """Features of the good images, in input order.
 
-    features: (n_good, dim) float32 on the backbone's device
+    features: (n_good, dim) float32 on the backbone's device; (n_good, n_components) when `pca` is set
     good:     (n_good,) int64 positions into the input path list
     failures: [(position, reason)] of images that could not be decoded
     resumed:  how many images came from the feature cache instead of being decoded
@@ -93,73 +94,141 @@ class Extraction:
     micro_batch: int = 0
     oom_halvings: int = 0
     shards_written: int = 0
-    notes: list[str] = field(default_factory=list)
+    pca: object | None = None  # engine.reduce.PCAResult when features were reduced while streaming
+
+
+@dataclass
+class StreamingPCA:
+    """Reduce features as they stream in, for collections too large to hold at full width.
+
+    The first `fit_rows` images (in input order) are kept at full width and PCA is fitted on the
+    good ones; then they and every later batch are projected, so the device holds only
+    n x n_components. request / backend / seed are fit_pca's.
+    """
+
+    request: float | int
+    fit_rows: int
+    backend: str = "torch"
+    seed: int = 0
+
+
+class _Extractor:
+    """The loop shared by both modes: cache hits, then the loader, each row handed to `write`."""
+
+    def __init__(self, paths, loader, backbone, batch_size, progress, store, notify):
+        self.paths, self.loader, self.backbone = paths, loader, backbone
+        self.batch_size, self.progress, self.store = batch_size, progress, store
+        self.device = backbone.device
+        self.ok = np.zeros(len(paths), dtype=bool)
+        self.failures: dict[int, str] = {}
+        self.resumed = self.extracted = 0
+        self.runner = OOMBackoff(backbone, batch_size, notify)
+        # Test-only hook (tests/test_resume.py): sleep this long per batch so a kill lands mid-extraction.
+        self.slow = float(os.environ.get("IMGCLUSTER_TEST_SLOW_BATCH_S", "0") or 0)
+
+    def _from_cache(self, positions: np.ndarray, write, chunk: int = 65_536) -> np.ndarray:
+        """Write cached rows of `positions`; return the positions still to extract."""
+        cached = np.zeros(len(positions), dtype=bool)
+        for start in range(0, len(positions), chunk):
+            part = positions[start:start + chunk]
+            staging = torch.empty((len(part), self.backbone.dim), dtype=torch.float32, device=self.device)
+            hits, _, failed = self.store.gather([self.paths[p] for p in part], out=staging)
+            if len(hits):
+                write(part[hits], staging[torch.as_tensor(hits, device=self.device)])
+                self.ok[part[hits]] = True
+                cached[start + hits] = True
+            for rel, reason in failed.items():
+                self.failures[int(part[rel])] = reason
+                cached[start + rel] = True
+        done = int(cached.sum())
+        self.resumed += done
+        if self.progress and done:
+            self.progress(done)
+        return positions[~cached]
+
+    def run(self, positions: np.ndarray, write) -> None:
+        """Extract `positions` (int64, ascending); write(positions (b,), feats (b, dim) float32)."""
+        todo = self._from_cache(positions, write) if self.store is not None else positions
+        self.extracted += len(todo)
+        try:
+            for batch in self.loader.batches([self.paths[i] for i in todo], self.batch_size):
+                if self.slow > 0:
+                    time.sleep(self.slow)
+                done = todo[batch.indices] if len(batch.indices) else np.zeros(0, dtype=np.int64)
+                failed = [(int(todo[i]), reason) for i, reason in batch.failures]
+                feats = None
+                if len(done):
+                    feats = self.runner(batch.images)
+                    write(done, feats)
+                    self.ok[done] = True
+                for pos, reason in failed:
+                    self.failures[pos] = reason
+                if self.store is not None:
+                    self.store.add([self.paths[p] for p in done], feats, [(self.paths[p], r) for p, r in failed])
+                if self.progress:
+                    self.progress(len(batch.indices) + len(batch.failures))
+        except KeyboardInterrupt:
+            # Ctrl-C: the rows already queued are complete, so write them; the rerun resumes after them.
+            if self.store is not None:
+                self.store.flush()
+            raise
 
 
 def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_size: int,
                      progress: Callable[[int], None] | None = None, store=None,
-                     notify: Callable[[str], None] | None = None) -> Extraction:
+                     notify: Callable[[str], None] | None = None,
+                     streaming: StreamingPCA | None = None) -> Extraction:
     """Decode `paths` with `loader`, run `backbone`, return features for every decodable image.
 
     progress(n) is called with the number of images finished after each batch.
-    store: an optional engine.store.FeatureStore (cache lookup + shard writing).
+    store: an optional engine.store.FeatureStore (cache lookup + shard writing; it always holds
+    full-width features, so a re-clustering can choose another PCA).
+    streaming: when given and there are more than streaming.fit_rows paths, the returned features
+    are already PCA-reduced, (n_good, n_components), and Extraction.pca is the fitted PCA.
     """
+    from .reduce import fit_pca
+
     started = time.perf_counter()
     n = len(paths)
     device = backbone.device
-    buffer = torch.empty((n, backbone.dim), dtype=torch.float32, device=device)
-    ok = np.zeros(n, dtype=bool)
-    failures: dict[int, str] = {}
+    shards_before = store.shards_written if store is not None else 0
+    ex = _Extractor(paths, loader, backbone, batch_size, progress, store, notify)
+    everything = np.arange(n, dtype=np.int64)
+    pca = None
 
-    todo = np.arange(n, dtype=np.int64)
-    resumed = 0
-    shards_before = 0
-    if store is not None:
-        shards_before = store.shards_written
-        hit_positions, _, cached_failures = store.gather(paths, out=buffer)
-        ok[hit_positions] = True
-        failures.update(cached_failures)
-        resumed = len(hit_positions) + len(cached_failures)
-        cached = np.zeros(n, dtype=bool)
-        cached[hit_positions] = True
-        cached[list(cached_failures)] = True
-        todo = np.flatnonzero(~cached).astype(np.int64)
-        if progress and resumed:
-            progress(resumed)
+    def writer(buffer, transform=None):
+        def write(positions, feats):
+            rows = torch.as_tensor(positions, device=device)
+            buffer[rows] = feats if transform is None else transform(feats)
+        return write
 
-    runner = OOMBackoff(backbone, batch_size, notify)
-    todo_paths = [paths[i] for i in todo]
-    # Test-only hook (tests/test_resume.py): sleep this long per batch so a kill lands mid-extraction.
-    slow = float(os.environ.get("IMGCLUSTER_TEST_SLOW_BATCH_S", "0") or 0)
-    try:
-        for batch in loader.batches(todo_paths, batch_size):
-            if slow > 0:
-                time.sleep(slow)
-            positions = todo[batch.indices] if len(batch.indices) else np.zeros(0, dtype=np.int64)
-            failed = [(int(todo[i]), reason) for i, reason in batch.failures]
-            feats = None
-            if len(positions):
-                feats = runner(batch.images)
-                buffer[torch.as_tensor(positions, device=device)] = feats
-                ok[positions] = True
-            for pos, reason in failed:
-                failures[pos] = reason
-            if store is not None:
-                store.add([paths[p] for p in positions], feats, [(paths[p], r) for p, r in failed])
-            if progress:
-                progress(len(batch.indices) + len(batch.failures))
-    except KeyboardInterrupt:
-        # Ctrl-C: the rows already queued are complete, so write them; the rerun resumes after them.
-        if store is not None:
-            store.flush()
-        raise
+    if streaming is None or n <= streaming.fit_rows:
+        buffer = torch.empty((n, backbone.dim), dtype=torch.float32, device=device)
+        ex.run(everything, writer(buffer))
+    else:
+        m = streaming.fit_rows
+        raw = torch.empty((m, backbone.dim), dtype=torch.float32, device=device)
+        ex.run(everything[:m], writer(raw))
+        fit_on = raw[torch.as_tensor(np.flatnonzero(ex.ok[:m]), device=device)]
+        if fit_on.shape[0] < 2:
+            raise InputError(f"fewer than 2 of the first {m} images could be decoded: cannot fit PCA on them")
+        pca = fit_pca(fit_on, streaming.request, streaming.backend, seed=streaming.seed)
+        pca.mode = "streamed"
+        del fit_on
+        buffer = torch.empty((n, pca.n_components), dtype=torch.float32, device=device)
+        buffer[:m] = pca.transform(raw)
+        del raw
+        if notify:
+            notify(f"PCA fitted on the first {m} images; the other {n - m} are reduced as they stream in")
+        ex.run(everything[m:], writer(buffer, pca.transform))
     if store is not None:
         store.flush()
-    good = np.flatnonzero(ok)
+    good = np.flatnonzero(ex.ok)
     features = buffer[torch.as_tensor(good, device=device)] if len(good) < n else buffer
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return Extraction(features, good, sorted(failures.items()), time.perf_counter() - started,
-                      resumed=resumed, extracted=len(todo), micro_batch=runner.micro_batch,
-                      oom_halvings=runner.halvings,
-                      shards_written=(store.shards_written - shards_before) if store is not None else 0)
+    return Extraction(features, good, sorted(ex.failures.items()), time.perf_counter() - started,
+                      resumed=ex.resumed, extracted=ex.extracted, micro_batch=ex.runner.micro_batch,
+                      oom_halvings=ex.runner.halvings,
+                      shards_written=(store.shards_written - shards_before) if store is not None else 0,
+                      pca=pca)

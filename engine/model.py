@@ -19,7 +19,7 @@ File format (format_version 1): ONE safetensors file (conventionally `*.imgc`); 
     backbone {name, dim, precision, fingerprint,
               weights {kind: auto | path | random | none, path, seed, description}},
     preprocess (engine.loaders.preprocess.describe()),
-    pca {mode: exact | sampled | off, n_components, input_dim, explained_variance, fit_rows, spectrum_length},
+    pca {mode: exact | sampled | streamed | off, n_components, input_dim, explained_variance, fit_rows, spectrum_length},
     k, scores (the per-K metrics table of the search), config (the run's flat config),
     arrays {name: {dtype, shape}} (the listing above, as saved),
     sha256: hex SHA-256 over the canonical JSON of this document without "sha256"

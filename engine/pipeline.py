@@ -19,7 +19,7 @@ from .backbones import Backbone, load_backbone
 from .config import Config
 from .device import resolve_cluster_backend, resolve_compile, resolve_decoder, resolve_device
 from .errors import InputError
-from .features import Extraction, auto_batch_size, extract_features
+from .features import Extraction, StreamingPCA, auto_batch_size, extract_features
 from .loaders import make_loader
 from .loaders.preprocess import describe as describe_preprocess
 from .progress import Reporter
@@ -88,7 +88,8 @@ class RunResult:
 
     @property
     def features(self) -> torch.Tensor:
-        """(n, d) float32 backbone features of the good images, on the device."""
+        """(n, d) float32 backbone features of the good images, on the device; already PCA-reduced,
+        (n, n_components), when PCA was fitted while streaming (pca.mode == "streamed")."""
         return self.extraction.features
 
 
@@ -104,15 +105,20 @@ def _stage(seconds: float, images: int) -> dict[str, float]:
     return {"seconds": round(seconds, 4), "images_per_s": round(images / seconds, 1) if seconds > 0 else 0.0}
 
 
-def cluster_features(features: torch.Tensor, config: Config, backend: str, reporter: Reporter):
+def cluster_features(features: torch.Tensor, config: Config, backend: str, reporter: Reporter,
+                     pca: PCAResult | None = None):
     """(n, d) features -> (PCAResult, reduced (n, k) tensor, KSearch, timings). Shared by `run` and
-    `cluster` (re-clustering cached features)."""
+    `cluster` (re-clustering cached features). With `pca` (fitted while streaming), `features`
+    are already reduced and PCA is not fitted again."""
     n = features.shape[0]
     timings = {}
     t0 = time.perf_counter()
-    pca = fit_pca(features, config.reduce.pca, backend, seed=config.cluster.seed,
-                  fit_limit=config.reduce.pca_fit_limit)
-    reduced = pca.transform(features)
+    if pca is None:
+        pca = fit_pca(features, config.reduce.pca, backend, seed=config.cluster.seed,
+                      fit_limit=config.reduce.pca_fit_limit)
+        reduced = pca.transform(features)
+    else:
+        reduced = features
     timings["pca"] = _stage(time.perf_counter() - t0, n)
     if pca.mode == "sampled":
         reporter.notify(f"PCA fitted on a seeded sample of {pca.fit_rows} of {n} images")
@@ -157,9 +163,15 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         store = FeatureStore.open(Path(out_dir) / "features", backbone.fingerprint, notify=reporter.notify,
                                   dim=backbone.dim)
 
+    streaming = None
+    if config.reduce.pca and config.reduce.pca_fit_limit and len(found.paths) > config.reduce.pca_fit_limit:
+        # Too many images to hold at full width: fit PCA on the first pca_fit_limit, reduce the rest as they come.
+        streaming = StreamingPCA(config.reduce.pca, config.reduce.pca_fit_limit,
+                                 "sklearn" if backends.cluster == "sklearn" else backends.cluster,
+                                 config.cluster.seed)
     with reporter.task("Extracting features", len(found.paths)) as advance:
         extraction = extract_features(found.paths, loader, backbone, batch_size, progress=advance,
-                                      store=store, notify=reporter.notify)
+                                      store=store, notify=reporter.notify, streaming=streaming)
     if store is not None:
         store.close()
     if extraction.resumed:
@@ -176,7 +188,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
 
     try:
         pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster,
-                                                                 reporter)
+                                                                 reporter, pca=extraction.pca)
     except InputError:  # e.g. fewer good images than the smallest K: still say which files were bad
         if out_dir is not None:
             outputs.write_skipped(out_dir, skipped)
@@ -206,6 +218,7 @@ def build_summary(result: RunResult) -> dict:
         "imgcluster_version": imgcluster_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": result.inputs,
+        "cwd": os.getcwd(),  # relative paths in predictions.csv are relative to this
         "n_images": len(result.paths),
         "n_skipped": len(result.skipped),
         "k": k,

@@ -164,16 +164,8 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
     result.summary["cache"]["dir"] = os.path.abspath(cache_dir)
     result.summary["reclustered_from"] = os.path.abspath(run_dir)
     if out_dir is not None:
-        write_run(result, out_dir, report=report and _report_available(), reporter=reporter)
+        write_run(result, out_dir, report=report, reporter=reporter)
     return result
-
-
-def _report_available() -> bool:
-    try:
-        from .report import build_report  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 __all__ = ["recluster", "text_to_path", "OVERRIDABLE"]

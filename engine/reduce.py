@@ -22,7 +22,8 @@ class PCAResult:
     mean:       (d,) float32, on the fitting device
     components: (k, d) float32, rows are unit principal axes, descending variance
     explained_variance_ratio: (m,) float32 on the host, m = min(n, d): the whole spectrum (for plots)
-    n_components: k; mode: 'exact' (all rows) | 'sampled' (fit on a seeded row sample) | 'off'
+    n_components: k; mode: 'exact' (all rows) | 'sampled' (fit on a seeded row sample) |
+    'streamed' (fit on the first rows while extracting, see features.StreamingPCA) | 'off'
     """
 
     mean: torch.Tensor
@@ -85,20 +86,34 @@ def _sample_rows(n: int, limit: int | None, seed: int) -> np.ndarray | None:
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
+def _covariance(x: torch.Tensor, chunk_rows: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, d) -> (mean (d,), covariance (d, d)), both float64, accumulated over row chunks so the
+    extra memory is O(chunk * d + d^2) instead of a centred float64 copy of all of x. Float64
+    keeps small eigenvalues (which decide a variance-fraction cut) clear of cancellation. On CUDA
+    the chunks multiply in float32 (fp64 matmul is slow on most cards) and accumulate in float64."""
+    n, d = x.shape
+    acc = torch.float64 if x.device.type == "cpu" else torch.float32
+    mean = torch.zeros(d, dtype=torch.float64, device=x.device)
+    for start in range(0, n, chunk_rows):
+        mean += x[start:start + chunk_rows].double().sum(0)
+    mean /= max(1, n)
+    cov = torch.zeros((d, d), dtype=torch.float64, device=x.device)
+    for start in range(0, n, chunk_rows):
+        centred = x[start:start + chunk_rows].to(acc) - mean.to(acc)
+        cov += (centred.T @ centred).double()
+    return mean, cov / max(1, n - 1)
+
+
 def pca_torch(features: torch.Tensor, request: float | int, seed: int = 0, fit_limit: int | None = None) -> PCAResult:
-    """Covariance + eigh on the features' device. The covariance is accumulated in float64 so
-    small eigenvalues (which decide a variance-fraction cut) survive cancellation."""
+    """Covariance + eigh on the features' device (see _covariance for the precision)."""
     n, d = features.shape
     rows = _sample_rows(n, fit_limit, seed)
     fit = features if rows is None else features[torch.as_tensor(rows, device=features.device)]
-    x = fit.double() if features.device.type == "cpu" else fit.float()
-    mean = x.mean(dim=0)
-    centered = x - mean
-    cov = (centered.T @ centered).double() / max(1, x.shape[0] - 1)
+    mean, cov = _covariance(fit)
     evals, evecs = torch.linalg.eigh(cov)
     evals = evals.flip(0).clamp_min(0)
     evecs = evecs.flip(1)
-    m = min(x.shape[0], d)
+    m = min(fit.shape[0], d)
     total = float(evals.sum()) or 1.0
     ratio = (evals[:m] / total).float().cpu().numpy()
     k = components_for(ratio, request, m)

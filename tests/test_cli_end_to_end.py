@@ -90,3 +90,19 @@ def test_report_command_rebuilds_from_saved_outputs(three_groups, runner, tmp_pa
 def test_report_command_on_a_non_run_is_exit_2(runner, tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not a finished run" in result.output
+
+
+def test_report_finds_relative_paths_from_another_folder(three_groups, runner, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(three_groups.parent)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", three_groups.name, "--out", str(out), "--model", "pixels", "--k", "3",
+                                 "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert not os.path.isabs(read_rows(out / "predictions.csv")[0]["path"])
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    html = (out / "report" / "index.html").read_text()
+    assert "unreadable" not in html.lower()
