@@ -174,6 +174,18 @@ class _Extractor:
             raise
 
 
+def _row_index(positions: np.ndarray, device: torch.device):
+    """Rows to write, without a host sync on CUDA: a slice when they are consecutive (the usual
+    case), else an index uploaded from pinned memory without blocking. A plain torch.as_tensor
+    upload from pageable memory would wait for the GPU and stop decode/model overlap."""
+    if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+    index = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64))
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index
+
+
 def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_size: int,
                      progress: Callable[[int], None] | None = None, store=None,
                      notify: Callable[[str], None] | None = None,
@@ -198,8 +210,7 @@ def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_
 
     def writer(buffer, transform=None):
         def write(positions, feats):
-            rows = torch.as_tensor(positions, device=device)
-            buffer[rows] = feats if transform is None else transform(feats)
+            buffer[_row_index(positions, device)] = feats if transform is None else transform(feats)
         return write
 
     if streaming is None or n <= streaming.fit_rows:

@@ -66,7 +66,10 @@ class FeatureStore:
         self._failed: dict[tuple, str] = {}
         self._shards: dict[int, np.ndarray] = {}
         self._pending_keys: list[tuple] = []
-        self._buffer: np.ndarray | None = None  # (shard_size, d) rows of the shard being filled
+        # (shard_size, d) float32 rows of the shard being filled, on the features' device: on a GPU
+        # the rows stay there until the shard is written (one device-to-host copy per shard, not a
+        # sync per batch that would stop decoding from overlapping the model).
+        self._buffer: torch.Tensor | None = None
         self._pending_failures: list[list] = []
         self.next_shard = 0
         self.shards_written = 0
@@ -205,12 +208,13 @@ class FeatureStore:
         per 2,000 images). A shard is written as soon as it holds shard_size entries.
         """
         if features is not None and len(paths):
-            feats = features.detach().float().cpu().numpy()
+            feats = features.detach()
             keys = [file_key(p) or (path_to_text(p), -1, -1) for p in paths]
             start = 0
             while start < len(keys):
-                if self._buffer is None or self._buffer.shape[1] != feats.shape[1]:
-                    self._buffer = np.empty((self.shard_size, feats.shape[1]), dtype=np.float32)
+                if self._buffer is None or self._buffer.shape[1] != feats.shape[1] or self._buffer.device != feats.device:
+                    self._buffer = torch.empty((self.shard_size, feats.shape[1]), dtype=torch.float32,
+                                               device=feats.device)
                 take = min(len(keys) - start, self.shard_size - len(self._pending_keys))
                 self._buffer[len(self._pending_keys):len(self._pending_keys) + take] = feats[start:start + take]
                 self._pending_keys.extend(keys[start:start + take])
@@ -231,7 +235,7 @@ class FeatureStore:
         shard_id = self.next_shard
         self.next_shard += 1
         m = len(self._pending_keys)
-        feats = self._buffer[:m] if m else np.zeros((0, self.dim or 0), np.float32)
+        feats = self._buffer[:m].cpu().numpy() if m else np.zeros((0, self.dim or 0), np.float32)
         write_npy(self.folder / f"shard-{shard_id:06d}.npy", feats)
         index = {"rows": [list(k) for k in self._pending_keys], "failures": self._pending_failures}
         atomic_write_text(self.folder / f"shard-{shard_id:06d}.index.json", json.dumps(index))

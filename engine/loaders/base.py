@@ -5,9 +5,10 @@ batch: it is reported in `failures` with a short reason and is absent from `indi
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -34,3 +35,19 @@ class Loader(Protocol):
     def batches(self, paths: Sequence[Path], batch_size: int) -> Iterator[Batch]:
         """Yield batches covering every position of `paths` once (as an index or as a failure)."""
         ...
+
+
+def prefetched(paths: Sequence, batch_size: int, depth: int,
+               submit: Callable[[Sequence], list[Future]]) -> Iterator[tuple[int, list]]:
+    """Yield (start, [result per path]) for consecutive batches of `paths`, in order, keeping
+    `depth` batches submitted ahead (submit(batch_paths) -> one Future per path), so the CPU
+    work of the next batches overlaps whatever the caller does with this one."""
+    starts = list(range(0, len(paths), batch_size))
+    pending = [(s, submit(paths[s:s + batch_size])) for s in starts[:depth]]
+    upcoming = iter(starts[depth:])
+    while pending:
+        start, futures = pending.pop(0)
+        nxt = next(upcoming, None)
+        if nxt is not None:
+            pending.append((nxt, submit(paths[nxt:nxt + batch_size])))
+        yield start, [f.result() for f in futures]

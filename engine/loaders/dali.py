@@ -53,7 +53,7 @@ import torch
 from PIL import Image
 
 from ..errors import BackendUnavailable, DecodeError
-from .base import Batch
+from .base import Batch, prefetched
 from .decode import ACCEPTED_FORMATS, DEFAULT_MAX_PIXELS, load_and_preprocess, read_bytes
 from .preprocess import CROP, MEAN, STD, normalize_uint8, source_crop_box
 
@@ -450,21 +450,12 @@ class DALILoader:
         """Yield Batches in input order; every position is in `indices` or in `failures`."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        starts = list(range(0, len(paths), batch_size))
         with ThreadPoolExecutor(self.num_threads, thread_name_prefix="imgcluster-dali-read") as pool:
-            def submit(start):
-                return [pool.submit(prepare_file, p, self.max_pixels, DALI_FORMATS)
-                        for p in paths[start:start + batch_size]]
+            def submit(batch_paths):
+                return [pool.submit(prepare_file, p, self.max_pixels, DALI_FORMATS) for p in batch_paths]
 
             # Reads, probes and PIL fallbacks of the next batches run while DALI does this one.
-            pending = [(s, submit(s)) for s in starts[: self.prefetch]]
-            next_start = self.prefetch
-            while pending:
-                start, futures = pending.pop(0)
-                if next_start < len(starts):
-                    pending.append((starts[next_start], submit(starts[next_start])))
-                    next_start += 1
-                prepared = [f.result() for f in futures]
+            for start, prepared in prefetched(paths, batch_size, self.prefetch, submit):
                 fast = [(k, p.probe) for k, p in enumerate(prepared) if p.probe is not None]
                 slow = {k: p.array for k, p in enumerate(prepared) if p.array is not None}
                 failures = [(start + k, p.reason) for k, p in enumerate(prepared) if p.reason is not None]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailable
-from .base import Batch
+from .base import Batch, prefetched
 from .dali import ImageProbe, assemble, pil_fallback, prepare_file, short_error
 from .decode import DEFAULT_MAX_PIXELS
 from .preprocess import CROP, MEAN, STD, source_crop_box
@@ -266,20 +266,11 @@ class NvJpegLoader:
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         side = self._stream
-        starts = list(range(0, len(paths), batch_size))
         with ThreadPoolExecutor(self.num_threads, thread_name_prefix="imgcluster-nvjpeg-read") as pool:
-            def submit(start):
-                return [pool.submit(prepare_jpeg_file, p, self.max_pixels)
-                        for p in paths[start:start + batch_size]]
+            def submit(batch_paths):
+                return [pool.submit(prepare_jpeg_file, p, self.max_pixels) for p in batch_paths]
 
-            pending = [(s, submit(s)) for s in starts[: self.prefetch]]
-            next_start = self.prefetch
-            while pending:
-                start, futures = pending.pop(0)
-                if next_start < len(starts):
-                    pending.append((starts[next_start], submit(starts[next_start])))
-                    next_start += 1
-                prepared = [f.result() for f in futures]
+            for start, prepared in prefetched(paths, batch_size, self.prefetch, submit):
                 # No side.wait_stream(consumer) here: that would make this decode wait for the
                 # model on the previous batch and remove the overlap.
                 consumer = torch.cuda.current_stream(self.device)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import DecodeError
-from .base import Batch
+from .base import Batch, prefetched
 from .decode import DEFAULT_MAX_PIXELS, load_and_preprocess
 from .preprocess import normalize_uint8
 
@@ -58,16 +58,9 @@ class PILLoader:
         return Batch(np.asarray(indices, dtype=np.int64), tensor, failures)
 
     def batches(self, paths: Sequence[Path], batch_size: int) -> Iterator[Batch]:
-        starts = list(range(0, len(paths), batch_size))
         with ThreadPoolExecutor(self.num_threads, thread_name_prefix="imgcluster-decode") as pool:
-            def submit(start):
-                return [pool.submit(_decode_one, p, self.max_pixels) for p in paths[start:start + batch_size]]
+            def submit(batch_paths):
+                return [pool.submit(_decode_one, p, self.max_pixels) for p in batch_paths]
 
-            pending = [(s, submit(s)) for s in starts[: self.prefetch]]
-            next_start = self.prefetch
-            while pending:
-                start, futures = pending.pop(0)
-                if next_start < len(starts):
-                    pending.append((starts[next_start], submit(starts[next_start])))
-                    next_start += 1
-                yield self._assemble(start, [f.result() for f in futures])
+            for start, results in prefetched(paths, batch_size, self.prefetch, submit):
+                yield self._assemble(start, results)
