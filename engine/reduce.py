@@ -105,14 +105,22 @@ def _covariance(x: torch.Tensor, chunk_rows: int = 8192) -> tuple[torch.Tensor, 
 
 
 def pca_torch(features: torch.Tensor, request: float | int, seed: int = 0, fit_limit: int | None = None) -> PCAResult:
-    """Covariance + eigh on the features' device (see _covariance for the precision)."""
+    """Covariance + eigh on the features' device (see _covariance for the precision); an economy
+    SVD when there are fewer rows than columns."""
     n, d = features.shape
     rows = _sample_rows(n, fit_limit, seed)
     fit = features if rows is None else features[torch.as_tensor(rows, device=features.device)]
-    mean, cov = _covariance(fit)
-    evals, evecs = torch.linalg.eigh(cov)
-    evals = evals.flip(0).clamp_min(0)
-    evecs = evecs.flip(1)
+    if fit.shape[0] < d:
+        # Fewer images than dimensions: an economy SVD of the centred (n, d) data costs O(n^2 d),
+        # where eigh of the (d, d) covariance would cost O(d^3) (0.9 s for 96 x 2048 on 2 cores).
+        mean = fit.double().mean(0)
+        _, svals, vt = torch.linalg.svd(fit.double() - mean, full_matrices=False)
+        evals, evecs = svals**2 / max(1, fit.shape[0] - 1), vt.T
+    else:
+        mean, cov = _covariance(fit)
+        evals, evecs = torch.linalg.eigh(cov)
+        evals, evecs = evals.flip(0), evecs.flip(1)
+    evals = evals.clamp_min(0)
     m = min(fit.shape[0], d)
     total = float(evals.sum()) or 1.0
     ratio = (evals[:m] / total).float().cpu().numpy()

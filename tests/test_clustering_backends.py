@@ -119,3 +119,12 @@ def test_assign_nearest_centroid():
     labels, dist = assign(torch.tensor([[1.0, 0.0], [9.0, 0.0]]), centroids)
     assert labels.tolist() == [0, 1]
     assert dist[0, 0].item() == pytest.approx(1.0)
+
+
+def test_pca_with_fewer_rows_than_columns_matches_sklearn():
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(40, 300)).astype(np.float32))
+    ours = fit_pca(x, 10)
+    ref = PCA(10, svd_solver="full").fit(x.numpy())
+    np.testing.assert_allclose(ours.components.numpy(), ref.components_, atol=1e-4)
+    np.testing.assert_allclose(ours.explained_variance_ratio[:40], ref.explained_variance_ratio_[:40], atol=1e-6)
+    assert ours.explained_variance_ratio.shape == (40,)
