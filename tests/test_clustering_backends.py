@@ -126,5 +126,5 @@ def test_pca_with_fewer_rows_than_columns_matches_sklearn():
     ours = fit_pca(x, 10)
     ref = PCA(10, svd_solver="full").fit(x.numpy())
     np.testing.assert_allclose(ours.components.numpy(), ref.components_, atol=1e-4)
-    np.testing.assert_allclose(ours.explained_variance_ratio[:40], ref.explained_variance_ratio_[:40], atol=1e-6)
+    np.testing.assert_allclose(ours.explained_variance_ratio[:10], ref.explained_variance_ratio_, atol=1e-6)
     assert ours.explained_variance_ratio.shape == (40,)
