@@ -38,8 +38,9 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
     except WeightsUnavailable as exc:
         if model == "pixels":
             raise
-        reporter.notify(f"ImageNet weights for {model} are unavailable offline ({exc}); "
-                        "the demo uses the weight-free pixels features instead")
+        # exc says where torchvision looked; the notice says what the demo does about it.
+        reporter.notify(f"ImageNet weights for {model} are not cached and could not be downloaded: "
+                        f"the demo uses the weight-free pixels features instead ({str(exc).split('. Use')[0]})")
         clusterer.set_params(model="pixels").fit([images], out_dir=results, reporter=reporter, report=True)
     print_run_summary(clusterer.result_.summary, console)
     console.print(f"Chosen K = [bold]{clusterer.k_}[/bold] (the sample set has {len(GROUPS)} groups); "
