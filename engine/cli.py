@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import ConfigError, ImgclusterError
 
@@ -22,7 +23,7 @@ out_console = Console()
 
 
 def fail(message: str, code: int = 2):
-    err_console.print(f"[bold red]Error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -108,7 +109,7 @@ def run(
         clusterer.save(save_model)
         reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
     print_run_summary(clusterer.result_.summary, out_console)
-    out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {out}/")
+    out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/")
 
 
 @app.command()
@@ -171,7 +172,7 @@ def bench(
     print_bench(result, out_console)
     if json_out:
         write_json(json_out, result.as_dict())
-        out_console.print(f"Figures written to {json_out}")
+        out_console.print(f"Figures written to {escape(str(json_out))}")
 
 
 @app.command()
@@ -189,7 +190,7 @@ def report(
     if not (run_dir / "summary.json").is_file():
         fail(f"{run_dir} is not a finished run (no summary.json)")
     index = build_report(run_dir, max_montage=max_montage)
-    out_console.print(f"Report written to {index}")
+    out_console.print(f"Report written to {escape(str(index))}")
 
 
 @app.command()
@@ -216,7 +217,7 @@ def cluster(
     result = recluster(run_dir, out_dir=out, reporter=reporter, report=report,
                        **run_config(k=k, pca=parse_pca(pca) if pca is not None else None, select=select, seed=seed))
     print_run_summary(result.summary, out_console)
-    out_console.print(f"Chosen K = [bold]{result.k}[/bold]; results in {out or run_dir}/")
+    out_console.print(f"Chosen K = [bold]{result.k}[/bold]; results in {escape(str(out or run_dir))}/")
 
 
 @app.command()
@@ -247,7 +248,7 @@ def predict(
     with fitted:
         done = predict_files(fitted, paths, out, reporter=reporter)
     skipped = f"; {len(done.skipped)} skipped (see {done.skipped_csv})" if done.skipped else ""
-    out_console.print(f"Assigned {len(done.paths)} image(s) to K = {fitted.k} clusters: {out}{skipped}")
+    out_console.print(f"Assigned {len(done.paths)} image(s) to K = {fitted.k} clusters: {escape(str(out) + skipped)}")
 
 
 def main():  # console-script entry point

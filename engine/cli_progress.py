@@ -5,6 +5,7 @@ import contextlib
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .progress import Reporter
@@ -17,10 +18,10 @@ class RichReporter(Reporter):
 
     def notify(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"[cyan]•[/cyan] {message}", highlight=False, soft_wrap=True)
+            self.console.print(f"[cyan]•[/cyan] {escape(message)}", highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+        self.console.print(f"[yellow]Warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
     @contextlib.contextmanager
     def task(self, description: str, total: int):

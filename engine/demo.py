@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import WeightsUnavailable
 from .sample_data import GROUPS, generate_sample_set
@@ -44,14 +45,15 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
         clusterer.set_params(model="pixels").fit([images], out_dir=results, reporter=reporter, report=True)
     print_run_summary(clusterer.result_.summary, console)
     console.print(f"Chosen K = [bold]{clusterer.k_}[/bold] (the sample set has {len(GROUPS)} groups); "
-                  f"results in {results}/, report at {results / 'report' / 'index.html'}")
+                  f"results in {escape(str(results))}/, report at {escape(str(results / 'report' / 'index.html'))}")
     # A model to ship, and new images of the same groups (never seen in training) to try it on.
     model_file = clusterer.save(out / MODEL_FILE)
     held_out = out / HELD_OUT
     per_held_out = held_out_size(per_group)
     generate_sample_set(held_out, per_group=per_held_out, start_index=per_group)
-    console.print(f"Model saved to {model_file}; {per_held_out * len(GROUPS)} held-out images in {held_out}/. Try:\n"
-                  f"  [bold]imgcluster predict {model_file} {held_out} --out {out / 'held-out-predictions.csv'}[/bold]",
+    command = escape(f"imgcluster predict {model_file} {held_out} --out {out / 'held-out-predictions.csv'}")
+    console.print(f"Model saved to {escape(str(model_file))}; {per_held_out * len(GROUPS)} held-out images in "
+                  f"{escape(str(held_out))}/. Try:\n  [bold]{command}[/bold]",
                   highlight=False, soft_wrap=True)
     return clusterer
 

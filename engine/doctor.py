@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .device import capabilities, resolve_cluster_backend, resolve_decoder, resolve_device
@@ -39,10 +40,10 @@ def print_doctor(console: Console) -> dict:
               "triton": "Triton kernels", "compile": "torch.compile"}
     for name, cap in caps.items():
         ok = "[green]yes[/green]" if cap["available"] else "[red]no[/red]"
-        table.add_row(labels.get(name, name), ok, cap["version"], cap["reason"])
+        table.add_row(labels.get(name, name), ok, cap["version"], escape(cap["reason"]))
     nvjpeg_ok = caps["cuda"]["available"]
     table.add_row("nvJPEG decoder", "[green]yes[/green]" if nvjpeg_ok else "[red]no[/red]", "",
-                  "" if nvjpeg_ok else "needs CUDA: " + caps["cuda"]["reason"])
+                  "" if nvjpeg_ok else escape("needs CUDA: " + caps["cuda"]["reason"]))
     console.print(table)
     auto = Table(title="What auto chooses here")
     auto.add_column("stage")

@@ -17,7 +17,7 @@ from engine.cli import app
     (["--select", "best"], "select='best' is not one of"),
     (["--device", "tpu"], "device='tpu' is not one of"),
     (["--decoder", "nvjpeg", "--device", "cpu"], "nvjpeg needs --device cuda"),
-    (["--cluster-backend", "cuml"], "cuml"),
+    (["--cluster-backend", "cuml"], "--cluster-backend cuml: cuml"),
 ])
 def test_bad_argument_exit_2(three_groups, runner, tmp_path, args, needle):
     result = runner.invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "o"), "--model", "pixels", *args])
@@ -71,3 +71,10 @@ def test_help_has_an_example(runner, command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
     assert "Example" in result.output
+
+
+def test_error_text_is_not_eaten_as_markup(runner, tmp_path):
+    missing = tmp_path / "photos[2020]"
+    result = runner.invoke(app, ["run", str(missing), "--out", str(tmp_path / "o"), "--model", "pixels"])
+    assert result.exit_code == 2
+    assert "photos[2020]" in result.output

@@ -68,3 +68,5 @@ def test_doctor_lists_backends(runner):
     assert result.exit_code == 0, result.output
     for name in ("CUDA", "DALI", "cuML", "Triton", "torch.compile", "nvJPEG", "sklearn", "What auto chooses"):
         assert name in result.output
+    if not dev.capabilities()["cupy"].available:  # the install hint survives rich's markup
+        assert "imgcluster[gpu]" in result.output.replace("\n", "")
