@@ -35,7 +35,8 @@ def test_weights_path_reproduces_in_memory_model(tmp_path, suffix):
 
 
 def test_feature_dims():
-    assert load_backbone("resnet50", "random", "cpu").dim == 2048
+    with pytest.warns(UserWarning, match="random weights"):
+        assert load_backbone("resnet50", "random", "cpu").dim == 2048
     assert load_backbone("pixels", "auto", "cpu")(_images(2)).shape == (2, 192)
 
 
