@@ -15,8 +15,13 @@ class RichReporter(Reporter):
     def __init__(self, console: Console | None = None, quiet: bool = False):
         self.console = console or Console(stderr=True)
         self.quiet = quiet
+        self._seen: set[str] = set()
 
     def notify(self, message: str) -> None:
+        # The same notice twice (e.g. "Using CPU" when the demo refits with pixels) is noise.
+        if message in self._seen:
+            return
+        self._seen.add(message)
         if not self.quiet:
             self.console.print(f"[cyan]•[/cyan] {escape(message)}", highlight=False, soft_wrap=True)
 
