@@ -23,13 +23,13 @@ echo "== GPU tests"
 timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
 
 echo "== all-K silhouette, 1M x 200, K=2..30"
-timeout 90 "$PY" benchmarks/bench_silhouette.py --n 1000000 --k-max 30 --device cuda --backend triton --sklearn no 2>&1 \
+timeout 90 "$PY" benchmarks/bench_silhouette.py --n 1000000 --k-max 30 --device cuda --backend triton --sklearn no --repeat 1 2>&1 \
   | tee "$OUT/silhouette.txt" | tail -8
 
 echo "== bench (eager, with the seed-like configuration in the same run)"
 timeout 150 "$PY" -m engine.cli bench --device cuda --n 4096 --json "$OUT/bench.json" 2>&1 | tail -20
 echo "== bench (--compile)"
-timeout 150 "$PY" -m engine.cli bench --device cuda --n 4096 --compile --no-seed-like --json "$OUT/bench_compile.json" 2>&1 | tail -16
+timeout 150 "$PY" -m engine.cli bench --device cuda --n 2048 --compile --no-seed-like --json "$OUT/bench_compile.json" 2>&1 | tail -16
 
 echo "== summary"
 "$PY" - "$OUT" <<'PY'

@@ -63,19 +63,27 @@ class Backbone:
     device: torch.device
     precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16'
     warning: str | None = None
+    compiled: bool = False
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """images: (b, 3, 224, 224) normalized on self.device -> (b, dim) float32 on self.device."""
-        if self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        if self.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        b = images.shape[0]
+        if self.compiled and b and b & (b - 1):
+            # A compiled (static-shape) model recompiles for every new batch size (the last partial
+            # batch, OOM halvings, request sizes): pad up to a power of two so a run sees only a
+            # few shapes, and drop the padding rows from the output.
+            padded = 1 << (b - 1).bit_length()
+            images = torch.cat([images, images.new_zeros((padded - b, *images.shape[1:]))])
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        layout = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        images = images.to(dtype=dtype, memory_format=layout)  # one copy, not two
+        if dtype != torch.float32:
             with torch.autocast(self.device.type, dtype=dtype):
-                out = self.module(images.to(dtype))
+                out = self.module(images)
         else:
-            out = self.module(images.float())
-        return out.float()
+            out = self.module(images)
+        return out[:b].float()
 
 
 def _sha256_file(path: Path) -> str:
@@ -194,4 +202,5 @@ def load_backbone(model: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto
         torch.backends.cudnn.benchmark = True
     if compile:
         module = torch.compile(module, dynamic=False)
-    return Backbone(model, module, dim, description, _fingerprint(model, identity), device, precision, warning)
+    return Backbone(model, module, dim, description, _fingerprint(model, identity), device, precision, warning,
+                    compiled=compile)

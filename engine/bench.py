@@ -87,7 +87,7 @@ class BenchResult:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        out["ratio_end_to_end"] = self.ratio
+        out["ratio_end_to_end"] = self.ratio if self.seed_like else None
         return out
 
 
@@ -156,12 +156,16 @@ def _seed_like_clustering(features: torch.Tensor, config: Config) -> dict[str, f
 
 
 def _warm_up_clustering(features: torch.Tensor, config: Config, backend: str) -> None:
-    """One tiny clustering pass first: the first linalg/BLAS call of a process loads libraries
-    (seconds on the CPU), which is not what the stages should be charged for."""
-    small = features[: min(len(features), 32)]
-    tiny = config.replace(k=(2, 3), pca=min(4, small.shape[0] - 1, small.shape[1]))
-    cluster_features(small, tiny, backend, Reporter())
-    _seed_like_clustering(small, tiny)
+    """One small clustering pass first, with the real K list and PCA request: the first
+    linalg/BLAS call of a process loads libraries (seconds on the CPU), and on a GPU the first
+    Triton launch for a given shape class compiles the kernel; neither belongs in the stage times.
+    The sample has at least as many rows as dimensions so PCA takes the same (covariance) path."""
+    rows = min(len(features), max(features.shape[1] + 1, max(config.cluster.k) + 2, 512))
+    small = features[:rows]
+    ks = [k for k in config.cluster.k if k <= rows - 1] or [2]
+    warm = config.replace(k=",".join(map(str, ks)))
+    cluster_features(small, warm, backend, Reporter())
+    _seed_like_clustering(small, warm)
 
 
 def run_bench(folder=None, n: int | None = None, model: str = "resnet152", device: str = "auto",

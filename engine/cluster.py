@@ -101,12 +101,16 @@ def _kmeans_plusplus(x: torch.Tensor, x_sq: torch.Tensor, k: int, gen: torch.Gen
     centers = [x[first]]
     closest = ((x - x[first]) ** 2).sum(1).clamp_min(0)
     for _ in range(1, k):
-        total = float(closest.sum())
+        # Sample candidates with probability proportional to `closest` on the device: the uniforms
+        # come from the seeded CPU generator (a few numbers), the search runs where the data is,
+        # so no n-sized vector goes to the host per center.
+        cumulative = closest.double().cumsum(0)
+        total = float(cumulative[-1])
         if total <= 0:  # all remaining points coincide with a center: pick any
             cand = torch.randint(n, (trials,), generator=gen, device="cpu").to(x.device)
         else:
-            probs = (closest / total).double().cpu()
-            cand = torch.multinomial(probs, trials, replacement=True, generator=gen).to(x.device)
+            u = (torch.rand(trials, generator=gen, dtype=torch.float64) * total).to(x.device)
+            cand = torch.searchsorted(cumulative, u, right=True).clamp_max_(n - 1)
         cand_pts = x[cand]
         d2 = (x_sq[None, :] - 2.0 * (cand_pts @ x.T) + (cand_pts * cand_pts).sum(1)[:, None]).clamp_min_(0)
         d2 = torch.minimum(d2, closest[None, :])
@@ -132,13 +136,33 @@ def order_by_size(labels: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.
     return remap[labels], centroids[torch.tensor(order, device=centroids.device)]
 
 
+def cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int, chunk_rows: int = 1 << 16) -> torch.Tensor:
+    """(k, d) float32 sum of the rows of x (n, d) per label (n,) int64.
+
+    On the CPU index_add_ is deterministic. On CUDA it uses float atomics, whose order (and so
+    the last bits of the centroids, sometimes a label near a tie) changes from run to run, so
+    there the sums are one-hot matmuls over row chunks, which give the same bits every run."""
+    if not x.is_cuda:
+        return torch.zeros((k, x.shape[1]), dtype=torch.float32, device=x.device).index_add_(0, labels, x)
+    return onehot_sums(x, labels, k, chunk_rows)
+
+
+def onehot_sums(x: torch.Tensor, labels: torch.Tensor, k: int, chunk_rows: int = 1 << 16) -> torch.Tensor:
+    """cluster_sums as one-hot matmuls over row chunks (the CUDA path; any device)."""
+    sums = torch.zeros((k, x.shape[1]), dtype=torch.float32, device=x.device)
+    for start in range(0, x.shape[0], chunk_rows):
+        onehot = torch.nn.functional.one_hot(labels[start:start + chunk_rows], k).to(x.dtype)
+        sums += onehot.T @ x[start:start + chunk_rows]
+    return sums
+
+
 def _lloyd(x, x_sq, centers, max_iter, tol):
     n, d = x.shape
     k = centers.shape[0]
     labels = None
     for it in range(1, max_iter + 1):
         labels, mins = squared_distances_argmin(x, centers, x_sq)
-        sums = torch.zeros((k, d), dtype=torch.float32, device=x.device).index_add_(0, labels, x)
+        sums = cluster_sums(x, labels, k)
         counts = torch.bincount(labels, minlength=k).float()
         empty = counts == 0
         if bool(empty.any()):

@@ -38,7 +38,13 @@ class Capability:
 
 def _module_version(name: str) -> tuple[object | None, str]:
     """Import `name`; return (module, error). Import errors are turned into a short reason."""
-    if importlib.util.find_spec(name.split(".")[0]) is None:
+    try:
+        # The full dotted name: torch's CUDA wheels install other `nvidia.*` packages, so the
+        # top-level `nvidia` is there even without DALI.
+        missing = importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):
+        missing = True
+    if missing:
         return None, f"{name} is not installed"
     try:
         module = importlib.import_module(name)
@@ -148,7 +154,14 @@ def resolve_device(requested: str = "auto", notify=None):
     if base == "cuda":
         if not cuda.available:
             raise BackendUnavailable(f"--device {requested}: CUDA is not available ({cuda.reason}); use --device cpu")
-        return torch.device(requested)
+        try:
+            chosen = torch.device(requested)
+        except RuntimeError:
+            raise ConfigError(f"device={requested!r} is not a device name (cuda, cuda:N, cpu, auto)") from None
+        count = torch.cuda.device_count()
+        if chosen.index is not None and not 0 <= chosen.index < count:
+            raise BackendUnavailable(f"--device {requested}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        return chosen
     if cuda.available:
         return torch.device("cuda")
     if notify:

@@ -18,7 +18,7 @@ import torch
 from .backbones import Backbone
 from .cluster import is_oom
 from .errors import InputError
-from .loaders.base import Loader
+from .loaders.base import Loader, index_on
 
 
 def auto_batch_size(device: torch.device, model: str) -> int:
@@ -180,10 +180,7 @@ def _row_index(positions: np.ndarray, device: torch.device):
     upload from pageable memory would wait for the GPU and stop decode/model overlap."""
     if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
         return slice(int(positions[0]), int(positions[-1]) + 1)
-    index = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64))
-    if device.type == "cuda":
-        return index.pin_memory().to(device, non_blocking=True)
-    return index
+    return index_on(positions, device)
 
 
 def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_size: int,

@@ -119,6 +119,8 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
         reduced = pca.transform(features)
     else:
         reduced = features
+    if reduced.is_cuda:
+        torch.cuda.synchronize(reduced.device)  # charge the projection to "pca", not to "kmeans"
     timings["pca"] = _stage(time.perf_counter() - t0, n)
     if pca.mode == "sampled":
         reporter.notify(f"PCA fitted on a seeded sample of {pca.fit_rows} of {n} images")

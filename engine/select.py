@@ -5,6 +5,7 @@ torch backend; the sklearn and cuml backends score one K at a time (the referenc
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -149,7 +150,9 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     limit = default_exact_limit(x.device)
     sample = silhouette_sample
     if sample is None and n > limit:
-        sample = limit
+        # Sampled mode scores each K in its own pass over the sample, so a sample of
+        # limit / sqrt(#K) costs about what one exact all-K pass at the limit does.
+        sample = max(2, int(limit / math.sqrt(len(ks))))
         if notify:
             notify(f"Silhouette: {n} images is above the exact limit ({limit}) on {x.device.type}; "
                    f"using a stratified sample of {sample} (set --silhouette-sample to change)")

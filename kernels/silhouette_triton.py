@@ -21,6 +21,8 @@ import of this module (a fresh subprocess is the reliable way; that is what the 
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 
 import torch
@@ -204,15 +206,24 @@ def cluster_distance_sums_triton(
             raise ValueError(f"{name}={v} must be a power of two >= 16 (tl.dot)")
 
     grid = (triton.cdiv(n, block_m), triton.cdiv(C, block_c))
+    # Triton launches on torch's *current* device, not the tensors': make them the same (cuda:N).
+    device_scope = torch.cuda.device(Xc.device) if Xc.is_cuda else contextlib.nullcontext()
+    with device_scope:
+        _launch(grid, Xc, sqn, oh, out, n, d, C, block_m, block_n, block_d, block_c,
+                dist_precision, sum_precision, num_warps, cfg["num_stages"])
+    return out
+
+
+def _launch(grid, Xc, sqn, oh, out, n, d, C, block_m, block_n, block_d, block_c,
+            dist_precision, sum_precision, num_warps, num_stages):
     _cluster_sums_kernel[grid](
         Xc, sqn, oh, out,
         n, d, C, FLUSH * d**0.5,
         Xc.stride(0), Xc.stride(1), oh.stride(0), oh.stride(1), out.stride(0), out.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
         DIST_PRECISION=dist_precision, SUM_MODE=sum_precision,
-        num_warps=num_warps, num_stages=cfg["num_stages"],
+        num_warps=num_warps, num_stages=num_stages,
     )
-    return out
 
 
 __all__ = [

@@ -75,3 +75,12 @@ def test_bad_weights_file(tmp_path):
 def test_unknown_model():
     with pytest.raises(ConfigError, match="not one of"):
         load_backbone("vgg16")
+
+
+def test_compiled_models_pad_odd_batches_without_changing_results():
+    with pytest.warns(UserWarning):
+        backbone = load_backbone("resnet18", "random", "cpu")
+    images = _images(3)
+    expected = backbone(images)
+    backbone.compiled = True  # the padding path, without paying for torch.compile on 2 cores
+    torch.testing.assert_close(backbone(images), expected)

@@ -128,3 +128,12 @@ def test_pca_with_fewer_rows_than_columns_matches_sklearn():
     np.testing.assert_allclose(ours.components.numpy(), ref.components_, atol=1e-4)
     np.testing.assert_allclose(ours.explained_variance_ratio[:10], ref.explained_variance_ratio_, atol=1e-6)
     assert ours.explained_variance_ratio.shape == (40,)
+
+
+def test_onehot_sums_equal_index_add():
+    from engine.cluster import cluster_sums, onehot_sums
+
+    x = torch.randn(3000, 7, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 5, (3000,), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(onehot_sums(x, labels, 5, chunk_rows=700), cluster_sums(x, labels, 5),
+                               rtol=1e-5, atol=1e-4)

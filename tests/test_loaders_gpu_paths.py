@@ -293,6 +293,10 @@ def test_nvjpeg_batch_logic_on_cpu(images):
     _, ref, _ = pil_reference(paths)
     diff = mean_abs_diff(denormalize_to_uint8_scale(batch.images), ref)
     assert (diff <= PIXEL_TOL).all(), diff.tolist()
+    # A decode budget of one byte decodes image by image: same batch, same pixels, same order.
+    one_by_one = decode_batch(start, prepared, torch.device("cpu"), torch.float32, None, decode_budget=1)
+    assert one_by_one.indices.tolist() == batch.indices.tolist() and one_by_one.failures == batch.failures
+    torch.testing.assert_close(one_by_one.images, batch.images)
 
 
 def test_nvjpeg_loader_needs_cuda():

@@ -51,3 +51,13 @@ def prefetched(paths: Sequence, batch_size: int, depth: int,
         if nxt is not None:
             pending.append((nxt, submit(paths[nxt:nxt + batch_size])))
         yield start, [f.result() for f in futures]
+
+
+def index_on(values, device: torch.device) -> torch.Tensor:
+    """An int64 index tensor on `device` without a host sync: on CUDA it is uploaded from pinned
+    memory with non_blocking=True (torch.tensor(list, device=cuda) copies from pageable memory
+    and waits for the stream, which would stop decoding from overlapping the model)."""
+    index = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index

@@ -53,7 +53,7 @@ import torch
 from PIL import Image
 
 from ..errors import BackendUnavailable, DecodeError
-from .base import Batch, prefetched
+from .base import Batch, index_on, prefetched
 from .decode import ACCEPTED_FORMATS, DEFAULT_MAX_PIXELS, load_and_preprocess, read_bytes
 from .preprocess import CROP, MEAN, STD, normalize_uint8, source_crop_box
 
@@ -274,14 +274,14 @@ def assemble(start: int, fast: tuple[list[int], torch.Tensor | None],
     row_of = {k: r for r, k in enumerate(ok)}
     out = torch.empty((len(ok), 3, CROP, CROP), dtype=dtype, device=device)
     if fast_offsets:
-        rows = torch.tensor([row_of[k] for k in fast_offsets], device=device)
+        rows = index_on([row_of[k] for k in fast_offsets], device)
         out.index_copy_(0, rows, fast_tensor)
     if slow:
         keys = sorted(slow)
         host = torch.from_numpy(np.stack([slow[k] for k in keys]))
         if device.type == "cuda":
             host = host.pin_memory().to(device, non_blocking=True)
-        rows = torch.tensor([row_of[k] for k in keys], device=device)
+        rows = index_on([row_of[k] for k in keys], device)
         out.index_copy_(0, rows, normalize_uint8(host, dtype))
     return Batch(indices, out, failures)
 
@@ -443,7 +443,7 @@ class DALILoader:
             keep_offsets.append(k)
             keep_rows.append(r)
         if whole is not None and len(keep_rows) < len(whole):
-            whole = whole[torch.tensor(keep_rows, device=whole.device)] if keep_rows else None
+            whole = whole[index_on(keep_rows, whole.device)] if keep_rows else None
         return (keep_offsets, whole), slow, failures
 
     def batches(self, paths: Sequence[Path], batch_size: int) -> Iterator[Batch]:

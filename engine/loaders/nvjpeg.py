@@ -37,6 +37,8 @@ NVJPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO: a JPEG with extra frames; it
 
 # Padded float32 pixels (per channel) one roi_align call may hold: 2**25 -> 3 * 4 B * 32 Mi = 384 MiB.
 DEFAULT_PIXEL_BUDGET = 1 << 25
+# Decoded uint8 bytes one nvJPEG call may produce (1 GiB: ~500 ImageNet-sized or ~90 12-MP images).
+DEFAULT_DECODE_BUDGET = 1 << 30
 # roi_align samples ceil(scale)^2 points per output pixel; above this scale the image is first
 # box-averaged by an integer factor k (exact area filter) so the grid stays <= MAX_SAMPLING^2.
 MAX_SAMPLING = 4
@@ -171,6 +173,10 @@ def _decode_jpegs(items: list[tuple[int, ImageProbe, torch.Tensor]], device: tor
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; still what we use
         warnings.simplefilter("ignore", DeprecationWarning)
+        if device.type == "cuda":
+            # torchvision allocates the outputs on the current stream but writes them on its own
+            # stream: make sure nothing still in flight here reads memory it may be handed.
+            torch.cuda.current_stream(device).synchronize()
         try:
             images = decode_jpeg([t for _, _, t in items], mode=ImageReadMode.RGB, device=device)
             results = [(k, p, img) for (k, p, _), img in zip(items, images)]
@@ -206,7 +212,8 @@ def _normalize(pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def decode_batch(start: int, prepared: Sequence["PreparedJpeg"], device: torch.device, dtype: torch.dtype,
-                 max_pixels, pixel_budget: int = DEFAULT_PIXEL_BUDGET) -> Batch:
+                 max_pixels, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
+                 decode_budget: int = DEFAULT_DECODE_BUDGET) -> Batch:
     """Everything after the CPU stage for one batch (positions start .. start+len(prepared)-1):
     batched JPEG decode on `device`, EXIF orientation, `batched_resize_crop`, normalization, and
     merging of the PIL-path images in input order. Device-agnostic (the loader calls it on CUDA
@@ -217,13 +224,37 @@ def decode_batch(start: int, prepared: Sequence["PreparedJpeg"], device: torch.d
     fast = [(k, p.probe, p.tensor) for k, p in enumerate(prepared) if p.probe is not None]
     slow = {k: p.array for k, p in enumerate(prepared) if p.array is not None}
     failures = [(k, p.reason) for k, p in enumerate(prepared) if p.reason is not None]
-    decoded, more_slow, more_failures = _decode_jpegs(fast, device, max_pixels)
-    slow.update(more_slow)
-    failures += more_failures
-    offsets = [k for k, _ in decoded]
-    tensor = _normalize(batched_resize_crop([img for _, img in decoded], pixel_budget), dtype) if decoded else None
+    offsets: list[int] = []
+    parts: list[torch.Tensor] = []
+    # Decode + resize in groups bounded by decoded bytes, so a batch of 12 MP photos does not
+    # hold the whole batch at full resolution on the device at once.
+    for group in _decode_groups(fast, decode_budget):
+        decoded, more_slow, more_failures = _decode_jpegs(group, device, max_pixels)
+        slow.update(more_slow)
+        failures += more_failures
+        if decoded:
+            offsets += [k for k, _ in decoded]
+            parts.append(_normalize(batched_resize_crop([img for _, img in decoded], pixel_budget), dtype))
+            del decoded
+    tensor = (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else None
     failures = [(start + k, reason) for k, reason in failures]
     return assemble(start, (offsets, tensor), slow, failures, device, dtype)
+
+
+def _decode_groups(items: list, budget: int) -> list[list]:
+    """Split [(offset, probe, bytes)] into consecutive groups of at most `budget` decoded bytes
+    (height x width x 3 from the header probe); an image larger than the budget goes alone."""
+    groups, current, used = [], [], 0
+    for item in items:
+        size = item[1].height * item[1].width * 3
+        if current and used + size > budget:
+            groups.append(current)
+            current, used = [], 0
+        current.append(item)
+        used += size
+    if current:
+        groups.append(current)
+    return groups
 
 
 class NvJpegLoader:
