@@ -107,6 +107,8 @@ def _triton() -> Capability:
     version = getattr(module, "__version__", "?")
     if not _cuda().available and not triton_interpreted():
         return Capability("triton", False, version, "Triton needs a CUDA GPU (or TRITON_INTERPRET=1 on the CPU)")
+    if not triton_interpreted() and shutil.which(os.environ.get("CC", "cc")) is None and shutil.which("gcc") is None:
+        return Capability("triton", False, version, "Triton needs a C compiler to build its kernel launcher (install gcc)")
     return Capability("triton", True, version)
 
 
