@@ -181,7 +181,8 @@ def test_dali_cpu_every_exif_orientation(dali_cpu, tmp_path):
 def test_dali_cpu_other_formats(dali_cpu, tmp_path):
     """Formats/modes DALI decodes itself (BMP, simple WebP, grayscale) and those that go to PIL
     (GIF, RGBA/palette/16-bit/EXIF PNG, CMYK JPEG, TIFF) all match the reference, in input order."""
-    from engine.loaders.dali import DALI_FORMATS, probe_file
+    from engine.loaders.dali import DALI_FORMATS
+    from engine.loaders.probe import probe_file
 
     img = smooth_image(300, 360, 8)
     gray16 = (np.asarray(img.convert("L"), dtype=np.uint16) * 257)
@@ -212,7 +213,7 @@ def test_dali_cpu_other_formats(dali_cpu, tmp_path):
 
 
 def test_jpeg_is_complete(images):
-    from engine.loaders.dali import jpeg_is_complete
+    from engine.loaders.probe import jpeg_is_complete
 
     good = images["land1"].read_bytes()
     assert jpeg_is_complete(good)
@@ -223,7 +224,7 @@ def test_jpeg_is_complete(images):
 
 
 def test_png_chunks(images):
-    from engine.loaders.dali import png_chunks
+    from engine.loaders.probe import png_chunks
 
     data = images["png"].read_bytes()
     complete, kinds = png_chunks(data)

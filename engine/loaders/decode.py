@@ -62,6 +62,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def check_header(img: Image.Image, max_pixels: int | None) -> str:
+    """The checks every decoder makes on an opened (not yet decoded) image: an accepted format,
+    positive dimensions, at most max_pixels pixels. Returns the format; raises DecodeError."""
+    fmt = img.format or "?"
+    if fmt not in ACCEPTED_FORMATS:
+        raise DecodeError(f"unsupported image format {fmt}")
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise DecodeError(f"invalid dimensions {width}x{height}")
+    if max_pixels is not None and width * height > max_pixels:
+        raise DecodeError(f"too large: {width}x{height} exceeds max_pixels={max_pixels}")
+    return fmt
+
+
 def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode `source` (file bytes or a path) into an 8-bit RGB PIL image.
 
@@ -76,14 +90,7 @@ def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEF
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data))
-            fmt = img.format
-            if fmt not in ACCEPTED_FORMATS:
-                raise DecodeError(f"unsupported image format {fmt}")
-            width, height = img.size
-            if width < 1 or height < 1:
-                raise DecodeError(f"invalid dimensions {width}x{height}")
-            if max_pixels is not None and width * height > max_pixels:
-                raise DecodeError(f"too large: {width}x{height} exceeds max_pixels={max_pixels}")
+            check_header(img, max_pixels)
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated GIF/WebP/TIFF: first frame
             img.load()

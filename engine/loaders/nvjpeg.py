@@ -29,7 +29,7 @@ import torch
 
 from ..errors import BackendUnavailable
 from .base import Batch, prefetched
-from .dali import ImageProbe, assemble, pil_fallback, prepare_file, short_error
+from .probe import ImageProbe, assemble, pil_fallback, prepare_file, short_error
 from .decode import DEFAULT_MAX_PIXELS
 from .preprocess import CROP, MEAN, STD, source_crop_box
 
