@@ -92,6 +92,30 @@ def _build_pipeline(batch_size: int, num_threads: int, device_id: int | None):
     return pipe
 
 
+class _HeldUntilUsed:
+    """Keeps DALI's output buffers alive until the consumer's GPU work on them has finished.
+
+    torch.from_dlpack shares DALI's memory; when the tensor is dropped DALI may reuse the buffer
+    in its own stream order, which knows nothing of the consumer stream still reading it. When
+    the generator resumes, the consumer has *enqueued* all its work on the previous batch, so an
+    event recorded then marks its end; buffers are released only once their event completed
+    (waiting on the oldest when `depth` are held, which also bounds how far the host runs ahead).
+    """
+
+    def __init__(self, device: torch.device, depth: int = 2):
+        self.device, self.depth, self.held = device, depth, []
+
+    def hold(self, tensors: list[torch.Tensor]) -> None:
+        """Keep `tensors` (DALI outputs of the batch just consumed) until the consumer's work so
+        far has run on the GPU."""
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self.held.append((tensors, event))
+        self.held = [(t, e) for t, e in self.held if not e.query()]
+        while len(self.held) > self.depth:
+            self.held.pop(0)[1].synchronize()
+
+
 class DALILoader:
     """paths -> Batch of (b, 3, 224, 224) normalized images on `device`, decoded by DALI.
 
@@ -126,6 +150,7 @@ class DALILoader:
         self.max_pixels = max_pixels
         self.prefetch = max(1, prefetch)
         self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self._dali_outputs: list[torch.Tensor] = []  # raw DALI outputs of the batch being assembled
         self._pipe = None
         self._pipe_batch = 0
 
@@ -161,6 +186,7 @@ class DALILoader:
             # current stream after DALI's (what DALI's own PyTorch iterator does).
             with torch.cuda.device(self.device):
                 out = torch.from_dlpack(images.as_tensor())
+            self._dali_outputs.append(out)  # held until the consumer is done (see _HeldUntilUsed)
         else:
             out = torch.from_numpy(np.array(images.as_tensor()))
         return out, np.array(shapes.as_tensor())[:, :2].astype(np.int64)
@@ -221,6 +247,7 @@ class DALILoader:
             def submit(batch_paths):
                 return [pool.submit(prepare_file, p, self.max_pixels, DALI_FORMATS) for p in batch_paths]
 
+            in_use = _HeldUntilUsed(self.device) if self.device.type == "cuda" else None
             # Reads, probes and PIL fallbacks of the next batches run while DALI does this one.
             for start, prepared in prefetched(paths, batch_size, self.prefetch, submit):
                 fast = [(k, p.probe) for k, p in enumerate(prepared) if p.probe is not None]
@@ -230,3 +257,6 @@ class DALILoader:
                 slow.update(more_slow)
                 failures += [(start + k, reason) for k, reason in more_failures]
                 yield assemble(start, (offsets, tensor), slow, failures, self.device, self.dtype)
+                if in_use is not None:
+                    in_use.hold(self._dali_outputs)
+                    self._dali_outputs = []
