@@ -1,17 +1,11 @@
-"""Shared pieces of the benchmark suites (pytest-benchmark). Run: .venv/bin/python -m pytest benchmarks/"""
+"""Shared pieces of the benchmark suites (pytest-benchmark). Run: .venv/bin/python -m pytest benchmarks/bench_*.py"""
 from __future__ import annotations
 
-import pytest
-import torch
+from tests.gpu_marks import skip_gpu_items_without_cuda
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+    skip_gpu_items_without_cuda(items)
 
 
 def pytest_configure(config):

@@ -155,6 +155,21 @@ def _seed_like_clustering(features: torch.Tensor, config: Config) -> dict[str, f
     return times
 
 
+def _measure_extraction(table: dict, paths, loader, backbone, batch_size: int, device) -> tuple:
+    """Record decode+resize alone, the backbone alone, and both together (what a run does) in
+    `table`; returns (the Extraction, its seconds)."""
+    n = len(paths)
+    _drain(loader, paths[: min(n, batch_size)], batch_size, device)  # warm-up: pipeline build, thread pools
+    _record(table, Stage("decode_resize", _timed(lambda: _drain(loader, paths, batch_size, device), device), n))
+    _record(table, _backbone_rate(backbone, batch_size, device, iters=max(2, min(20, n // batch_size))))
+    t0 = time.perf_counter()
+    extraction = extract_features(paths, loader, backbone, batch_size)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    _record(table, Stage("extract", seconds, n))
+    return extraction, seconds
+
+
 def _warm_up_clustering(features: torch.Tensor, config: Config, backend: str) -> None:
     """One small clustering pass first, with the real K list and PCA request: the first
     linalg/BLAS call of a process loads libraries (seconds on the CPU), and on a GPU the first
@@ -196,15 +211,7 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
 
     # Ours, stage by stage.
     _record(result.ours, Stage("read", _timed(lambda: _read_all(paths), dev), n))
-    loader = make_loader(dec, dev)
-    _drain(loader, paths[: min(n, bs)], bs, dev)  # warm-up (pipeline build, thread pools)
-    _record(result.ours, Stage("decode_resize", _timed(lambda: _drain(loader, paths, bs, dev), dev), n))
-    _record(result.ours, _backbone_rate(ours_bb, bs, dev, iters=max(2, min(20, n // bs))))
-    t0 = time.perf_counter()
-    extraction = extract_features(paths, loader, ours_bb, bs)
-    _sync(dev)
-    extract_s = time.perf_counter() - t0
-    _record(result.ours, Stage("extract", extract_s, n))
+    extraction, extract_s = _measure_extraction(result.ours, paths, make_loader(dec, dev), ours_bb, bs, dev)
     _warm_up_clustering(extraction.features, config, cluster_backend)
     t0 = time.perf_counter()
     _, _, search, timings = cluster_features(extraction.features, config, cluster_backend, Reporter())
@@ -215,14 +222,8 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
     _record(result.ours, Stage("end_to_end", extract_s + cluster_s, n))
 
     if seed_like:
-        pil = make_loader("pil", dev)
-        _record(result.seed_like, Stage("decode_resize", _timed(lambda: _drain(pil, paths, bs, dev), dev), n))
-        _record(result.seed_like, _backbone_rate(seed_bb, bs, dev, iters=max(2, min(20, n // bs))))
-        t0 = time.perf_counter()
-        seed_extraction = extract_features(paths, pil, seed_bb, bs)
-        _sync(dev)
-        seed_extract_s = time.perf_counter() - t0
-        _record(result.seed_like, Stage("extract", seed_extract_s, n))
+        seed_extraction, seed_extract_s = _measure_extraction(result.seed_like, paths, make_loader("pil", dev),
+                                                              seed_bb, bs, dev)
         times = _seed_like_clustering(seed_extraction.features, config)
         for stage, seconds in times.items():
             _record(result.seed_like, Stage(stage, seconds, n))

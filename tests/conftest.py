@@ -8,6 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from engine.sample_data import generate_sample_set
+from tests.gpu_marks import skip_gpu_items_without_cuda
 
 THREE_GROUPS = ("red_stripes", "green_disc", "sunset_gradient")
 
@@ -37,9 +38,4 @@ def offline_weights(monkeypatch, tmp_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+    skip_gpu_items_without_cuda(items)

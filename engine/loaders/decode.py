@@ -6,6 +6,7 @@ alpha images become 8-bit RGB (alpha composited on white); a GIF gives its first
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -62,6 +63,25 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+@contextlib.contextmanager
+def pil_errors_as_decode_errors():
+    """Run PIL code on untrusted bytes: its warnings are silenced and every exception becomes a
+    DecodeError with a short reason (PIL raises many types on hostile data; none may escape)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"too large: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognised content)") from None
+    except Exception as exc:
+        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise DecodeError(f"corrupt or truncated image: {msg}") from None
+
+
 def check_header(img: Image.Image, max_pixels: int | None) -> str:
     """The checks every decoder makes on an opened (not yet decoded) image: an accepted format,
     positive dimensions, at most max_pixels pixels. Returns the format; raises DecodeError."""
@@ -86,25 +106,14 @@ def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEF
     data = source if isinstance(source, (bytes, bytearray, memoryview)) else read_bytes(source)
     if len(data) == 0:
         raise DecodeError("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            check_header(img, max_pixels)
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # animated GIF/WebP/TIFF: first frame
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
-    except DecodeError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise DecodeError(f"too large: {exc}") from None
-    except Image.UnidentifiedImageError:
-        raise DecodeError("not an image (unrecognised content)") from None
-    except Exception as exc:  # PIL raises many types on hostile bytes; none may escape
-        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise DecodeError(f"corrupt or truncated image: {msg}") from None
+    with pil_errors_as_decode_errors():
+        img = Image.open(io.BytesIO(data))
+        check_header(img, max_pixels)
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated GIF/WebP/TIFF: first frame
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
 
 
 # Above this many pixels in the resized (pre-crop) image, resize only the crop window (see preprocess_pil).

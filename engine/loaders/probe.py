@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +17,7 @@ from PIL import Image
 
 from ..errors import DecodeError
 from .base import Batch, index_on
-from .decode import DEFAULT_MAX_PIXELS, check_header, load_and_preprocess, read_bytes
+from .decode import DEFAULT_MAX_PIXELS, check_header, load_and_preprocess, pil_errors_as_decode_errors, read_bytes
 from .preprocess import CROP, normalize_uint8
 
 _EXIF_ORIENTATION = 0x0112
@@ -144,34 +143,23 @@ def probe_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     file may go to it. Never raises anything but DecodeError.
     """
     data = read_bytes(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            fmt = check_header(img, max_pixels)
-            width, height = img.size
-            probe = ImageProbe(data, fmt, img.mode, height, width)
-            if fmt not in fast_formats:
-                probe.why_slow = f"format {fmt}"
-                return probe
-            try:  # PNG: getexif would decode the image; EXIF PNGs go to the reference (verdict)
-                orientation = 1 if fmt == "PNG" else int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-            except Exception:  # unreadable EXIF: let the reference decide what the image is
-                probe.why_slow = "unreadable EXIF"
-                return probe
-            probe.orientation = orientation if 1 <= orientation <= 8 else 1
-            probe.why_slow = _fast_path_verdict(probe, img, fast_formats)
-            probe.fast_ok = not probe.why_slow
+    with pil_errors_as_decode_errors():
+        img = Image.open(io.BytesIO(data))
+        fmt = check_header(img, max_pixels)
+        width, height = img.size
+        probe = ImageProbe(data, fmt, img.mode, height, width)
+        if fmt not in fast_formats:
+            probe.why_slow = f"format {fmt}"
             return probe
-    except DecodeError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise DecodeError(f"too large: {exc}") from None
-    except Image.UnidentifiedImageError:
-        raise DecodeError("not an image (unrecognised content)") from None
-    except Exception as exc:  # hostile headers can make PIL raise anything
-        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise DecodeError(f"corrupt or truncated image: {msg}") from None
+        try:  # PNG: getexif would decode the image; EXIF PNGs go to the reference (verdict)
+            orientation = 1 if fmt == "PNG" else int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        except Exception:  # unreadable EXIF: let the reference decide what the image is
+            probe.why_slow = "unreadable EXIF"
+            return probe
+        probe.orientation = orientation if 1 <= orientation <= 8 else 1
+        probe.why_slow = _fast_path_verdict(probe, img, fast_formats)
+        probe.fast_ok = not probe.why_slow
+        return probe
 
 
 @dataclass
