@@ -80,6 +80,10 @@ def run(
     cluster_backend: str = typer.Option("auto", "--cluster-backend", help="auto | torch | cuml | sklearn."),
     n_init: int = typer.Option(3, "--n-init", help="KMeans initialisations per K (best inertia wins)."),
     silhouette_sample: Optional[int] = typer.Option(None, "--silhouette-sample", help="Score K on a stratified sample of this many images (default: exact up to a size limit)."),
+    # Defaults repeat ReduceConfig.pca_fit_limit and decode.DEFAULT_MAX_PIXELS (a test checks they
+    # agree): importing those modules here would load torch for every `--help`.
+    pca_fit_limit: int = typer.Option(200_000, "--pca-fit-limit", help="Above this many images, fit PCA on the first ones and reduce the rest as they stream in."),
+    max_pixels: int = typer.Option(178_956_970, "--max-pixels", help="Skip images with more pixels than this (decompression-bomb guard)."),
     batch_size: Optional[int] = BatchOpt,
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (faster on GPUs after a warm-up)."),
@@ -102,7 +106,7 @@ def run(
     params = run_config(model=model, weights=weights, device=device, decoder=decoder, k=k, pca=parse_pca(pca),
                         select=select, cluster_backend=cluster_backend, n_init=n_init,
                         silhouette_sample=silhouette_sample, batch_size=batch_size, precision=precision,
-                        compile=compile, seed=seed)
+                        compile=compile, seed=seed, pca_fit_limit=pca_fit_limit, max_pixels=max_pixels)
     clusterer = ImageClusterer(**params)
     clusterer.fit(paths, out_dir=out, reporter=reporter, save_features=save_features, report=report, cache=cache)
     if save_model is not None:

@@ -106,3 +106,28 @@ def test_report_finds_relative_paths_from_another_folder(three_groups, runner, t
     assert result.exit_code == 0, result.output
     html = (out / "report" / "index.html").read_text()
     assert "unreadable" not in html.lower()
+
+
+def test_max_pixels_and_pca_fit_limit_options(three_groups, runner, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3",
+                                 "--no-report", "--pca", "4", "--pca-fit-limit", "30", "--max-pixels", "60000"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pca"]["mode"] == "streamed" and summary["config"]["max_pixels"] == 60000
+    skipped = read_rows(out / "skipped.csv")
+    assert skipped and all("too large" in r["reason"] for r in skipped)  # the sample images are up to 320x320
+    assert len(read_rows(out / "predictions.csv")) + len(skipped) == 60
+
+
+def test_cli_defaults_agree_with_the_library():
+    import inspect
+
+    from engine.cli import run
+    from engine.config import Config
+
+    defaults = {name: p.default.default for name, p in inspect.signature(run).parameters.items()
+                if hasattr(p.default, "default")}
+    library = Config().flat()
+    for name in ("pca_fit_limit", "max_pixels", "n_init", "seed", "select", "decoder", "device", "model", "weights"):
+        assert defaults[name] == library[name], name
