@@ -82,7 +82,3 @@ def generate_sample_set(folder, per_group: int = 24, groups=GROUPS, seed: int = 
             written.append(path)
     return sorted(written)
 
-
-def group_of(path) -> str:
-    """The ground-truth group of a generated image (its folder name)."""
-    return Path(path).parent.name

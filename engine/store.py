@@ -181,24 +181,6 @@ class FeatureStore:
             for key, reason in failures:
                 self._failed[key] = reason
 
-    @property
-    def cached_images(self) -> int:
-        return len(self._rows) + len(self._failed)
-
-    def lookup(self, paths: Sequence) -> dict[int, np.ndarray | str]:
-        """position -> (d,) float32 feature row, or the failure reason, for every cached path."""
-        found: dict[int, np.ndarray | str] = {}
-        for pos, path in enumerate(paths):
-            key = file_key(path)
-            if key is None:
-                continue
-            if key in self._rows:
-                shard, row = self._rows[key]
-                found[pos] = self._shards[shard][row]
-            elif key in self._failed:
-                found[pos] = self._failed[key]
-        return found
-
     def add(self, paths: Sequence, features: torch.Tensor | None, failures: Sequence[tuple]) -> None:
         """Queue one batch: `features` (b, d) rows for `paths`, and [(path, reason)] failures.
 
@@ -286,8 +268,3 @@ class FeatureStore:
         self._shards.clear()
         self._rows.clear()
         self._failed.clear()
-
-    def load_features(self, paths: Sequence) -> tuple[np.ndarray, np.ndarray]:
-        """For re-clustering: (positions (m,) int64 of cached good paths, features (m, d) float32)."""
-        positions, feats, _ = self.gather(paths)
-        return positions, feats
