@@ -8,7 +8,8 @@ What a run leaves behind is enough: predictions.csv lists its good images in inp
 summary.json its configuration and the backbone fingerprint, and features/ the cached features
 (engine.store). Every image is looked up in the cache by (path, size, mtime): one changed or
 removed since the run is not decoded again but reported in skipped.csv with the reason (rerun
-`imgcluster run` to include it). Relative paths are resolved from the current folder, as in the run.
+`imgcluster run` to include it). Relative paths are resolved from the folder the run was made in
+(summary.json "cwd"), so a run folder can be re-clustered from anywhere.
 """
 from __future__ import annotations
 
@@ -120,13 +121,14 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
     store = FeatureStore.open(cache_dir, feat["fingerprint"], notify=reporter.notify,
                               dim=feat.get("dim"), create=False)
     paths = [text_to_path(t) for t in texts]
-    positions, features_np, _ = store.gather(paths)
+    run_cwd = summary.get("cwd") or os.getcwd()  # what relative input paths are relative to
+    positions, features_np, _ = store.gather(paths, base=run_cwd)
     found = set(positions.tolist())
     skipped: list[tuple] = [(Path(p), r) for p, r in previous_skipped]
     for pos, path in enumerate(paths):
         if pos in found:
             continue
-        if not os.path.lexists(path):
+        if not os.path.lexists(os.path.join(run_cwd, path)):
             reason = "removed since the run (not re-extracted: rerun `imgcluster run`)"
         else:
             reason = "changed since the run or not in the feature cache (not re-extracted: rerun `imgcluster run`)"
@@ -161,6 +163,7 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
                        backends=Backends(device, "none (cached features)", backend), timings=timings,
                        inputs=list(summary.get("inputs") or []))
     result.summary = build_summary(result)
+    result.summary["cwd"] = run_cwd  # the paths are still relative to the original run's folder
     result.summary["cache"]["dir"] = os.path.abspath(cache_dir)
     result.summary["reclustered_from"] = os.path.abspath(run_dir)
     if out_dir is not None:

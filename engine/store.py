@@ -43,10 +43,14 @@ def _entry_key(entry) -> tuple[str, int, int]:
     return path, int(size), int(mtime)
 
 
-def file_key(path) -> tuple[str, int, int] | None:
-    """(path text, size, mtime_ns), or None when the file cannot be stat-ed."""
+def file_key(path, base: str | os.PathLike | None = None) -> tuple[str, int, int] | None:
+    """(path text, size, mtime_ns), or None when the file cannot be stat-ed.
+
+    base: the folder a relative `path` is relative to (default: the current one). The key keeps
+    the path text as given, so a run made from another folder still finds its cache rows.
+    """
     try:
-        st = os.stat(path)
+        st = os.stat(os.path.join(base, path) if base is not None else path)
     except OSError:
         return None
     return path_to_text(path), int(st.st_size), int(st.st_mtime_ns)
@@ -224,7 +228,7 @@ class FeatureStore:
         self.shards_written += 1
         self._pending_keys, self._pending_failures = [], []
 
-    def gather(self, paths: Sequence, out: torch.Tensor | None = None
+    def gather(self, paths: Sequence, out: torch.Tensor | None = None, base: str | os.PathLike | None = None
                ) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
         """Everything the cache knows about `paths`, without decoding.
 
@@ -232,12 +236,12 @@ class FeatureStore:
         reason} of cached failures). Without `out` the features are a fresh (m, d) float32 array in
         position order. With `out`, an (len(paths), d) float32 tensor on any device, each cached row
         is written to out[position] one shard at a time (no second full copy) and None is returned
-        in place of the features.
+        in place of the features. base: the folder relative paths are relative to (see file_key).
         """
         hit_pos, hit_shard, hit_row = [], [], []
         failed: dict[int, str] = {}
         for pos, path in enumerate(paths):
-            key = file_key(path)
+            key = file_key(path, base)
             if key is None:
                 continue
             loc = self._rows.get(key)

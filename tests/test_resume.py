@@ -271,6 +271,24 @@ def test_cluster_reports_changed_and_removed_files_in_skipped(small_set, runner,
     assert _summary(out)["k"] == 3
 
 
+def test_cluster_from_another_folder_with_relative_inputs(small_set, runner, tmp_path, monkeypatch):
+    """Relative input paths are resolved from the run's recorded cwd, not from where `cluster` runs."""
+    monkeypatch.chdir(small_set.parent)
+    _run(runner, Path(small_set.name), Path("out"))
+    first = read_rows(tmp_path / "out" / "predictions.csv")
+    assert not Path(first[0]["path"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = runner.invoke(app, ["cluster", str(tmp_path / "out"), "--k", "3", "--out", "again", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "changed or removed" not in result.output
+    summary = _summary(elsewhere / "again")
+    assert summary["cache"]["resumed"] == 12 and summary["k"] == 3
+    assert summary["cwd"] == str(tmp_path)  # its paths are still relative to the run's folder
+    assert [r["path"] for r in read_rows(elsewhere / "again" / "predictions.csv")] == [r["path"] for r in first]
+
+
 @pytest.mark.parametrize("setup, needle", [
     ("empty", "not a run folder"),
     ("no-cache", "no feature cache"),
