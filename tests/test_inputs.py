@@ -101,6 +101,23 @@ def test_decompression_bomb_limit(tmp_path):
     assert decode_image(path, max_pixels=None).size == (300, 300)
 
 
+def test_max_pixels_above_pils_own_limit_is_honoured(tmp_path, monkeypatch):
+    """PIL refuses images over 2x its MAX_IMAGE_PIXELS in Image.open; a larger max_pixels lifts that,
+    a smaller one leaves PIL's (process-wide) limit alone."""
+    from engine.loaders.probe import probe_file
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # PIL alone would refuse 90,000 pixels
+    with pytest.raises(DecodeError, match="too large"):
+        decode_image(path, max_pixels=1_000)
+    assert Image.MAX_IMAGE_PIXELS == 10_000
+    assert decode_image(path, max_pixels=100_000).size == (300, 300)
+    assert probe_file(path, max_pixels=100_000).width == 300
+    assert Image.MAX_IMAGE_PIXELS == 100_000
+    assert decode_image(path, max_pixels=None).size == (300, 300)
+    assert Image.MAX_IMAGE_PIXELS is None
+
+
 def _tree(tmp_path):
     for rel in ["b/2.jpg", "b/1.png", "a/z.JPG", "a/sub/y.webp", "notes.txt", "c.gif"]:
         p = tmp_path / rel

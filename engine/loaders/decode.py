@@ -96,6 +96,16 @@ def check_header(img: Image.Image, max_pixels: int | None) -> str:
     return fmt
 
 
+def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
+    """Image.open on bytes, with PIL's own decompression-bomb limit raised to `max_pixels` if that
+    is larger (None: no limit), so our max_pixels is the one limit a user sets. The limit is only
+    ever raised, never lowered: PIL's is process-wide and other code may rely on it."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if pil_limit is not None and (max_pixels is None or max_pixels > pil_limit):
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    return Image.open(io.BytesIO(data))
+
+
 def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode `source` (file bytes or a path) into an 8-bit RGB PIL image.
 
@@ -107,7 +117,7 @@ def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEF
     if len(data) == 0:
         raise DecodeError("empty file (0 bytes)")
     with pil_errors_as_decode_errors():
-        img = Image.open(io.BytesIO(data))
+        img = open_image(data, max_pixels)
         check_header(img, max_pixels)
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP/TIFF: first frame

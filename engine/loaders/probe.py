@@ -6,7 +6,6 @@ alpha, 16-bit, truncated files...), or failure with the reason the reference wou
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from PIL import Image
 
 from ..errors import DecodeError
 from .base import Batch, index_on
-from .decode import DEFAULT_MAX_PIXELS, check_header, load_and_preprocess, pil_errors_as_decode_errors, read_bytes
+from .decode import (DEFAULT_MAX_PIXELS, check_header, load_and_preprocess, open_image, pil_errors_as_decode_errors,
+                     read_bytes)
 from .preprocess import CROP, normalize_uint8
 
 _EXIF_ORIENTATION = 0x0112
@@ -144,7 +144,7 @@ def probe_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     """
     data = read_bytes(path)
     with pil_errors_as_decode_errors():
-        img = Image.open(io.BytesIO(data))
+        img = open_image(data, max_pixels)
         fmt = check_header(img, max_pixels)
         width, height = img.size
         probe = ImageProbe(data, fmt, img.mode, height, width)
