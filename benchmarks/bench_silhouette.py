@@ -16,6 +16,8 @@ Run:
   .venv/bin/python -m pytest benchmarks/bench_silhouette.py -k 20000    # 3-4 minutes here, mostly sklearn
   .venv/bin/python benchmarks/bench_silhouette.py --n 20000 --k-max 15 --device cpu
   .venv/bin/python benchmarks/bench_silhouette.py --n 1000000 --k-max 30 --device cuda --backend triton,torch
+  .venv/bin/python benchmarks/bench_silhouette.py --n 200000 --k-max 30 --device cuda --sklearn no \
+      --backend torch,triton,triton:tf32:tf32,triton:tf32x3:tf32x2     # the kernel's precisions vs IEEE torch
 The script mode prints one table row per backend: times, the sklearn ratio, and the largest
 difference of the mean silhouette to sklearn (or to the first backend when sklearn is skipped).
 """
@@ -55,8 +57,11 @@ def make_data(n: int, ks, d: int = D, device: str = "cpu", seed: int = 0):
 
 
 def run_ours(X, labels, backend="auto"):
+    """backend: "auto" | "torch" | "triton" | "triton:DIST:SUM" (the kernel's two precisions)."""
+    name, *precision = backend.split(":")
     t0 = time.perf_counter()
-    res = silhouette_all_k(X, labels, backend=backend)  # returns host arrays: includes the device sync
+    # returns host arrays: the time includes the device sync
+    res = silhouette_all_k(X, labels, backend=name, triton_precision=tuple(precision) or None)
     return time.perf_counter() - t0, [r.mean for r in res]
 
 
@@ -140,7 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--k-min", type=int, default=2)
     p.add_argument("--k-max", type=int, default=15)
     p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--backend", default="auto", help="comma list of auto, torch, triton")
+    p.add_argument("--backend", default="auto",
+                   help="comma list of auto, torch, triton, triton:DIST:SUM (e.g. triton:tf32:tf32)")
     p.add_argument("--sklearn", choices=["auto", "yes", "no"], default="auto",
                    help="time sklearn too (auto: only when n <= 50,000)")
     p.add_argument("--repeat", type=int, default=3, help="time ours this many times, report the median")
@@ -167,12 +173,12 @@ def main(argv=None) -> int:
 
     ref = sk_means if sk_means is not None else rows[0][2]
     ref_name = "sklearn" if sk_means is not None else rows[0][0]
-    print(f"{'backend':<10} {'ours s':>9} {'sklearn s':>10} {'ratio':>8} {'max |mean diff| vs ' + ref_name:>28}")
+    print(f"{'backend':<22} {'ours s':>9} {'sklearn s':>10} {'ratio':>8} {'max |mean diff| vs ' + ref_name:>28}")
     for backend, t, means in rows:
         diff = max(abs(a - b) for a, b in zip(means, ref))
         sk = f"{sk_t:10.2f}" if sk_t is not None else f"{'-':>10}"
         ratio = f"{sk_t / t:7.1f}x" if sk_t is not None else f"{'-':>8}"
-        print(f"{backend:<10} {t:9.3f} {sk} {ratio} {diff:28.2e}")
+        print(f"{backend:<22} {t:9.3f} {sk} {ratio} {diff:28.2e}")
     print("means: " + ", ".join(f"K={k}:{m:.4f}" for k, m in zip(ks, rows[0][2])))
     return 0
 

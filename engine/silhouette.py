@@ -230,12 +230,14 @@ def _resolve_backend(backend: str, device: torch.device, notify: Callable[[str],
 
 
 def _distance_sums(Xc: torch.Tensor, onehot: torch.Tensor, backend: str, chunk_size: int | None,
-                   auto: bool, notify: Callable[[str], None] | None) -> torch.Tensor:
+                   auto: bool, notify: Callable[[str], None] | None,
+                   triton_precision: tuple[str, str] | None = None) -> torch.Tensor:
     if backend == "triton":
         try:
             from kernels.silhouette_triton import cluster_distance_sums_triton
 
-            return cluster_distance_sums_triton(Xc, onehot)
+            dist, total = triton_precision or (None, None)
+            return cluster_distance_sums_triton(Xc, onehot, dist_precision=dist, sum_precision=total)
         except Exception as exc:  # auto may fall back (and says so); a named backend may not
             if not auto:
                 raise
@@ -338,6 +340,21 @@ def _stratified_sample(lab: _Labelling, sample_size: int, rng: np.random.Generat
 # --------------------------------------------------------------------------- public API
 
 
+# The Triton kernel's precision names (kernels/silhouette_triton.py DIST_PRECISIONS, SUM_PRECISIONS),
+# repeated so that checking them does not import Triton.
+_TRITON_DIST = ("tf32x3", "ieee", "tf32")
+_TRITON_SUM = ("tf32", "tf32x2", "ieee")
+
+
+def _check_triton_precision(precision) -> None:
+    if precision is None:
+        return
+    if (not isinstance(precision, (tuple, list)) or len(precision) != 2
+            or precision[0] not in _TRITON_DIST or precision[1] not in _TRITON_SUM):
+        raise ConfigError(f"triton_precision must be (distance, sum) with distance in {', '.join(_TRITON_DIST)} "
+                          f"and sum in {', '.join(_TRITON_SUM)}; got {precision!r}")
+
+
 def _as_tensor(X) -> torch.Tensor:
     if isinstance(X, np.ndarray):
         X = torch.from_numpy(np.ascontiguousarray(X))
@@ -360,6 +377,7 @@ def silhouette_all_k(
     sample_size: int | None = None,
     seed: int = 0,
     notify: Callable[[str], None] | None = None,
+    triton_precision: tuple[str, str] | None = None,
 ) -> list[SilhouetteResult]:
     """Silhouette (euclidean) of every labelling in `labels_per_k`, from one pass over the distances.
 
@@ -380,6 +398,9 @@ def silhouette_all_k(
         sampled points, and `sampled` is True. Each K costs its own pass over the m x m distances.
         m >= n gives the exact result.
     notify: called with a one-line message when "auto" falls back (Triton unavailable or failed).
+    triton_precision: (distance, sum) precisions for the Triton kernel, e.g. ("tf32", "tf32");
+        None keeps the kernel's defaults (kernels.silhouette_triton). Ignored by the torch backend,
+        which computes in IEEE fp32. A tuning and benchmarking knob.
 
     Returns one SilhouetteResult per labelling, in order; `samples` on the host as float32.
     """
@@ -391,6 +412,7 @@ def silhouette_all_k(
         raise ConfigError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     if sample_size is not None and int(sample_size) < 2:
         raise ConfigError(f"sample_size must be an integer >= 2 or None, got {sample_size!r}")
+    _check_triton_precision(triton_precision)
     labellings = _encode_labels(labels_per_k, n)
     if not labellings:
         return []
@@ -401,7 +423,7 @@ def silhouette_all_k(
     if sample_size is None or int(sample_size) >= n:
         cols = torch.from_numpy(_columns(labellings)).to(X.device)
         total = sum(len(lab.values) for lab in labellings)
-        sums = _distance_sums(Xc, _onehot(cols, total), resolved, chunk_size, auto, notify)
+        sums = _distance_sums(Xc, _onehot(cols, total), resolved, chunk_size, auto, notify, triton_precision)
         s_all = _silhouettes_from_sums(sums, cols, labellings)
         results = []
         for i, lab in enumerate(labellings):
@@ -420,7 +442,7 @@ def silhouette_all_k(
         sub = _Labelling(lab.values, lab.codes[idx], np.bincount(lab.codes[idx], minlength=k))
         Xs = _centre(Xc.index_select(0, torch.from_numpy(idx).to(X.device)))
         cols = torch.from_numpy(sub.codes[:, None]).to(X.device)
-        sums = _distance_sums(Xs, _onehot(cols, k), resolved, chunk_size, auto, notify)
+        sums = _distance_sums(Xs, _onehot(cols, k), resolved, chunk_size, auto, notify, triton_precision)
         s_sub = _silhouettes_from_sums(sums, cols, [sub])[:, 0]
         samples = np.full(n, np.nan, dtype=np.float32)
         samples[idx] = s_sub

@@ -22,7 +22,6 @@ import of this module (a fresh subprocess is the reliable way; that is what the 
 from __future__ import annotations
 
 import contextlib
-
 import os
 
 import torch

@@ -252,6 +252,21 @@ def test_rejects_bad_input():
     torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1",
     reason="Triton can run here",
 )
+def test_triton_precision_is_checked_without_importing_triton():
+    from kernels.silhouette_triton import DIST_PRECISIONS, SUM_PRECISIONS
+    from engine import silhouette
+
+    assert set(silhouette._TRITON_DIST) == set(DIST_PRECISIONS)  # the copies cannot drift apart
+    assert set(silhouette._TRITON_SUM) == set(SUM_PRECISIONS)
+    X, y = make_blobs(n_samples=60, n_features=4, centers=3, random_state=0)
+    for bad in [("tf32",), ("bf16", "tf32"), ("tf32", "tf32x3"), "tf32"]:
+        with pytest.raises(ConfigError, match="triton_precision"):
+            silhouette_all_k(X, [y], triton_precision=bad)
+    # the torch backend ignores a valid one: IEEE fp32 either way
+    plain = silhouette_all_k(X, [y], backend="torch")[0].mean
+    assert silhouette_all_k(X, [y], backend="torch", triton_precision=("tf32", "tf32"))[0].mean == plain
+
+
 def test_triton_backend_unavailable_without_cuda():
     X = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
     with pytest.raises(BackendUnavailable, match="[Tt]riton"):
@@ -298,7 +313,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     Xs = X[:120].numpy()
     labs = [lab[:120] for lab in labels]
     res = silhouette_all_k(Xs, labs, backend="triton")
-    refs = [silhouette_samples(Xs.astype(np.float64), l) for l in labs]
+    res += silhouette_all_k(Xs, labs, backend="triton", triton_precision=("tf32", "tf32x2"))
+    refs = [silhouette_samples(Xs.astype(np.float64), l) for l in labs] * 2
     out["mean_err"] = max(abs(r.mean - ref.mean()) for r, ref in zip(res, refs))
     out["sample_err"] = max(float(np.abs(r.samples - ref).max()) for r, ref in zip(res, refs))
     print("RESULT " + json.dumps(out))
