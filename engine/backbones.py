@@ -66,14 +66,19 @@ class Backbone:
     compiled: bool = False
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """images: (b, 3, 224, 224) normalized on self.device -> (b, dim) float32 on self.device."""
+    def __call__(self, images: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
+        """images: (b, 3, 224, 224) normalized on self.device -> (b, dim) float32 on self.device.
+
+        pad_to: for a compiled model, the batch size to pad a smaller batch up to (the size the
+        caller runs full batches at), so the graph compiled for full batches serves the rest too.
+        Without it a smaller batch is padded to the next power of two. Ignored when not compiled.
+        """
         b = images.shape[0]
-        if self.compiled and b and b & (b - 1):
-            # A compiled (static-shape) model recompiles for every new batch size (the last partial
-            # batch, OOM halvings, request sizes): pad up to a power of two so a run sees only a
-            # few shapes, and drop the padding rows from the output.
-            padded = 1 << (b - 1).bit_length()
+        padded = (pad_to if pad_to and pad_to >= b else 1 << max(0, b - 1).bit_length()) if self.compiled else b
+        if b and padded > b:
+            # A compiled (static-shape) model recompiles for every new batch size (tens of seconds
+            # for ResNet-152): the last partial batch, a batch with skipped files, OOM halvings,
+            # request sizes. Padding keeps the shapes to a few; the padding rows are dropped below.
             images = torch.cat([images, images.new_zeros((padded - b, *images.shape[1:]))])
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         layout = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format

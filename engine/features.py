@@ -38,12 +38,15 @@ class OOMBackoff:
     the CPU). The halved size is kept for later batches: memory pressure rarely goes away.
     """
 
-    def __init__(self, backbone: Callable[[torch.Tensor], torch.Tensor], micro_batch: int,
-                 notify: Callable[[str], None] | None = None):
+    def __init__(self, backbone: Callable[..., torch.Tensor], micro_batch: int,
+                 notify: Callable[[str], None] | None = None, pad_to_micro_batch: bool = False):
         self.backbone = backbone
         self.micro_batch = max(1, micro_batch)
         self.notify = notify
         self.halvings = 0
+        # For a compiled backbone: call it with pad_to=micro_batch, so every chunk (a short last
+        # batch, a batch with skipped files) runs at the one compiled size instead of compiling more.
+        self.pad_to_micro_batch = pad_to_micro_batch
 
     @staticmethod
     def is_oom(exc: BaseException) -> bool:
@@ -56,7 +59,8 @@ class OOMBackoff:
         while start < images.shape[0]:
             chunk = images[start:start + self.micro_batch]
             try:
-                outputs.append(self.backbone(chunk))
+                outputs.append(self.backbone(chunk, pad_to=self.micro_batch) if self.pad_to_micro_batch
+                               else self.backbone(chunk))
             except (torch.OutOfMemoryError, RuntimeError, MemoryError) as exc:
                 if not self.is_oom(exc) and not isinstance(exc, MemoryError):
                     raise
@@ -122,7 +126,7 @@ class _Extractor:
         self.ok = np.zeros(len(paths), dtype=bool)
         self.failures: dict[int, str] = {}
         self.resumed = self.extracted = 0
-        self.runner = OOMBackoff(backbone, batch_size, notify)
+        self.runner = OOMBackoff(backbone, batch_size, notify, pad_to_micro_batch=getattr(backbone, "compiled", False))
         # Test-only hook (tests/test_resume.py): sleep this long per batch so a kill lands mid-extraction.
         self.slow = float(os.environ.get("IMGCLUSTER_TEST_SLOW_BATCH_S", "0") or 0)
 

@@ -84,3 +84,43 @@ def test_compiled_models_pad_odd_batches_without_changing_results():
     expected = backbone(images)
     backbone.compiled = True  # the padding path, without paying for torch.compile on 2 cores
     torch.testing.assert_close(backbone(images), expected)
+
+
+class _ShapeRecorder(torch.nn.Module):
+    """Wraps a module and records the batch sizes it is called with (what a compiled graph sees)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.sizes = module, []
+
+    def forward(self, images):
+        self.sizes.append(images.shape[0])
+        return self.module(images)
+
+
+def test_compiled_models_pad_to_the_callers_batch_size():
+    backbone = load_backbone("pixels", "random", "cpu")
+    expected = backbone(_images(5))
+    backbone.compiled = True
+    backbone.module = recorder = _ShapeRecorder(backbone.module)
+    torch.testing.assert_close(backbone(_images(5), pad_to=16), expected)
+    torch.testing.assert_close(backbone(_images(5)), expected)
+    backbone(_images(16), pad_to=16)
+    backbone(_images(20), pad_to=16)  # larger than pad_to: the next power of two instead
+    assert recorder.sizes == [16, 8, 16, 32]
+
+
+def test_extraction_with_a_compiled_model_runs_one_batch_size(three_groups):
+    """A short last batch and batches with skipped files reuse the full-batch graph (no recompiles)."""
+    from engine.features import extract_features
+    from engine.loaders import make_loader
+
+    paths = sorted(three_groups.rglob("*.jpg"))[:11]
+    paths.insert(3, three_groups / "missing.jpg")  # a batch with a skipped file
+    backbone = load_backbone("pixels", "random", "cpu")
+    expected = extract_features(paths, make_loader("pil", torch.device("cpu")), backbone, 8).features
+    backbone.compiled = True
+    backbone.module = recorder = _ShapeRecorder(backbone.module)
+    got = extract_features(paths, make_loader("pil", torch.device("cpu")), backbone, 8)  # 7 good + 4
+    torch.testing.assert_close(got.features, expected)
+    assert len(got.failures) == 1 and recorder.sizes == [8, 8]
