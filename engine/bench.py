@@ -24,6 +24,7 @@ from .features import auto_batch_size, extract_features
 from .loaders import make_loader
 from .pipeline import cluster_features
 from .progress import Reporter
+from .select import usable_ks
 
 UNIQUE_IMAGES = 256  # distinct JPEGs generated; larger sets hard-link them (decode work is the same)
 
@@ -192,6 +193,8 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
     n = n or (4096 if dev.type == "cuda" else 96)
     config = Config.from_kwargs(model=model, weights="random", device=device, decoder=decoder, k=k, pca=pca,
                                 compile=compile, batch_size=batch_size)
+    # Both configurations cluster the same Ks: those n images can support (K <= n - 1).
+    config = config.replace(k=",".join(map(str, usable_ks(config.cluster.k, n, reporter.notify))))
     folder = Path(folder) if folder else Path(os.environ.get("TMPDIR", "/tmp")) / "imgcluster-bench"
     reporter.notify(f"Bench set: {n} ImageNet-like JPEGs (400x500, q90) in {folder}")
     paths = make_bench_set(folder, n)

@@ -34,3 +34,17 @@ def test_bench_cpu_prints_stages_and_ratio(runner, tmp_path):
     result = runner.invoke(app, [*args, "--no-seed-like", "--json", str(no_seed)])
     assert result.exit_code == 0, result.output
     assert json.loads(no_seed.read_text())["ratio_end_to_end"] is None
+
+
+def test_bench_with_fewer_images_than_the_k_range(runner, tmp_path):
+    """K above n - 1 is dropped for both configurations, with a notice (it used to crash in sklearn)."""
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--device", "cpu", "--folder", str(tmp_path / "imgs"), "--n", "6",
+                                 "--model", "pixels", "--k", "2:20", "--pca", "4", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "K above 5 dropped" in result.output
+    assert json.loads(out.read_text())["ks"] == [2, 3, 4, 5]
+
+    result = runner.invoke(app, ["bench", "--device", "cpu", "--folder", str(tmp_path / "imgs"), "--n", "2",
+                                 "--model", "pixels"])
+    assert result.exit_code == 2 and "lower --k" in result.output and "Traceback" not in result.output
