@@ -1,4 +1,6 @@
-"""Stage benchmarks: each fast path beside its reference, at parametrized sizes, in one run.
+"""Stage benchmarks: decoders and backbones at parametrized sizes, and PCA + KMeans at 1M rows on
+CUDA, in one run. The (reference, fast) pairs of engine.pairs (PCA, KMeans, silhouette, bf16
+backbone) are timed against each other in bench_pairs.py.
 
     .venv/bin/python -m pytest benchmarks/bench_pipeline.py --benchmark-group-by=group
 Compare rows within a group (same run, same machine); absolute numbers move with the machine.
@@ -7,10 +9,8 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 import torch
-from sklearn.datasets import make_blobs
 
 from engine.backbones import load_backbone
 from engine.bench import make_bench_set
@@ -81,27 +81,6 @@ def test_backbone_gpu(benchmark, precision, compile):
         return out
 
     assert benchmark.pedantic(run, rounds=5, warmup_rounds=2).shape == (256, 2048)
-
-
-@pytest.fixture(scope="module")
-def features_20k():
-    x, _ = make_blobs(20_000, centers=12, n_features=512, random_state=0)
-    return torch.from_numpy(x.astype(np.float32))
-
-
-@pytest.mark.parametrize("backend", ["torch", "sklearn"])
-def test_pca_20k_512_to_200(benchmark, features_20k, backend):
-    benchmark.group = "PCA 20k x 512 -> 200"
-    result = benchmark.pedantic(fit_pca, args=(features_20k, 200, backend), rounds=2, warmup_rounds=1)
-    assert result.n_components == 200
-
-
-@pytest.mark.parametrize("backend", ["torch", "sklearn"])
-def test_kmeans_20k_200_k12(benchmark, features_20k, backend):
-    benchmark.group = "KMeans 20k x 200, K=12"
-    x = features_20k[:, :200].contiguous()
-    result = benchmark.pedantic(fit_kmeans, args=(x, 12, backend), rounds=2, warmup_rounds=1)
-    assert result.centroids.shape == (12, 200)
 
 
 @pytest.mark.gpu
