@@ -300,6 +300,47 @@ def test_nvjpeg_batch_logic_on_cpu(images):
     torch.testing.assert_close(one_by_one.images, batch.images)
 
 
+def test_decoded_ahead_runs_one_item_ahead_on_another_thread_in_order():
+    """The nvJPEG loader's decode thread: order kept, decode of item i+1 under way while the
+    consumer holds item i, errors raised at their item, early close does not hang."""
+    import threading
+    import time
+
+    from engine.loaders.base import decoded_ahead
+
+    started: list[int] = []
+    threads: set[str] = set()
+
+    def decode(i, payload):
+        started.append(i)
+        threads.add(threading.current_thread().name)
+        return i, payload
+
+    got = []
+    for i, payload in decoded_ahead(((i, f"p{i}") for i in range(5)), decode, thread_name="test-decode"):
+        got.append((i, payload))
+        deadline = time.monotonic() + 5  # while the consumer holds item i, item i+1 gets decoded
+        while i + 1 < 5 and i + 1 not in started and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert i + 1 == 5 or i + 1 in started
+    assert got == [(i, f"p{i}") for i in range(5)]
+    assert len(threads) == 1 and threads.pop().startswith("test-decode")
+
+    def fails_at_two(i, payload):
+        if i == 2:
+            raise ValueError("item 2 is bad")
+        return i
+
+    stream = decoded_ahead(((i, None) for i in range(4)), fails_at_two)
+    assert [next(stream), next(stream)] == [0, 1]
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        next(stream)
+
+    early = decoded_ahead(((i, None) for i in range(100)), lambda i, payload: i)
+    assert next(early) == 0
+    early.close()  # returns: the worker finishes the one item in flight and stops
+
+
 def test_nvjpeg_loader_needs_cuda():
     from engine.loaders.nvjpeg import NvJpegLoader
 

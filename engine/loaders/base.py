@@ -5,10 +5,11 @@ batch: it is reported in `failures` with a short reason and is absent from `indi
 """
 from __future__ import annotations
 
-from concurrent.futures import Future
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -51,6 +52,29 @@ def prefetched(paths: Sequence, batch_size: int, depth: int,
         if nxt is not None:
             pending.append((nxt, submit(paths[nxt:nxt + batch_size])))
         yield start, [f.result() for f in futures]
+
+
+T = TypeVar("T")
+
+
+def decoded_ahead(items: Iterable, decode: Callable[..., T], ahead: int = 1,
+                  thread_name: str = "imgcluster-decode") -> Iterator[T]:
+    """Yield decode(*item) for each item, in order, computed on one background thread that runs
+    `ahead` items ahead of the consumer.
+
+    For decoders that block their calling thread (torchvision's nvJPEG call waits for its own CUDA
+    stream): on this thread the wait does not hold up the consumer, which meanwhile queues the model
+    on the previous batch. An exception in decode is raised here, at that item. Closing the
+    generator early waits for the item in flight, then stops.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix=thread_name) as worker:
+        in_flight: deque[Future] = deque()
+        for item in items:
+            in_flight.append(worker.submit(decode, *item))
+            if len(in_flight) > ahead:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
 
 
 def index_on(values, device: torch.device) -> torch.Tensor:

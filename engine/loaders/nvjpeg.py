@@ -2,14 +2,16 @@
 resize + center crop with `torchvision.ops.roi_align` over a padded batch.
 
 Data path per batch:
-  CPU thread pool (one or two batches ahead): read bytes, probe the header (dali.probe_file);
+  CPU thread pool (one or two batches ahead): read bytes, probe the header (probe.probe_file);
       non-JPEG and JPEGs nvJPEG would not reproduce (CMYK, truncated, unreadable EXIF, ...) are
       decoded + resized by the PIL reference (`load_and_preprocess`) right there.
-  side CUDA stream: `torchvision.io.decode_jpeg(list, device="cuda")` in one call (if the call
+  decode thread, one batch ahead, on a side CUDA stream (torchvision's nvJPEG call blocks its
+      thread until the decode is done, so it must not be the thread that queues the model):
+      `torchvision.io.decode_jpeg(list, device="cuda")` in one call (if the call
       fails, retry file by file; a file nvJPEG rejects alone goes to PIL), EXIF orientation
       applied on the GPU (nvJPEG ignores it), `batched_resize_crop`, normalize to float16, and the
-      PIL-path images uploaded from pinned memory. The consumer's stream waits on the side stream
-      before the batch is handed over, so decoding batch i+1 overlaps the model on batch i.
+      PIL-path images uploaded from pinned memory. The consumer's stream waits on an event of the
+      side stream before the batch is handed over, so decoding batch i+1 overlaps the model on batch i.
 
 Known difference from the reference: nvJPEG's chroma upsampling differs from libjpeg's by a few
 levels, and it is lenient with corrupt entropy-coded data (PIL rejects such files; nvJPEG may
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailable
-from .base import Batch, prefetched
+from .base import Batch, decoded_ahead, prefetched
 from .probe import ImageProbe, assemble, pil_fallback, prepare_file, short_error
 from .decode import DEFAULT_MAX_PIXELS
 from .preprocess import CROP, MEAN, STD, source_crop_box
@@ -297,18 +299,25 @@ class NvJpegLoader:
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         side = self._stream
+
+        def decode(start, prepared):  # on the decode thread, one batch ahead of the consumer
+            with torch.cuda.device(self.device), torch.cuda.stream(side):
+                batch = decode_batch(start, prepared, self.device, self.dtype, self.max_pixels, self.pixel_budget)
+                ready = torch.cuda.Event()
+                ready.record(side)
+            return batch, ready
+
         with ThreadPoolExecutor(self.num_threads, thread_name_prefix="imgcluster-nvjpeg-read") as pool:
             def submit(batch_paths):
                 return [pool.submit(prepare_jpeg_file, p, self.max_pixels) for p in batch_paths]
 
-            for start, prepared in prefetched(paths, batch_size, self.prefetch, submit):
-                # No side.wait_stream(consumer) here: that would make this decode wait for the
-                # model on the previous batch and remove the overlap.
+            for batch, ready in decoded_ahead(prefetched(paths, batch_size, self.prefetch, submit), decode,
+                                              thread_name="imgcluster-nvjpeg-decode"):
+                # The consumer's stream waits for the batch on the GPU, not the host: the decode of
+                # the next batch and the model on this one overlap. (No side.wait_stream(consumer):
+                # that would make decoding wait for the model on the previous batch.)
                 consumer = torch.cuda.current_stream(self.device)
-                with torch.cuda.device(self.device), torch.cuda.stream(side):
-                    batch = decode_batch(start, prepared, self.device, self.dtype, self.max_pixels,
-                                         self.pixel_budget)
-                consumer.wait_stream(side)  # the batch is ready when the consumer's next kernel runs
+                consumer.wait_event(ready)
                 # The images were allocated on the side stream but live on the consumer's stream:
                 # tell the caching allocator, so it does not hand the memory out before use ends.
                 if batch.images.numel():
