@@ -33,7 +33,7 @@ echo "== doctor"
 timeout 60 "$PY" -m engine.cli doctor 2>&1 | tee "$OUT/doctor.txt"
 
 echo "== GPU tests"
-timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/ 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
+timeout 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/ 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
 
 echo "== all-K silhouette, ${SIL_N} x 200, K=2..30 (target <= 10 s on an H100)"
 timeout 90 "$PY" benchmarks/bench_silhouette.py --n "$SIL_N" --k-max 30 --device "$DEVICE" --backend "$SIL_BACKENDS" \

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from engine.cli import app
@@ -131,3 +132,25 @@ def test_cli_defaults_agree_with_the_library():
     library = Config().flat()
     for name in ("pca_fit_limit", "max_pixels", "n_init", "seed", "select", "decoder", "device", "model", "weights"):
         assert defaults[name] == library[name], name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("decoder", ["nvjpeg", "pil"])
+def test_cuda_run_matches_the_cpu_run(three_groups, runner, tmp_path, decoder):
+    """The whole job on the GPU (decode, features, PCA, KMeans, silhouette on CUDA) finds the same
+    groups as on the CPU, and says which backends it used."""
+    runs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        args = ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "2:6", "--no-report",
+                "--device", device] + (["--decoder", decoder] if device == "cuda" else [])
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        runs[device] = (read_rows(out / "predictions.csv"), json.loads((out / "summary.json").read_text()))
+    (cpu_rows, cpu_summary), (gpu_rows, gpu_summary) = runs["cpu"], runs["cuda"]
+    assert gpu_summary["backends"]["device"].startswith("cuda")
+    assert gpu_summary["backends"]["decoder"] == decoder and gpu_summary["backends"]["cluster"] == "torch"
+    assert gpu_summary["k"] == cpu_summary["k"] == 3
+    assert [r["path"] for r in gpu_rows] == [r["path"] for r in cpu_rows]
+    assert adjusted_rand_score([r["cluster"] for r in cpu_rows], [r["cluster"] for r in gpu_rows]) >= 0.99
+    assert abs(gpu_summary["scores"][1]["silhouette"] - cpu_summary["scores"][1]["silhouette"]) < 0.02
