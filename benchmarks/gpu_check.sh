@@ -4,6 +4,7 @@
 # minutes; ends with a short table. Each step has its own time limit, so one that hangs or fails
 # still leaves the others' figures.
 # Usage (repo root):  bash benchmarks/gpu_check.sh        figures also go to $OUT (default /tmp/gpu_check)
+#   from the device tool: COMMIT=<git rev-parse --short HEAD here> bash benchmarks/gpu_check.sh
 # Needs: torch + torchvision with CUDA, triton, scikit-learn, pillow, typer, rich, matplotlib.
 # DALI and cuML are optional (their tests skip when they are not installed).
 # Dry run of the script itself on a CPU machine (small sizes, same steps and table):
@@ -27,7 +28,8 @@ mkdir -p "$OUT"
 echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 "$PY" -c "import torch, torchvision, triton; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
-echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)  date $(date -u +%F)"
+# COMMIT: pass it in where the copy of the tree has no .git (the device machine's copy)
+echo "commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  date $(date -u +%F)"
 
 echo "== doctor"
 timeout 60 "$PY" -m engine.cli doctor 2>&1 | tee "$OUT/doctor.txt"
