@@ -209,7 +209,8 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights are intended here
         ours_bb = load_backbone(model, "random", dev, compile=compile)
-        seed_bb = load_backbone(model, "random", dev, precision="fp32") if seed_like else None
+        # the 2019 method as written: an fp32 model in the default (NCHW) layout
+        seed_bb = load_backbone(model, "random", dev, precision="fp32", channels_last=False) if seed_like else None
     result.backends["backbone"] = f"{model} {ours_bb.precision}" + (" compiled" if compile else "")
 
     # Ours, stage by stage.

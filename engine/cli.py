@@ -85,7 +85,7 @@ def run(
     pca_fit_limit: int = typer.Option(200_000, "--pca-fit-limit", help="Above this many images, fit PCA on the first ones and reduce the rest as they stream in."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", help="Skip images with more pixels than this (decompression-bomb guard)."),
     batch_size: Optional[int] = BatchOpt,
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (faster on GPUs after a warm-up)."),
     seed: int = SeedOpt,
     save_features: bool = typer.Option(False, "--save-features", help="Also write features.npy (n × d float32)."),

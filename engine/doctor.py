@@ -5,7 +5,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .device import capabilities, resolve_cluster_backend, resolve_decoder, resolve_device
+from .device import capabilities, resolve_cluster_backend, resolve_decoder, resolve_device, resolve_precision
 from .versions import versions
 
 
@@ -18,6 +18,7 @@ def doctor_report() -> dict:
                          for name, c in caps.items()},
         "auto": {"device": str(device), "decoder": resolve_decoder("auto", device),
                  "cluster_backend": resolve_cluster_backend("auto", device),
+                 "precision": resolve_precision("auto", device),
                  "silhouette": "triton" if device.type == "cuda" and caps["triton"].available else "torch (chunked)"},
         "versions": versions(),
     }
@@ -37,7 +38,7 @@ def print_doctor(console: Console) -> dict:
     for name, ok, version, note in cpu_rows:
         table.add_row(name, "[green]yes[/green]", version, note)
     labels = {"cuda": "CUDA (torch)", "dali": "DALI decoder", "cupy": "CuPy", "cuml": "cuML backend",
-              "triton": "Triton kernels", "compile": "torch.compile"}
+              "triton": "Triton kernels", "compile": "torch.compile", "cpu_bf16": "bf16 on the CPU"}
     for name, cap in caps.items():
         ok = "[green]yes[/green]" if cap["available"] else "[red]no[/red]"
         table.add_row(labels.get(name, name), ok, cap["version"], escape(cap["reason"]))

@@ -624,7 +624,7 @@ def load_model(path: str | os.PathLike, device: str = "auto", weights: str | os.
     recorded random seed); a path (or 'auto' / 'random') overrides it. The loaded backbone's
     fingerprint must equal the recorded one (same architecture, weights and preprocessing), else
     ModelFileError, unless allow_fingerprint_mismatch=True (then a warning through `warn`).
-    precision 'auto' -> bf16 on CUDA, fp32 on the CPU. decoder: for predict_paths ('auto' picks as `run`).
+    precision 'auto' -> bf16 on CUDA and on CPUs with native bf16, else fp32. decoder: for predict_paths ('auto' picks as `run`).
     """
     from .device import resolve_decoder, resolve_device
 

@@ -27,7 +27,7 @@ def test_weights_path_reproduces_in_memory_model(tmp_path, suffix):
     model.fc = torch.nn.Identity()
     with torch.no_grad():
         expected = model(_images())
-    backbone = load_backbone("resnet18", path, "cpu")
+    backbone = load_backbone("resnet18", path, "cpu", precision="fp32")
     got = backbone(_images())
     assert got.shape == (3, 512)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -124,3 +124,24 @@ def test_extraction_with_a_compiled_model_runs_one_batch_size(three_groups):
     got = extract_features(paths, make_loader("pil", torch.device("cpu")), backbone, 8)  # 7 good + 4
     torch.testing.assert_close(got.features, expected)
     assert len(got.failures) == 1 and recorder.sizes == [8, 8]
+
+
+def test_cpu_precision_and_layout(monkeypatch):
+    """'auto' follows the CPU's native bf16; pixels stays fp32; channels_last can be turned off and
+    gives the same features (up to float rounding)."""
+    from engine import device
+
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(device, "_cpu_bf16", lambda native=native: device.Capability("cpu bf16", native))
+        with pytest.warns(UserWarning):
+            assert load_backbone("resnet18", "random", "cpu").precision == expected
+        assert load_backbone("pixels", "random", "cpu").precision == "fp32"
+    with pytest.warns(UserWarning):
+        nhwc = load_backbone("resnet18", "random", "cpu", precision="fp32")
+    with pytest.warns(UserWarning):
+        nchw = load_backbone("resnet18", "random", "cpu", precision="fp32", channels_last=False)
+    assert nhwc.channels_last and not nchw.channels_last
+    assert next(nhwc.module.parameters()).dim() == 4 and next(nhwc.module.parameters()).is_contiguous(
+        memory_format=torch.channels_last)
+    images = _images(2)
+    torch.testing.assert_close(nhwc(images), nchw(images), rtol=1e-4, atol=1e-4)

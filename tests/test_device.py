@@ -22,9 +22,31 @@ def test_import_creates_no_cuda_context():
 
 def test_capabilities_have_reasons():
     caps = dev.capabilities()
-    assert set(caps) == {"cuda", "dali", "cupy", "cuml", "triton", "compile"}
+    assert set(caps) == {"cuda", "dali", "cupy", "cuml", "triton", "compile", "cpu_bf16"}
     for cap in caps.values():
         assert cap.available or cap.reason
+
+
+def test_precision_auto_follows_the_device_and_the_cpu(monkeypatch):
+    """bf16 on CUDA, and on a CPU with native bf16 (AMX / AVX512-BF16); fp32 on other CPUs."""
+    assert dev.resolve_precision("auto", "cuda") == "bf16"
+    assert dev.resolve_precision("fp32", "cuda") == "fp32" and dev.resolve_precision("bf16", "cpu") == "bf16"
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(dev, "_cpu_bf16", lambda native=native: dev.Capability("cpu bf16", native, reason="x"))
+        assert dev.resolve_precision("auto", torch.device("cpu")) == expected
+    with pytest.raises(ConfigError, match="precision='fp8' is not one of"):
+        dev.resolve_precision("fp8", "cpu")
+
+
+def test_cpu_bf16_probe_without_the_private_probes(monkeypatch):
+    dev._cpu_bf16.cache_clear()
+    try:
+        for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        cap = dev._cpu_bf16()
+        assert not cap.available and "cannot tell" in cap.reason
+    finally:
+        dev._cpu_bf16.cache_clear()
 
 
 @needs_no_gpu
