@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPU check, for a CUDA machine: the GPU tests, the all-K silhouette at 1M points (and the Triton
-# kernel's precision modes at 200k), and `imgcluster bench` (eager and compiled), in under 5
-# minutes; ends with a short table. Each step has its own time limit, so one that hangs or fails
-# still leaves the others' figures.
+# GPU check, for a CUDA machine: the GPU tests, `imgcluster bench` (eager and compiled), the
+# all-K silhouette at 1M points, then the Triton kernel's precision modes and launch configurations
+# at 200k; ends with a short table. Each step has its own time limit, so one that hangs or fails
+# still leaves the others' figures; the targets come first. Estimated 5-7 minutes on an H100 (not
+# yet run on one); one device call allows 10.
 # Usage (repo root):  bash benchmarks/gpu_check.sh        figures also go to $OUT (default /tmp/gpu_check)
 #   from the device tool: COMMIT=<git rev-parse --short HEAD here> bash benchmarks/gpu_check.sh
 # Needs: torch + torchvision with CUDA, triton, scikit-learn, pillow, typer, rich, matplotlib.
@@ -20,9 +21,10 @@ MODEL="${MODEL:-resnet152}"
 BENCH_N="${BENCH_N:-4096}"        # images for the eager bench (with the seed-like run)
 COMPILE_N="${COMPILE_N:-2048}"    # images for the --compile bench
 SIL_N="${SIL_N:-1000000}"         # points for the all-K silhouette target (K = 2..30, d = 200)
-SIL_BACKENDS="${SIL_BACKENDS:-triton}"
+SIL_BACKENDS="${SIL_BACKENDS:-triton,triton:tf32:tf32}"
 SWEEP_N="${SWEEP_N:-200000}"      # points for the precision sweep, against IEEE-fp32 torch
-SWEEP_BACKENDS="${SWEEP_BACKENDS:-torch,triton,triton:tf32:tf32,triton:tf32x3:tf32x2}"
+SWEEP_BACKENDS="${SWEEP_BACKENDS:-torch,triton,triton:tf32:tf32}"
+TUNE_N="${TUNE_N:-200000}"        # points for the kernel's launch-configuration table
 mkdir -p "$OUT"
 
 echo "== machine"
@@ -37,20 +39,23 @@ timeout 60 "$PY" -m engine.cli doctor 2>&1 | tee "$OUT/doctor.txt"
 echo "== GPU tests"
 timeout 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/ 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
 
-echo "== all-K silhouette, ${SIL_N} x 200, K=2..30 (target <= 10 s on an H100)"
-timeout 90 "$PY" benchmarks/bench_silhouette.py --n "$SIL_N" --k-max 30 --device "$DEVICE" --backend "$SIL_BACKENDS" \
-  --sklearn no --repeat 1 2>&1 | tee "$OUT/silhouette.txt" | tail -8
-
-echo "== Triton precision modes, ${SWEEP_N} x 200, K=2..30 (mean difference against the first row)"
-timeout 90 "$PY" benchmarks/bench_silhouette.py --n "$SWEEP_N" --k-max 30 --device "$DEVICE" --backend "$SWEEP_BACKENDS" \
-  --sklearn no --repeat 1 2>&1 | tee "$OUT/silhouette_sweep.txt" | tail -8
-
 echo "== bench (eager, with the seed-like configuration in the same run)"
 timeout 150 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$BENCH_N" --json "$OUT/bench.json" 2>&1 \
   | tee "$OUT/bench.txt" | tail -20
 echo "== bench (--compile)"
 timeout 150 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$COMPILE_N" --compile --no-seed-like \
   --json "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt" | tail -16
+
+echo "== all-K silhouette, ${SIL_N} x 200, K=2..30 (target <= 10 s on an H100)"
+timeout 120 "$PY" benchmarks/bench_silhouette.py --n "$SIL_N" --k-max 30 --device "$DEVICE" --backend "$SIL_BACKENDS" \
+  --sklearn no --repeat 1 2>&1 | tee "$OUT/silhouette.txt" | tail -8
+
+echo "== Triton precision modes, ${SWEEP_N} x 200, K=2..30 (mean difference against the first row)"
+timeout 90 "$PY" benchmarks/bench_silhouette.py --n "$SWEEP_N" --k-max 30 --device "$DEVICE" --backend "$SWEEP_BACKENDS" \
+  --sklearn no --repeat 1 2>&1 | tee "$OUT/silhouette_sweep.txt" | tail -8
+
+echo "== Triton kernel launch configurations, ${TUNE_N} x 200, K=2..30 (for tuning default_config)"
+timeout 90 "$PY" benchmarks/tune_silhouette_triton.py --n "$TUNE_N" 2>&1 | tee "$OUT/triton_tune.txt" | tail -10
 
 echo "== summary"
 "$PY" - "$OUT" <<'PY'
@@ -72,4 +77,5 @@ for name in ("silhouette.txt", "silhouette_sweep.txt"):
     table = [ln for ln in lines if ln.startswith(("silhouette all K", "backend", "torch", "triton", "auto"))]
     print("\n".join(table) if table else f"{name}: no table (see the step's output above)")
 PY
+tail -9 "$OUT/triton_tune.txt" 2>/dev/null
 tail -3 "$OUT/gpu_tests.txt"

@@ -1,0 +1,89 @@
+"""Launch configurations and precisions of the Triton silhouette kernel, timed on one GPU.
+
+    python benchmarks/tune_silhouette_triton.py --n 200000          # on a CUDA machine
+For n points, d = 200 and the one-hot columns of K = 2..30 (sum K = 464), each candidate computes
+kernels.silhouette_triton.cluster_distance_sums_triton once after a warm-up (its compile), and
+the table gives its time, the time scaled to 1,000,000 points (the work grows as n^2), and its
+largest relative difference to the IEEE-fp32 run of the kernel (dist "ieee", sum "ieee").
+
+Why these candidates (see default_config): the default splits C = 464 into two blocks of 256
+columns, so every distance is computed twice; BLOCK_C = 512 with BLOCK_M = 32 computes it once.
+Plain tf32 for x.y does a third of tf32x3's tensor-core work. All compile for sm_90 without
+register spills (Triton 3.8's ptxas, checked with cuobjdump -sass: no STL).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+#            name               block_m block_n block_d block_c warps  dist      sum
+CANDIDATES = [("default",         None,   None,   None,   None,  None, None,     None),
+              ("default tf32",    None,   None,   None,   None,  None, "tf32",   "tf32"),
+              ("m64 n64 c256",      64,     64,     32,    256,     8, "tf32",   "tf32"),
+              ("m32 n32 c512",      32,     32,     32,    512,     8, "tf32",   "tf32"),
+              ("m32 n32 c512 x3",   32,     32,     32,    512,     8, "tf32x3", "tf32"),
+              ("m64 n32 d64 c256",  64,     32,     64,    256,     8, "tf32",   "tf32")]
+
+
+def one_hot_of_labels(labels, device) -> torch.Tensor:
+    """labels: list of (n,) int arrays with values 0..K-1 -> (n, sum K) float32 one-hot on device."""
+    blocks = [torch.nn.functional.one_hot(torch.as_tensor(lab, device=device), int(lab.max()) + 1)
+              for lab in labels]
+    return torch.cat(blocks, dim=1).float()
+
+
+def main(argv=None) -> int:
+    from bench_silhouette import make_data
+    from kernels.silhouette_triton import cluster_distance_sums_triton
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=200_000)
+    p.add_argument("--k-max", type=int, default=30)
+    p.add_argument("--device", default="cuda", help="cuda; cpu only with TRITON_INTERPRET=1 (a dry run of this script)")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("needs a CUDA GPU")
+        return 2
+    X, labels = make_data(args.n, tuple(range(2, args.k_max + 1)), device=args.device)
+    onehot = one_hot_of_labels(labels, args.device)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "the Triton interpreter"
+    print(f"Triton silhouette kernel: n={args.n} d={X.shape[1]} C={onehot.shape[1]} on {where}")
+
+    def sync():
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(**kwargs):
+        cluster_distance_sums_triton(X[:4096], onehot[:4096], **kwargs)  # compile outside the timing
+        sync()
+        t0 = time.perf_counter()
+        out = cluster_distance_sums_triton(X, onehot, **kwargs)
+        sync()
+        return time.perf_counter() - t0, out
+
+    ref_s, ref = timed(dist_precision="ieee", sum_precision="ieee")
+    ref = ref.double()
+    rows = [("ieee / ieee (reference)", ref_s, 0.0)]
+    for name, bm, bn, bd, bc, warps, dist, total in CANDIDATES:
+        kwargs = {k: v for k, v in dict(block_m=bm, block_n=bn, block_d=bd, block_c=bc, num_warps=warps,
+                                         dist_precision=dist, sum_precision=total).items() if v is not None}
+        try:
+            seconds, out = timed(**kwargs)
+        except Exception as exc:  # one candidate that does not compile here must not hide the others
+            print(f"{name}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+            continue
+        err = float(((out.double() - ref).abs() / ref.abs().clamp(min=1)).max())
+        rows.append((name, seconds, err))
+        del out
+    scale = (1_000_000 / args.n) ** 2
+    print(f"{'candidate':<26}{'seconds':>9}{'1M est. s':>11}{'max rel diff':>14}")
+    for name, seconds, err in sorted(rows, key=lambda r: r[1]):
+        print(f"{name:<26}{seconds:>9.3f}{seconds * scale:>11.1f}{err:>14.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
