@@ -342,6 +342,27 @@ def test_decoded_ahead_runs_one_item_ahead_on_another_thread_in_order():
     early.close()  # returns: the worker finishes the one item in flight and stops
 
 
+def test_nvjpeg_pipeline_on_cpu_matches_pil(images, resnet18):
+    """The nvJPEG loader's whole pipeline (read pool, decode thread one batch ahead, input order)
+    run without CUDA streams, torchvision decoding with libjpeg: batches in order, every file once,
+    the PIL reference's pixels and features, bad files listed with their batch."""
+    from engine.loaders.nvjpeg import decode_pipeline
+
+    names = ["land1", "zero", "portrait", "exif6", "truncated", "png", "badhuff", "odd", "land2"]
+    paths = [images[k] for k in names]
+    batches = list(decode_pipeline(paths, 4, torch.device("cpu"), torch.float32, None, num_threads=2, prefetch=2))
+    assert [(b.indices.tolist(), [p for p, _ in b.failures]) for b in batches] == [
+        ([0, 2, 3], [1]), ([5, 7], [4, 6]), ([8], [])]
+    bad = {names.index(k) for k in ("zero", "truncated", "badhuff")}
+    good = [i for i in range(len(names)) if i not in bad]
+    images_out = torch.cat([b.images for b in batches])
+    ref_idx, ref, ref_failures = pil_reference(paths)
+    assert ref_idx.tolist() == good and sorted(p for p, _ in ref_failures) == sorted(bad)
+    assert (mean_abs_diff(denormalize_to_uint8_scale(images_out), ref) <= PIXEL_TOL).all()
+    cos = centred_cosine(features(resnet18, denormalize_to_uint8_scale(images_out)), features(resnet18, ref))
+    assert (cos >= COSINE_TOL).all(), cos.tolist()
+
+
 def test_nvjpeg_loader_needs_cuda():
     from engine.loaders.nvjpeg import NvJpegLoader
 

@@ -298,31 +298,46 @@ class NvJpegLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
-        side = self._stream
+        yield from decode_pipeline(paths, batch_size, self.device, self.dtype, self.max_pixels, self.num_threads,
+                                   self.prefetch, self.pixel_budget, side=self._stream)
 
-        def decode(start, prepared):  # on the decode thread, one batch ahead of the consumer
-            with torch.cuda.device(self.device), torch.cuda.stream(side):
-                batch = decode_batch(start, prepared, self.device, self.dtype, self.max_pixels, self.pixel_budget)
-                ready = torch.cuda.Event()
-                ready.record(side)
-            return batch, ready
 
-        with ThreadPoolExecutor(self.num_threads, thread_name_prefix="imgcluster-nvjpeg-read") as pool:
-            def submit(batch_paths):
-                return [pool.submit(prepare_jpeg_file, p, self.max_pixels) for p in batch_paths]
+def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device, dtype: torch.dtype, max_pixels,
+                    num_threads: int, prefetch: int, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
+                    side: "torch.cuda.Stream | None" = None) -> Iterator[Batch]:
+    """The loader's whole pipeline: read + probe in a pool of `num_threads` (`prefetch` batches
+    ahead), decode_batch on one decode thread one batch ahead, Batches yielded in input order.
 
-            for batch, ready in decoded_ahead(prefetched(paths, batch_size, self.prefetch, submit), decode,
-                                              thread_name="imgcluster-nvjpeg-decode"):
+    On CUDA `side` is the decode thread's stream; each batch is handed over with an event the
+    caller's stream waits on. Without `side` (the CPU, where torchvision decodes with libjpeg; the
+    tests run it so) the same threads and order, and no streams.
+    """
+    def decode(start, prepared):  # on the decode thread, one batch ahead of the consumer
+        if side is None:
+            return decode_batch(start, prepared, device, dtype, max_pixels, pixel_budget), None
+        with torch.cuda.device(device), torch.cuda.stream(side):
+            batch = decode_batch(start, prepared, device, dtype, max_pixels, pixel_budget)
+            ready = torch.cuda.Event()
+            ready.record(side)
+        return batch, ready
+
+    with ThreadPoolExecutor(num_threads, thread_name_prefix="imgcluster-nvjpeg-read") as pool:
+        def submit(batch_paths):
+            return [pool.submit(prepare_jpeg_file, p, max_pixels) for p in batch_paths]
+
+        for batch, ready in decoded_ahead(prefetched(paths, batch_size, prefetch, submit), decode,
+                                          thread_name="imgcluster-nvjpeg-decode"):
+            if ready is not None:
                 # The consumer's stream waits for the batch on the GPU, not the host: the decode of
                 # the next batch and the model on this one overlap. (No side.wait_stream(consumer):
                 # that would make decoding wait for the model on the previous batch.)
-                consumer = torch.cuda.current_stream(self.device)
+                consumer = torch.cuda.current_stream(device)
                 consumer.wait_event(ready)
                 # The images were allocated on the side stream but live on the consumer's stream:
                 # tell the caching allocator, so it does not hand the memory out before use ends.
                 if batch.images.numel():
                     batch.images.record_stream(consumer)
-                yield batch
+            yield batch
 
 
 class PreparedJpeg:
