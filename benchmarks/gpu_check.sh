@@ -55,7 +55,7 @@ timeout 90 "$PY" benchmarks/bench_silhouette.py --n "$SWEEP_N" --k-max 30 --devi
   --sklearn no --repeat 1 2>&1 | tee "$OUT/silhouette_sweep.txt" | tail -8
 
 echo "== Triton kernel launch configurations, ${TUNE_N} x 200, K=2..30 (for tuning default_config)"
-timeout 90 "$PY" benchmarks/tune_silhouette_triton.py --n "$TUNE_N" 2>&1 | tee "$OUT/triton_tune.txt" | tail -10
+timeout 120 "$PY" benchmarks/tune_silhouette_triton.py --n "$TUNE_N" 2>&1 | tee "$OUT/triton_tune.txt" | tail -14
 
 echo "== summary"
 "$PY" - "$OUT" <<'PY'
@@ -77,5 +77,5 @@ for name in ("silhouette.txt", "silhouette_sweep.txt"):
     table = [ln for ln in lines if ln.startswith(("silhouette all K", "backend", "torch", "triton", "auto"))]
     print("\n".join(table) if table else f"{name}: no table (see the step's output above)")
 PY
-tail -9 "$OUT/triton_tune.txt" 2>/dev/null
+tail -13 "$OUT/triton_tune.txt" 2>/dev/null
 tail -3 "$OUT/gpu_tests.txt"

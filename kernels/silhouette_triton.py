@@ -14,6 +14,8 @@ of every K. The silhouette itself is finished from these sums in `engine.silhoue
   cluster columns; it walks all column blocks j, builds the BLOCK_M x BLOCK_N distance tile in
   registers (||x||^2 + ||y||^2 - 2 x.y, clamped at 0, self-distance forced to 0, sqrt) and
   immediately multiplies it into the one-hot block, so the n x n matrix never reaches global memory.
+  The one-hot blocks are read from the dense (n, C) matrix, or built in the kernel from each
+  sample's column index per labelling (`columns=`; fewer bytes, not yet timed on a GPU).
 
 Whether the kernel runs compiled (CUDA) or in the CPU interpreter is fixed when this module is
 imported: ``@triton.jit`` reads TRITON_INTERPRET at decoration time, so set it before the first
@@ -69,11 +71,11 @@ def cluster_distance_sums_reference(X: torch.Tensor, onehot: torch.Tensor, block
 
 @triton.jit
 def _cluster_sums_kernel(
-    x_ptr, sqn_ptr, oh_ptr, out_ptr,
+    x_ptr, sqn_ptr, oh_ptr, cols_ptr, colk_ptr, out_ptr,
     n, d, C, flush,
-    stride_xn, stride_xd, stride_ohn, stride_ohc, stride_on, stride_oc,
+    stride_xn, stride_xd, stride_ohn, stride_ohc, stride_cn, stride_on, stride_oc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-    DIST_PRECISION: tl.constexpr, SUM_MODE: tl.constexpr,
+    DIST_PRECISION: tl.constexpr, SUM_MODE: tl.constexpr, FROM_COLUMNS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -83,6 +85,9 @@ def _cluster_sums_kernel(
     row_ok = rows < n
     ccol_ok = ccols < C
     sq_i = tl.load(sqn_ptr + rows, mask=row_ok, other=0.0)
+    if FROM_COLUMNS:
+        # which labelling each of this program's one-hot columns belongs to
+        col_k = tl.load(colk_ptr + ccols, mask=ccol_ok, other=0)
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for j0 in range(0, n, BLOCK_N):
         cols = tl.arange(0, BLOCK_N).to(tl.int64) + j0
@@ -104,9 +109,16 @@ def _cluster_sums_kernel(
         keep = keep & (rows[:, None] != cols[None, :])
         d2 = tl.where(keep, d2, 0.0)
         dist = tl.sqrt(d2)
-        # padded columns (j >= n) load a zero one-hot row, so their (finite) distances add nothing
-        oh = tl.load(oh_ptr + cols[:, None] * stride_ohn + ccols[None, :] * stride_ohc,
-                     mask=col_ok[:, None] & ccol_ok[None, :], other=0.0)
+        # padded columns (j >= n) get a zero one-hot row, so their (finite) distances add nothing
+        if FROM_COLUMNS:
+            # the one-hot block built from each sample's column index in the labelling of each
+            # column: BLOCK_N x (number of K) indices read instead of BLOCK_N x BLOCK_C floats
+            code = tl.load(cols_ptr + cols[:, None] * stride_cn + col_k[None, :],
+                           mask=col_ok[:, None] & ccol_ok[None, :], other=-1)
+            oh = (code == ccols[None, :]).to(tl.float32)
+        else:
+            oh = tl.load(oh_ptr + cols[:, None] * stride_ohn + ccols[None, :] * stride_ohc,
+                         mask=col_ok[:, None] & ccol_ok[None, :], other=0.0)
         if SUM_MODE == "tf32x2":
             # head: the distance with its low 13 mantissa bits cut (exact in tf32); tail: the rest,
             # exact in fp32, which tf32 then rounds at 2^-11 of an already 2^-10-small number
@@ -145,8 +157,10 @@ def default_config(C: int, d: int) -> dict[str, int]:
 
 def cluster_distance_sums_triton(
     X: torch.Tensor,
-    onehot: torch.Tensor,
+    onehot: torch.Tensor | None = None,
     *,
+    columns: torch.Tensor | None = None,
+    n_columns: int | None = None,
     dist_precision: str | None = None,
     sum_precision: str | None = None,
     block_m: int | None = None,
@@ -159,6 +173,11 @@ def cluster_distance_sums_triton(
 
     X: (n, d) float32 (bf16/fp16 are upcast), CUDA tensor, or CPU tensor under TRITON_INTERPRET=1.
     onehot: (n, C) float tensor of 0/1 on the same device (any float dtype; it is re-cast, exactly).
+    Or instead, columns + n_columns: (n, nK) integer tensor, each sample's one-hot column (0..C-1)
+    in each labelling, the labellings' columns side by side (labelling k owns a contiguous range),
+    and C. The kernel then builds the one-hot blocks from the indices: n x nK integers are read
+    instead of n x C floats (not yet measured on a GPU against the dense form: see
+    benchmarks/tune_silhouette_triton.py).
     Returns (n, C) float32 on X's device. Accumulation is fp32.
 
     X is centred (mean subtracted) here because the Gram formula loses accuracy as ||x||^2 grows
@@ -168,10 +187,16 @@ def cluster_distance_sums_triton(
     Block sizes are powers of two; C is padded (by masking) to a multiple of BLOCK_C >= 16 for
     tl.dot. Defaults: `default_config`.
     """
-    if X.ndim != 2 or onehot.ndim != 2 or onehot.shape[0] != X.shape[0]:
-        raise ValueError(f"X must be (n, d) and onehot (n, C); got {tuple(X.shape)} and {tuple(onehot.shape)}")
-    if onehot.device != X.device:
-        raise ValueError(f"X is on {X.device} but onehot on {onehot.device}")
+    if (onehot is None) == (columns is None):
+        raise ValueError("give either onehot or columns (with n_columns)")
+    given = onehot if onehot is not None else columns
+    if X.ndim != 2 or given.ndim != 2 or given.shape[0] != X.shape[0]:
+        raise ValueError(f"X must be (n, d) and onehot (n, C) or columns (n, nK); "
+                         f"got {tuple(X.shape)} and {tuple(given.shape)}")
+    if given.device != X.device:
+        raise ValueError(f"X is on {X.device} but {'onehot' if onehot is not None else 'columns'} on {given.device}")
+    if columns is not None and (n_columns is None or n_columns < 0):
+        raise ValueError("columns needs n_columns, the number of one-hot columns C")
     interpreted = _interpreted()
     if X.device.type != "cuda" and not interpreted:
         raise RuntimeError("the Triton kernel needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors)")
@@ -185,14 +210,20 @@ def cluster_distance_sums_triton(
         dist_precision = "ieee"  # same numbers in the interpreter; avoids its tf32x3 emulation path
 
     n, d = X.shape
-    C = onehot.shape[1]
+    C = onehot.shape[1] if onehot is not None else int(n_columns)
     out = torch.empty((n, C), dtype=torch.float32, device=X.device)
     if n == 0 or C == 0:
         return out.zero_()
     Xf = X.to(torch.float32)
     Xc = (Xf - Xf.mean(0, dtype=torch.float64).to(torch.float32)).contiguous()
     sqn = Xc.square().sum(1).contiguous()
-    oh = onehot.to(torch.float32).contiguous()
+    if onehot is not None:
+        oh = onehot.to(torch.float32).contiguous()
+        cols = col_k = torch.zeros(1, dtype=torch.int32, device=X.device)  # unused by the kernel
+    else:
+        cols = columns.to(torch.int32).contiguous()
+        col_k = _labelling_of_columns(cols, C)
+        oh = torch.zeros((1, 1), dtype=torch.float32, device=X.device)  # unused by the kernel
 
     cfg = default_config(C, d)
     block_m = block_m or cfg["block_m"]
@@ -208,21 +239,28 @@ def cluster_distance_sums_triton(
     # Triton launches on torch's *current* device, not the tensors': make them the same (cuda:N).
     device_scope = torch.cuda.device(Xc.device) if Xc.is_cuda else contextlib.nullcontext()
     with device_scope:
-        _launch(grid, Xc, sqn, oh, out, n, d, C, block_m, block_n, block_d, block_c,
-                dist_precision, sum_precision, num_warps, cfg["num_stages"])
+        _cluster_sums_kernel[grid](
+            Xc, sqn, oh, cols, col_k, out,
+            n, d, C, FLUSH * d**0.5,
+            Xc.stride(0), Xc.stride(1), oh.stride(0), oh.stride(1), cols.stride(0), out.stride(0), out.stride(1),
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
+            DIST_PRECISION=dist_precision, SUM_MODE=sum_precision, FROM_COLUMNS=columns is not None,
+            num_warps=num_warps, num_stages=cfg["num_stages"],
+        )
     return out
 
 
-def _launch(grid, Xc, sqn, oh, out, n, d, C, block_m, block_n, block_d, block_c,
-            dist_precision, sum_precision, num_warps, num_stages):
-    _cluster_sums_kernel[grid](
-        Xc, sqn, oh, out,
-        n, d, C, FLUSH * d**0.5,
-        Xc.stride(0), Xc.stride(1), oh.stride(0), oh.stride(1), out.stride(0), out.stride(1),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
-        DIST_PRECISION=dist_precision, SUM_MODE=sum_precision,
-        num_warps=num_warps, num_stages=num_stages,
-    )
+def _labelling_of_columns(cols: torch.Tensor, C: int) -> torch.Tensor:
+    """cols: (n, nK) int32 column indices -> (C,) int32: the labelling (0..nK-1) each column
+    belongs to, from each labelling's range of columns (its min and max index over the samples).
+    Columns no sample uses inside a range still belong to it; ValueError when ranges overlap."""
+    lo, hi = cols.min(0).values.tolist(), cols.max(0).values.tolist()
+    col_k = torch.zeros(C, dtype=torch.int32)
+    for k, (a, b) in enumerate(zip(lo, hi)):
+        if a < 0 or b >= C or (k and a <= hi[k - 1]):
+            raise ValueError(f"columns of labelling {k} span {a}..{b}: each labelling needs its own range in 0..{C - 1}")
+        col_k[a:] = k
+    return col_k.to(cols.device)
 
 
 __all__ = [

@@ -267,6 +267,22 @@ def test_triton_precision_is_checked_without_importing_triton():
     assert silhouette_all_k(X, [y], backend="torch", triton_precision=("tf32", "tf32"))[0].mean == plain
 
 
+def test_triton_kernel_arguments_are_checked():
+    from kernels.silhouette_triton import _labelling_of_columns, cluster_distance_sums_triton
+
+    X = torch.zeros(5, 3)
+    with pytest.raises(ValueError, match="either onehot or columns"):
+        cluster_distance_sums_triton(X)
+    with pytest.raises(ValueError, match="either onehot or columns"):
+        cluster_distance_sums_triton(X, torch.zeros(5, 4), columns=torch.zeros(5, 1, dtype=torch.int64), n_columns=4)
+    with pytest.raises(ValueError, match="needs n_columns"):
+        cluster_distance_sums_triton(X, columns=torch.zeros(5, 1, dtype=torch.int64))
+    cols = torch.tensor([[0, 3], [1, 4], [0, 6]], dtype=torch.int32)  # K=2 in 0..1, K=5 in 2..6
+    assert _labelling_of_columns(cols, 7).tolist() == [0, 0, 0, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="its own range"):
+        _labelling_of_columns(torch.tensor([[0, 1], [2, 3]], dtype=torch.int32), 4)  # ranges 0..2 and 1..3
+
+
 def test_triton_backend_unavailable_without_cuda():
     X = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
     with pytest.raises(BackendUnavailable, match="[Tt]riton"):
@@ -306,6 +322,11 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
         return float(((a.double() - ref).abs() / ref.abs().clamp(min=1)).max())
     for sp in ("ieee", "tf32", "tf32x2"):
         out["sum_" + sp] = rel(cluster_distance_sums_triton(X, onehot, sum_precision=sp))
+    # the one-hot built in the kernel from each sample's column in each labelling
+    columns = torch.stack([torch.from_numpy(lab) + off for lab, off in zip(labels, (0, 2, 7))], dim=1)
+    out["columns"] = rel(cluster_distance_sums_triton(X, columns=columns, n_columns=C))
+    out["columns_small_blocks"] = rel(cluster_distance_sums_triton(X, columns=columns, n_columns=C, block_m=16,
+                                                                   block_n=32, block_d=16, block_c=16))
     # several cluster blocks and row blocks, ragged last blocks
     out["small_blocks"] = rel(cluster_distance_sums_triton(X, onehot, block_m=16, block_n=32, block_d=16, block_c=16))
     out["dtype"] = str(cluster_distance_sums_triton(X, onehot).dtype)
@@ -333,7 +354,7 @@ def test_triton_kernel_in_interpreter():
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     out = json.loads(line[len("RESULT "):])
-    for key in ("sum_ieee", "sum_tf32", "sum_tf32x2", "small_blocks"):
+    for key in ("sum_ieee", "sum_tf32", "sum_tf32x2", "small_blocks", "columns", "columns_small_blocks"):
         assert out[key] < 1e-5, (key, out)
     assert out["dtype"] == "torch.float32"
     assert out["mean_err"] < MEAN_TOL and out["sample_err"] < SAMPLE_TOL, out
@@ -348,12 +369,15 @@ _AOT_SCRIPT = textwrap.dedent(
     from triton.compiler import ASTSource
     from kernels.silhouette_triton import _cluster_sums_kernel, default_config
 
-    types = {"x_ptr": "*fp32", "sqn_ptr": "*fp32", "oh_ptr": "*fp32", "out_ptr": "*fp32", "flush": "fp32"}
+    types = {"x_ptr": "*fp32", "sqn_ptr": "*fp32", "oh_ptr": "*fp32", "out_ptr": "*fp32", "flush": "fp32",
+             "cols_ptr": "*i32", "colk_ptr": "*i32"}
     done = []
-    for cc, C, d, sum_mode in [(90, 464, 200, "tf32"), (90, 40, 64, "tf32x2"), (80, 119, 200, "ieee")]:
+    for cc, C, d, sum_mode, from_cols in [(90, 464, 200, "tf32", False), (90, 40, 64, "tf32x2", False),
+                                          (80, 119, 200, "ieee", False), (90, 464, 200, "tf32", True)]:
         cfg = default_config(C, d)
         const = {"BLOCK_M": cfg["block_m"], "BLOCK_N": cfg["block_n"], "BLOCK_D": cfg["block_d"],
-                 "BLOCK_C": cfg["block_c"], "DIST_PRECISION": "tf32x3", "SUM_MODE": sum_mode}
+                 "BLOCK_C": cfg["block_c"], "DIST_PRECISION": "tf32x3", "SUM_MODE": sum_mode,
+                 "FROM_COLUMNS": from_cols}
         sig = {a: ("constexpr" if a in const else types.get(a, "i32")) for a in _cluster_sums_kernel.arg_names}
         k = triton.compile(ASTSource(fn=_cluster_sums_kernel, signature=sig, constexprs=const),
                            target=GPUTarget("cuda", cc, 32),
@@ -374,7 +398,7 @@ def test_triton_kernel_compiles_for_cuda_ahead_of_time():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     done = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
-    assert all(ok for _, _, ok in done) and len(done) == 3
+    assert all(ok for _, _, ok in done) and len(done) == 4
 
 
 # --------------------------------------------------------------------------- CUDA
