@@ -3,7 +3,7 @@
 # all-K silhouette at 1M points, then the Triton kernel's precision modes and launch configurations
 # at 200k; ends with a short table. Each step has its own time limit, so one that hangs or fails
 # still leaves the others' figures; the targets come first. Estimated 5-7 minutes on an H100 (not
-# yet run on one); one device call allows 10.
+# yet run on one); one device call allows 10, and BUDGET (570 s) keeps the whole script inside it.
 # Usage (repo root):  bash benchmarks/gpu_check.sh        figures also go to $OUT (default /tmp/gpu_check)
 #   from the device tool: COMMIT=<git rev-parse --short HEAD here> bash benchmarks/gpu_check.sh
 # Needs: torch + torchvision with CUDA, triton, scikit-learn, pillow, typer, rich, matplotlib.
@@ -25,7 +25,18 @@ SIL_BACKENDS="${SIL_BACKENDS:-triton,triton:tf32:tf32}"
 SWEEP_N="${SWEEP_N:-200000}"      # points for the precision sweep, against IEEE-fp32 torch
 SWEEP_BACKENDS="${SWEEP_BACKENDS:-torch,triton,triton:tf32:tf32}"
 TUNE_N="${TUNE_N:-200000}"        # points for the kernel's launch-configuration table
+BUDGET="${BUDGET:-570}"           # seconds for the whole script (one device call may run 600)
 mkdir -p "$OUT"
+
+# run_step LIMIT CMD...: CMD with a time limit of LIMIT seconds, or less when less of BUDGET is
+# left (15 s are kept for the summary); skipped when under 20 s are left. Later steps are the
+# optional ones, so a slow machine loses the tuning tables, not the targets or the summary.
+run_step() {
+  local want=$1 left=$((BUDGET - SECONDS - 15))
+  shift
+  if [ "$left" -lt 20 ]; then echo "(skipped: the time budget of ${BUDGET} s is spent)"; return 0; fi
+  timeout -k 5 $(( want < left ? want : left )) "$@"
+}
 
 echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
@@ -34,28 +45,28 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 echo "commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  date $(date -u +%F)"
 
 echo "== doctor"
-timeout 60 "$PY" -m engine.cli doctor 2>&1 | tee "$OUT/doctor.txt"
+run_step 60 "$PY" -m engine.cli doctor 2>&1 | tee "$OUT/doctor.txt"
 
 echo "== GPU tests"
-timeout 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/ 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
+run_step 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/ 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
 
 echo "== bench (eager, with the seed-like configuration in the same run)"
-timeout 150 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$BENCH_N" --json "$OUT/bench.json" 2>&1 \
+run_step 150 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$BENCH_N" --json "$OUT/bench.json" 2>&1 \
   | tee "$OUT/bench.txt" | tail -20
 echo "== bench (--compile)"
-timeout 150 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$COMPILE_N" --compile --no-seed-like \
+run_step 150 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$COMPILE_N" --compile --no-seed-like \
   --json "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt" | tail -16
 
 echo "== all-K silhouette, ${SIL_N} x 200, K=2..30 (target <= 10 s on an H100)"
-timeout 120 "$PY" benchmarks/bench_silhouette.py --n "$SIL_N" --k-max 30 --device "$DEVICE" --backend "$SIL_BACKENDS" \
+run_step 120 "$PY" benchmarks/bench_silhouette.py --n "$SIL_N" --k-max 30 --device "$DEVICE" --backend "$SIL_BACKENDS" \
   --sklearn no --repeat 1 2>&1 | tee "$OUT/silhouette.txt" | tail -8
 
 echo "== Triton precision modes, ${SWEEP_N} x 200, K=2..30 (mean difference against the first row)"
-timeout 90 "$PY" benchmarks/bench_silhouette.py --n "$SWEEP_N" --k-max 30 --device "$DEVICE" --backend "$SWEEP_BACKENDS" \
+run_step 90 "$PY" benchmarks/bench_silhouette.py --n "$SWEEP_N" --k-max 30 --device "$DEVICE" --backend "$SWEEP_BACKENDS" \
   --sklearn no --repeat 1 2>&1 | tee "$OUT/silhouette_sweep.txt" | tail -8
 
 echo "== Triton kernel launch configurations, ${TUNE_N} x 200, K=2..30 (for tuning default_config)"
-timeout 120 "$PY" benchmarks/tune_silhouette_triton.py --n "$TUNE_N" 2>&1 | tee "$OUT/triton_tune.txt" | tail -14
+run_step 120 "$PY" benchmarks/tune_silhouette_triton.py --n "$TUNE_N" 2>&1 | tee "$OUT/triton_tune.txt" | tail -14
 
 echo "== summary"
 "$PY" - "$OUT" <<'PY'
