@@ -140,9 +140,11 @@ def default_config(C: int, d: int) -> dict[str, int]:
 
     Trade-offs: every extra block along C recomputes all distances, so BLOCK_C is wide (up to 256);
     the fp32 accumulator BLOCK_M x BLOCK_C must stay in registers; each program streams all of X
-    and the one-hot matrix, so BLOCK_M sets how often what it reads is reused. These choices
-    compile for sm_90 without register spills (ahead-of-time build, checked with cuobjdump; dist
-    "tf32x3", sum "tf32"); their speed has not been measured on a GPU.
+    and the one-hot matrix, so BLOCK_M sets how often what it reads is reused. For sm_90 with dist
+    "tf32x3", sum "tf32" (ahead-of-time builds, spill stores counted with cuobjdump -sass): no
+    register spills with Triton 3.8, but 38 spill stores with Triton 3.6 (the device image's) at
+    C >= 256. Their speed has not been measured on a GPU: benchmarks/tune_silhouette_triton.py
+    times the alternatives, spill-free ones on 3.6 included.
     """
     block_c = min(256, max(16, _next_pow2(C)))
     if block_c >= 256:
