@@ -20,6 +20,7 @@ from PIL import Image
 from .backbones import load_backbone
 from .config import Config
 from .device import resolve_cluster_backend, resolve_decoder, resolve_device
+from .errors import ConfigError
 from .features import auto_batch_size, extract_features
 from .loaders import make_loader
 from .pipeline import cluster_features
@@ -191,6 +192,8 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
     reporter = reporter or Reporter()
     dev = resolve_device(device, reporter.notify)
     n = n or (4096 if dev.type == "cuda" else 96)
+    if n < 3:
+        raise ConfigError(f"--n {n}: the bench needs at least 3 images (the silhouette needs 2 <= K <= n - 1)")
     config = Config.from_kwargs(model=model, weights="random", device=device, decoder=decoder, k=k, pca=pca,
                                 compile=compile, batch_size=batch_size)
     # Both configurations cluster the same Ks: those n images can support (K <= n - 1).

@@ -47,4 +47,4 @@ def test_bench_with_fewer_images_than_the_k_range(runner, tmp_path):
 
     result = runner.invoke(app, ["bench", "--device", "cpu", "--folder", str(tmp_path / "imgs"), "--n", "2",
                                  "--model", "pixels"])
-    assert result.exit_code == 2 and "lower --k" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "at least 3 images" in result.output and "Traceback" not in result.output
