@@ -56,12 +56,26 @@ def make_data(n: int, ks, d: int = D, device: str = "cpu", seed: int = 0):
     return X, labels
 
 
+def triton_options_of(spec: str) -> tuple[str, dict | None]:
+    """Backend spec -> (backend, triton_options). Specs: "auto" | "torch" | "triton" (defaults) |
+    "triton:DIST:SUM" (the fused kernel with these precisions) | "tiled" | "tiled:DIST" (the
+    Triton distance tiles + cuBLAS method)."""
+    name, *rest = spec.split(":")
+    if name == "tiled":
+        return "triton", {"method": "tiled", "dist_precision": rest[0] if rest else None}
+    if name == "triton" and rest:
+        if len(rest) != 2:
+            raise SystemExit(f"backend spec {spec!r}: use triton:DIST:SUM")
+        return "triton", {"method": "fused", "dist_precision": rest[0], "sum_precision": rest[1]}
+    return name, None
+
+
 def run_ours(X, labels, backend="auto"):
-    """backend: "auto" | "torch" | "triton" | "triton:DIST:SUM" (the kernel's two precisions)."""
-    name, *precision = backend.split(":")
+    """backend: a spec of `triton_options_of`."""
+    name, options = triton_options_of(backend)
     t0 = time.perf_counter()
     # returns host arrays: the time includes the device sync
-    res = silhouette_all_k(X, labels, backend=name, triton_precision=tuple(precision) or None)
+    res = silhouette_all_k(X, labels, backend=name, triton_options=options)
     return time.perf_counter() - t0, [r.mean for r in res]
 
 
@@ -146,7 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--k-max", type=int, default=15)
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--backend", default="auto",
-                   help="comma list of auto, torch, triton, triton:DIST:SUM (e.g. triton:tf32:tf32)")
+                   help="comma list of auto, torch, triton, triton:DIST:SUM (e.g. triton:tf32:tf32), tiled, tiled:DIST")
     p.add_argument("--sklearn", choices=["auto", "yes", "no"], default="auto",
                    help="time sklearn too (auto: only when n <= 50,000)")
     p.add_argument("--repeat", type=int, default=3, help="time ours this many times, report the median")
@@ -157,6 +171,14 @@ def main(argv=None) -> int:
     dev_name = torch.cuda.get_device_name() if X.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"silhouette all K: n={args.n} d={args.d} K={ks[0]}..{ks[-1]} (sum K={sum(ks)}) on {dev_name}")
 
+    # sklearn first (when asked), so each of our rows prints as soon as it is measured: a slow
+    # backend that hits a time limit still leaves the rows before it
+    sk_t = sk_means = None
+    if args.sklearn == "yes" or (args.sklearn == "auto" and args.n <= 50_000):
+        sk_t, sk_means = run_sklearn(X, labels)
+    ref, ref_name = sk_means, "sklearn" if sk_means is not None else args.backend.split(",")[0]
+    print(f"{'backend':<22} {'ours s':>9} {'sklearn s':>10} {'ratio':>8} {'max |mean diff| vs ' + ref_name:>28}",
+          flush=True)
     rows = []
     for backend in args.backend.split(","):
         warm_n = min(args.n, 20_000)  # warm-up at the same sum K: Triton compiles for this C
@@ -165,20 +187,13 @@ def main(argv=None) -> int:
         for _ in range(max(1, args.repeat)):
             t, means = run_ours(X, labels, backend=backend)
             times.append(t)
-        rows.append((backend, float(np.median(times)), means))
-
-    sk_t = sk_means = None
-    if args.sklearn == "yes" or (args.sklearn == "auto" and args.n <= 50_000):
-        sk_t, sk_means = run_sklearn(X, labels)
-
-    ref = sk_means if sk_means is not None else rows[0][2]
-    ref_name = "sklearn" if sk_means is not None else rows[0][0]
-    print(f"{'backend':<22} {'ours s':>9} {'sklearn s':>10} {'ratio':>8} {'max |mean diff| vs ' + ref_name:>28}")
-    for backend, t, means in rows:
+        t = float(np.median(times))
+        rows.append((backend, t, means))
+        ref = ref if ref is not None else means
         diff = max(abs(a - b) for a, b in zip(means, ref))
         sk = f"{sk_t:10.2f}" if sk_t is not None else f"{'-':>10}"
         ratio = f"{sk_t / t:7.1f}x" if sk_t is not None else f"{'-':>8}"
-        print(f"{backend:<22} {t:9.3f} {sk} {ratio} {diff:28.2e}")
+        print(f"{backend:<22} {t:9.3f} {sk} {ratio} {diff:28.2e}", flush=True)
     print("means: " + ", ".join(f"K={k}:{m:.4f}" for k, m in zip(ks, rows[0][2])))
     return 0
 

@@ -231,13 +231,12 @@ def _resolve_backend(backend: str, device: torch.device, notify: Callable[[str],
 
 def _distance_sums(Xc: torch.Tensor, onehot: torch.Tensor, backend: str, chunk_size: int | None,
                    auto: bool, notify: Callable[[str], None] | None,
-                   triton_precision: tuple[str, str] | None = None) -> torch.Tensor:
+                   triton_options: dict | None = None) -> torch.Tensor:
     if backend == "triton":
         try:
-            from kernels.silhouette_triton import cluster_distance_sums_triton
+            from kernels.silhouette_triton import cluster_distance_sums
 
-            dist, total = triton_precision or (None, None)
-            return cluster_distance_sums_triton(Xc, onehot, dist_precision=dist, sum_precision=total)
+            return cluster_distance_sums(Xc, onehot, **_kernel_options(triton_options))
         except Exception as exc:  # auto may fall back (and says so); a named backend may not
             if not auto:
                 raise
@@ -340,19 +339,35 @@ def _stratified_sample(lab: _Labelling, sample_size: int, rng: np.random.Generat
 # --------------------------------------------------------------------------- public API
 
 
-# The Triton kernel's precision names (kernels/silhouette_triton.py DIST_PRECISIONS, SUM_PRECISIONS),
-# repeated so that checking them does not import Triton.
-_TRITON_DIST = ("tf32x3", "ieee", "tf32")
-_TRITON_SUM = ("tf32", "tf32x2", "ieee")
+# The Triton kernels' method and precision names (kernels/silhouette_triton.py METHODS,
+# DIST_PRECISIONS, SUM_PRECISIONS), repeated so that checking them does not import Triton.
+_TRITON_METHODS = ("fused", "tiled")
+_TRITON_DIST = ("tf32x3", "fp16x3", "ieee", "tf32")
+_TRITON_SUM = ("fp16", "fp16x2", "tf32", "tf32x2", "ieee")
+# launch parameters a caller may set (each kernel takes its own subset)
+_TRITON_LAUNCH = ("block_m", "block_n", "block_d", "block_c", "block_rows", "num_warps", "num_stages")
 
 
-def _check_triton_precision(precision) -> None:
-    if precision is None:
+def _check_triton_options(options) -> None:
+    if options is None:
         return
-    if (not isinstance(precision, (tuple, list)) or len(precision) != 2
-            or precision[0] not in _TRITON_DIST or precision[1] not in _TRITON_SUM):
-        raise ConfigError(f"triton_precision must be (distance, sum) with distance in {', '.join(_TRITON_DIST)} "
-                          f"and sum in {', '.join(_TRITON_SUM)}; got {precision!r}")
+    if not isinstance(options, dict):
+        raise ConfigError(f"triton_options must be a dict, got {type(options).__name__}")
+    known = ("method", "dist_precision", "sum_precision") + _TRITON_LAUNCH
+    for key, value in options.items():
+        if key not in known:
+            raise ConfigError(f"triton_options: unknown key {key!r}; known: {', '.join(known)}")
+        choices = {"method": _TRITON_METHODS, "dist_precision": _TRITON_DIST, "sum_precision": _TRITON_SUM}.get(key)
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"triton_options[{key!r}]={value!r} is not one of: {', '.join(choices)}")
+        if key in _TRITON_LAUNCH and value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"triton_options[{key!r}] must be a positive integer, got {value!r}")
+
+
+def _kernel_options(options: dict | None) -> dict:
+    """triton_options -> keyword arguments of kernels.silhouette_triton.cluster_distance_sums
+    (None values dropped: the kernel's defaults)."""
+    return {k: v for k, v in (options or {}).items() if v is not None}
 
 
 def _as_tensor(X) -> torch.Tensor:
@@ -377,7 +392,7 @@ def silhouette_all_k(
     sample_size: int | None = None,
     seed: int = 0,
     notify: Callable[[str], None] | None = None,
-    triton_precision: tuple[str, str] | None = None,
+    triton_options: dict | None = None,
 ) -> list[SilhouetteResult]:
     """Silhouette (euclidean) of every labelling in `labels_per_k`, from one pass over the distances.
 
@@ -398,9 +413,11 @@ def silhouette_all_k(
         sampled points, and `sampled` is True. Each K costs its own pass over the m x m distances.
         m >= n gives the exact result.
     notify: called with a one-line message when "auto" falls back (Triton unavailable or failed).
-    triton_precision: (distance, sum) precisions for the Triton kernel, e.g. ("tf32", "tf32");
-        None keeps the kernel's defaults (kernels.silhouette_triton). Ignored by the torch backend,
-        which computes in IEEE fp32. A tuning and benchmarking knob.
+    triton_options: how the Triton backend runs (kernels.silhouette_triton): "method" ("fused" or
+        "tiled"), "dist_precision", "sum_precision" and launch parameters (block_m, ...), e.g.
+        {"method": "fused", "dist_precision": "tf32", "sum_precision": "tf32"}. None keeps the
+        defaults. Ignored by the torch backend, which computes in IEEE fp32. A tuning and
+        benchmarking knob.
 
     Returns one SilhouetteResult per labelling, in order; `samples` on the host as float32.
     """
@@ -412,7 +429,7 @@ def silhouette_all_k(
         raise ConfigError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     if sample_size is not None and int(sample_size) < 2:
         raise ConfigError(f"sample_size must be an integer >= 2 or None, got {sample_size!r}")
-    _check_triton_precision(triton_precision)
+    _check_triton_options(triton_options)
     labellings = _encode_labels(labels_per_k, n)
     if not labellings:
         return []
@@ -423,7 +440,7 @@ def silhouette_all_k(
     if sample_size is None or int(sample_size) >= n:
         cols = torch.from_numpy(_columns(labellings)).to(X.device)
         total = sum(len(lab.values) for lab in labellings)
-        sums = _distance_sums(Xc, _onehot(cols, total), resolved, chunk_size, auto, notify, triton_precision)
+        sums = _distance_sums(Xc, _onehot(cols, total), resolved, chunk_size, auto, notify, triton_options)
         s_all = _silhouettes_from_sums(sums, cols, labellings)
         results = []
         for i, lab in enumerate(labellings):
@@ -442,7 +459,7 @@ def silhouette_all_k(
         sub = _Labelling(lab.values, lab.codes[idx], np.bincount(lab.codes[idx], minlength=k))
         Xs = _centre(Xc.index_select(0, torch.from_numpy(idx).to(X.device)))
         cols = torch.from_numpy(sub.codes[:, None]).to(X.device)
-        sums = _distance_sums(Xs, _onehot(cols, k), resolved, chunk_size, auto, notify, triton_precision)
+        sums = _distance_sums(Xs, _onehot(cols, k), resolved, chunk_size, auto, notify, triton_options)
         s_sub = _silhouettes_from_sums(sums, cols, [sub])[:, 0]
         samples = np.full(n, np.nan, dtype=np.float32)
         samples[idx] = s_sub

@@ -24,6 +24,10 @@ from engine.loaders.preprocess import CROP, denormalize_to_uint8_scale
 
 PIXEL_TOL = 3.0
 COSINE_TOL = 0.99
+# nvJPEG on the GPU upsamples chroma differently from libjpeg. Measured on an H100 (2026-11-27):
+# centred cosine 0.983 to 0.99999 over the six test files, lowest for the odd-sized one; a wrong
+# image scores below 0.7 (see engine.pairs.centred_cosine), so this still catches one.
+GPU_DECODER_COSINE_TOL = 0.97
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -393,7 +397,7 @@ def _check_gpu_loader(loader, images, resnet18, reject_prefix):
     diff = mean_abs_diff(pixels, ref)
     assert (diff <= PIXEL_TOL).all(), diff.tolist()
     cos = centred_cosine(features(resnet18, pixels), features(resnet18, ref))
-    assert (cos >= COSINE_TOL).all(), cos.tolist()
+    assert (cos >= GPU_DECODER_COSINE_TOL).all(), cos.tolist()
     for pos, reason in failures:
         if pos == names.index("badhuff"):
             assert reason.startswith(reject_prefix), reason

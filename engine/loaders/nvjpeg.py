@@ -88,6 +88,23 @@ def _sub_batches(sizes: list[tuple[int, int]], budget: int) -> list[list[int]]:
     return groups
 
 
+def _padded(prepared, group, sizes, hmax, wmax, device) -> torch.Tensor:
+    """float32 (len(group), 3, hmax, wmax): the group's images top-left, edges replicated one pixel."""
+    # zeros, not empty: padding that is never sampled must still not hold NaN garbage
+    padded = torch.zeros((len(group), 3, hmax, wmax), dtype=torch.float32, device=device)
+    for row, i in enumerate(group):
+        img = prepared[i][0]
+        h, w = sizes[i]
+        padded[row, :, :h, :w] = img
+        # Replicate the last row/column one pixel into the padding: a bilinear sample in the
+        # image's last half pixel also reads the next one, which must not be 0 (PIL clamps).
+        if h < hmax:
+            padded[row, :, h, :w] = padded[row, :, h - 1, :w]
+        if w < wmax:
+            padded[row, :, : min(h + 1, hmax), w] = padded[row, :, : min(h + 1, hmax), w - 1]
+    return padded
+
+
 def batched_resize_crop(images: Sequence[torch.Tensor], pixel_budget: int = DEFAULT_PIXEL_BUDGET,
                         max_sampling: int = MAX_SAMPLING) -> torch.Tensor:
     """Resize the shorter side to 256 and center-crop 224, for a list of images, with one
@@ -134,18 +151,11 @@ def batched_resize_crop(images: Sequence[torch.Tensor], pixel_budget: int = DEFA
     for group in _sub_batches(sizes, pixel_budget):
         hmax = max(sizes[i][0] for i in group)
         wmax = max(sizes[i][1] for i in group)
-        # zeros, not empty: padding that is never sampled must still not hold NaN garbage
-        padded = torch.zeros((len(group), 3, hmax, wmax), dtype=torch.float32, device=device)
-        for row, i in enumerate(group):
-            img = prepared[i][0]
-            h, w = sizes[i]
-            padded[row, :, :h, :w] = img
-            # Replicate the last row/column one pixel into the padding: a bilinear sample in the
-            # image's last half pixel also reads the next one, which must not be 0 (PIL clamps).
-            if h < hmax:
-                padded[row, :, h, :w] = padded[row, :, h - 1, :w]
-            if w < wmax:
-                padded[row, :, : min(h + 1, hmax), w] = padded[row, :, : min(h + 1, hmax), w - 1]
+        if all(sizes[i] == (hmax, wmax) for i in group):
+            # one size (a camera's or a dataset's): one stack, no per-image copies
+            padded = torch.stack([prepared[i][0] for i in group]).to(torch.float32)
+        else:
+            padded = _padded(prepared, group, sizes, hmax, wmax, device)
         boxes = torch.tensor([[row, *prepared[i][1]] for row, i in enumerate(group)],
                              dtype=torch.float32, device=device)
         pooled = roi_align(padded, boxes, output_size=(CROP, CROP), spatial_scale=1.0,
