@@ -58,11 +58,17 @@ def make_data(n: int, ks, d: int = D, device: str = "cpu", seed: int = 0):
 
 def triton_options_of(spec: str) -> tuple[str, dict | None]:
     """Backend spec -> (backend, triton_options). Specs: "auto" | "torch" | "triton" (defaults) |
-    "triton:DIST:SUM" (the fused kernel with these precisions) | "tiled" | "tiled:DIST" (the
-    Triton distance tiles + cuBLAS method)."""
+    "triton:DIST:SUM" (the fused kernel with these precisions) | "tiled" | "tiled:DIST" |
+    "tiled:DIST:nosplit" (the Triton distance tiles + cuBLAS method; nosplit: each tensor-core sum
+    over all n terms, sum_chunk=None)."""
     name, *rest = spec.split(":")
     if name == "tiled":
-        return "triton", {"method": "tiled", "dist_precision": rest[0] if rest else None}
+        options = {"method": "tiled", "dist_precision": rest[0] if rest else None}
+        if rest[1:] == ["nosplit"]:
+            options["sum_chunk"] = None
+        elif rest[1:]:
+            raise SystemExit(f"backend spec {spec!r}: use tiled, tiled:DIST or tiled:DIST:nosplit")
+        return "triton", options
     if name == "triton" and rest:
         if len(rest) != 2:
             raise SystemExit(f"backend spec {spec!r}: use triton:DIST:SUM")
@@ -160,7 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--k-max", type=int, default=15)
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--backend", default="auto",
-                   help="comma list of auto, torch, triton, triton:DIST:SUM (e.g. triton:tf32:tf32), tiled, tiled:DIST")
+                   help="comma list of auto, torch, triton, triton:DIST:SUM (e.g. triton:tf32:tf32), tiled, tiled:DIST, tiled:DIST:nosplit")
     p.add_argument("--sklearn", choices=["auto", "yes", "no"], default="auto",
                    help="time sklearn too (auto: only when n <= 50,000)")
     p.add_argument("--repeat", type=int, default=3, help="time ours this many times, report the median")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check, for a CUDA machine: the GPU tests, the Triton silhouette kernels' table at 200k points
 # (methods, precisions, launch configurations, against float64), the all-K silhouette at 1M points,
-# then `imgcluster bench` (eager with the seed-like run, and --compile); ends with a short table.
+# a profile of the nvJPEG loader's pieces, then `imgcluster bench` (eager with the seed-like run,
+# and --compile); ends with a short table. Second H100 run: 331 s for the steps other than the profile.
 # Each step has its own time limit, so one that hangs or fails still leaves the others' figures.
 # First H100 run (2026-11-27, 420 s budget): 406 s. BUDGET (default 570 s) keeps the whole script
 # inside one device call (600 s); the later steps are skipped when it is spent.
@@ -22,7 +23,7 @@ MODEL="${MODEL:-resnet152}"
 BENCH_N="${BENCH_N:-4096}"        # images for the eager bench (with the seed-like run)
 COMPILE_N="${COMPILE_N:-2048}"    # images for the --compile bench
 SIL_N="${SIL_N:-1000000}"         # points for the all-K silhouette target (K = 2..30, d = 200)
-SIL_BACKENDS="${SIL_BACKENDS:-tiled,tiled:tf32x3}"  # bench_silhouette.py specs
+SIL_BACKENDS="${SIL_BACKENDS:-triton,tiled:fp16x3:nosplit}"  # bench_silhouette.py specs
 TUNE_N="${TUNE_N:-200000}"        # points for the kernels' table (methods, precisions, launch configurations)
 BUDGET="${BUDGET:-570}"           # seconds for the whole script (one device call may run 600)
 mkdir -p "$OUT"
@@ -58,6 +59,10 @@ stamp
 echo "== all-K silhouette, ${SIL_N} x 200, K=2..30 (target <= 10 s on an H100)"
 run_step 90 "$PY" benchmarks/bench_silhouette.py --n "$SIL_N" --k-max 30 --device "$DEVICE" --backend "$SIL_BACKENDS" \
   --sklearn no --repeat 1 2>&1 | tee "$OUT/silhouette.txt" | tail -8
+stamp
+
+echo "== nvJPEG loader, piece by piece (decode was the bottleneck in the first runs)"
+run_step 60 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" 2>&1 | tee "$OUT/nvjpeg_profile.txt" | tail -9
 stamp
 
 echo "== bench (eager, with the seed-like configuration in the same run)"

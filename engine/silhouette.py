@@ -17,8 +17,10 @@ Backends (`backend=`):
   ||x||^2 + ||y||^2 - 2 x.y, values under the rounding noise set to 0 (exact duplicates get exactly
   0), self-distances 0, sqrt, then matmuls with the one-hot matrix for both the block's rows and
   its columns. On CUDA, TF32 matmul is switched off for the call.
-- "triton": `kernels.silhouette_triton`, the distance tile never leaves registers (CUDA, or CPU
-  tensors under TRITON_INTERPRET=1).
+- "triton": `kernels.silhouette_triton` (CUDA, or CPU tensors under TRITON_INTERPRET=1): by
+  default the tiled method, Triton fp16 distance tiles multiplied into the one-hot matrix by
+  cuBLAS; `triton_options={"method": "fused"}` keeps each tile in registers instead (slower on
+  the H100, see benchmarks/RESULTS.md).
 - "auto": "triton" when X is on CUDA and Triton is available, else "torch".
 """
 from __future__ import annotations
@@ -80,8 +82,11 @@ def default_exact_limit(device: torch.device | str) -> int:
     - CPU: 75,000, from the torch backend on the 2-core development machine while it was shared
       with other jobs: 40,000 points in 16.6 s gives 76,000 (the same machine less busy ran 20,000
       points in 1.2 to 2.0 s, which would give 110,000 to 140,000); rounded down.
-    - CUDA: 1,000,000, an estimate from the FLOP count (about 2 n^2 (d + C)) and tensor-core
-      throughput, not yet measured on a GPU.
+    - CUDA: 1,000,000. Measured on an H100 (benchmarks/RESULTS.md): K = 2..30 (464 columns, more
+      than the rule's 119) on 1M points took 9.6 s with the default tiled method, so time alone
+      would allow ~2.5M. Kept at 1M because the tensor cores' long fp32 sums drift with n (mean
+      silhouette 1.1e-4 from float64 at 200k before the sums were split; the split is not yet
+      measured on a GPU).
     """
     dev = torch.device(device) if isinstance(device, str) else device
     if dev.type == "cuda":
@@ -345,7 +350,7 @@ _TRITON_METHODS = ("fused", "tiled")
 _TRITON_DIST = ("tf32x3", "fp16x3", "ieee", "tf32")
 _TRITON_SUM = ("fp16", "fp16x2", "tf32", "tf32x2", "ieee")
 # launch parameters a caller may set (each kernel takes its own subset)
-_TRITON_LAUNCH = ("block_m", "block_n", "block_d", "block_c", "block_rows", "num_warps", "num_stages")
+_TRITON_LAUNCH = ("block_m", "block_n", "block_d", "block_c", "block_rows", "sum_chunk", "num_warps", "num_stages")
 
 
 def _check_triton_options(options) -> None:
@@ -366,8 +371,8 @@ def _check_triton_options(options) -> None:
 
 def _kernel_options(options: dict | None) -> dict:
     """triton_options -> keyword arguments of kernels.silhouette_triton.cluster_distance_sums
-    (None values dropped: the kernel's defaults)."""
-    return {k: v for k, v in (options or {}).items() if v is not None}
+    (None values dropped: the kernel's defaults; except sum_chunk, where None means no split)."""
+    return {k: v for k, v in (options or {}).items() if v is not None or k == "sum_chunk"}
 
 
 def _as_tensor(X) -> torch.Tensor:

@@ -10,12 +10,20 @@ of every K. The silhouette itself is finished from these sums in `engine.silhoue
 
 - `cluster_distance_sums_reference`: plain torch, float64, direct differences (no Gram trick);
   the yardstick for the kernel. O(block * n * d) memory; meant for tests, not for speed.
-- `cluster_distance_sums_triton`: the Triton kernel. Each program owns BLOCK_M rows and BLOCK_C
+- `cluster_distance_sums_tiled` (the default, DEFAULT_METHOD): for each block of rows a Triton
+  kernel writes the fp16 distances to the columns from the block on (symmetry: each distance once)
+  into a (rows, n) buffer in device memory, and cuBLAS multiplies that tile into the one-hot matrix
+  (fp16 operands, fp32 sums split every SUM_CHUNK terms). Measured fastest on an H100: 0.25 s at
+  200k points, 9.6 s at 1M for K = 2..30 (benchmarks/RESULTS.md).
+- `cluster_distance_sums_triton` ("fused"): one kernel. Each program owns BLOCK_M rows and BLOCK_C
   cluster columns; it walks all column blocks j, builds the BLOCK_M x BLOCK_N distance tile in
   registers (||x||^2 + ||y||^2 - 2 x.y, clamped at 0, self-distance forced to 0, sqrt) and
-  immediately multiplies it into the one-hot block, so the n x n matrix never reaches global memory.
-  The one-hot blocks are read from the dense (n, C) matrix, or built in the kernel from each
-  sample's column index per labelling (`columns=`; fewer bytes, not yet timed on a GPU).
+  immediately multiplies it into the one-hot block, so no distance reaches global memory. The
+  one-hot blocks are read from the dense (n, C) matrix, or built in the kernel from each sample's
+  column index per labelling (`columns=`). On the H100 its best configuration was 8x slower than
+  tiled (register pressure: the BLOCK_M x BLOCK_C accumulator spills), and it sums each output
+  in one tensor-core accumulator over all n terms, which drifts (see RESULTS.md).
+- `cluster_distance_sums`: either, by `method`.
 
 Whether the kernel runs compiled (CUDA) or in the CPU interpreter is fixed when this module is
 imported: ``@triton.jit`` reads TRITON_INTERPRET at decoration time, so set it before the first
@@ -52,7 +60,10 @@ HALF_SUMS = ("fp16", "fp16x2")
 # one-hot block in the same kernel; "tiled" writes a block of rows of fp16 distances (a row block
 # x n tile) to device memory and lets cuBLAS multiply it into the one-hot matrix.
 METHODS = ("fused", "tiled")
-DEFAULT_METHOD = "fused"
+# Measured on an H100 (benchmarks/RESULTS.md, 2026-11-27), K = 2..30 at 200k points: tiled fp16x3
+# 0.25 s, the fastest fused configuration 2.0 s, the fused default 5.9 s; tiled was also the closest
+# to float64. At 1M points tiled took 9.6 s for the whole silhouette_all_k.
+DEFAULT_METHOD = "tiled"
 # Squared distances below FLUSH * sqrt(d) * 2 ||x_i||^2 (X centred) are set to 0. That is about the
 # size of the fp32 rounding noise of the Gram formula (a pair that close has ||x_j|| ~ ||x_i||).
 # Without it an exact duplicate gets sqrt(noise) instead of 0, far larger than the noise itself;
@@ -382,6 +393,8 @@ def _distance_tile_kernel(
              mask=row_ok[:, None] & col_ok[None, :])
 
 
+# terms per tensor-core sum in the tiled method (see cluster_distance_sums_tiled's sum_chunk)
+SUM_CHUNK = 8192
 # fp16 distance tile budget on CUDA: at most this many bytes, and at most a quarter of free memory
 TILE_BYTES_CUDA = 16 << 30
 TILE_BYTES_CPU = 64 << 20
@@ -415,6 +428,7 @@ def cluster_distance_sums_tiled(
     dist_precision: str | None = None,
     sum_precision: str | None = None,
     block_rows: int | None = None,
+    sum_chunk: int | None = SUM_CHUNK,
     block_m: int = 128,
     block_n: int = 128,
     block_d: int = 32,
@@ -434,6 +448,13 @@ def cluster_distance_sums_tiled(
     block_rows x n x 2 bytes (`_tile_rows`: up to 16 GiB or a quarter of free memory).
     dist_precision: DIST_PRECISIONS (CUDA default "fp16x3"; interpreter "ieee"). sum_precision:
     only "fp16" (the tile's format; the sum is then fp32).
+    sum_chunk: the most terms one cuBLAS product sums (row blocks are capped to it too); longer
+    sums are split and the parts added in fp32 outside the tensor cores. None: no split. Why: on
+    the H100 every tensor-core method agreed with float64 to ~7e-4 (relative, worst sum) at
+    200k points but within 1e-4 in the mean at 20k: the error grows with the length of the
+    tensor cores' own fp32 accumulation. A CPU model of that accumulation with truncation
+    reproduces the drift (one-sided) and the split removes it; the split's effect on the GPU is
+    not measured yet (benchmarks/tune_silhouette_triton.py has the rows).
     """
     if X.ndim != 2 or onehot.ndim != 2 or onehot.shape[0] != X.shape[0]:
         raise ValueError(f"X must be (n, d) and onehot (n, C); got {tuple(X.shape)} and {tuple(onehot.shape)}")
@@ -455,7 +476,12 @@ def cluster_distance_sums_tiled(
     xa, xlo, sqn, x_scale = _operands(X, dist_precision)
     sum_scale = _sum_scale(sqn, "fp16")
     oh = onehot.to(torch.float16).contiguous()
+    if sum_chunk is not None and int(sum_chunk) < 1:
+        raise ValueError(f"sum_chunk must be a positive integer or None, got {sum_chunk!r}")
     rows = max(1, min(int(block_rows or _tile_rows(n, X.device, block_m)), n))
+    if sum_chunk:
+        rows = min(rows, int(sum_chunk))  # the transposed product sums over the block's rows
+    chunk = int(sum_chunk) if sum_chunk else n
     buf = torch.empty(rows * n, dtype=torch.float16, device=X.device)
     with _on_device_of(xa):
         for start in range(0, n, rows):
@@ -469,7 +495,9 @@ def cluster_distance_sums_tiled(
                 BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DIST_PRECISION=dist_precision,
                 num_warps=num_warps, num_stages=num_stages,
             )
-            out[start:stop] += _mm_fp32(tile, oh[start:])
+            for k0 in range(0, m, chunk):
+                k1 = min(k0 + chunk, m)
+                out[start:stop] += _mm_fp32(tile[:, k0:k1], oh[start + k0:start + k1])
             if stop < n:
                 out[stop:] += _mm_fp32(tile[:, c:].T, oh[start:stop])
     out.mul_(1.0 / (x_scale * sum_scale))  # powers of two: exact

@@ -332,7 +332,9 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     out["tiled"] = rel(cluster_distance_sums_tiled(X, onehot, block_rows=64, block_m=16, block_n=32, block_d=16))
     out["tiled_fp16x3"] = rel(cluster_distance_sums_tiled(X, onehot, dist_precision="fp16x3", block_rows=48,
                                                           block_m=16, block_n=16, block_d=16))
-    out["tiled_one_block"] = rel(cluster_distance_sums_tiled(X, onehot))
+    out["tiled_one_block"] = rel(cluster_distance_sums_tiled(X, onehot, sum_chunk=None))
+    # sums split into parts of 40 terms (row blocks capped to 40 too), ragged last part
+    out["tiled_split"] = rel(cluster_distance_sums_tiled(X, onehot, sum_chunk=40, block_m=16, block_n=16, block_d=16))
     # the one-hot built in the kernel from each sample's column in each labelling
     columns = torch.stack([torch.from_numpy(lab) + off for lab, off in zip(labels, (0, 2, 7))], dim=1)
     out["columns"] = rel(cluster_distance_sums_triton(X, columns=columns, n_columns=C))
@@ -344,10 +346,11 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 
     Xs = X[:120].numpy()
     labs = [lab[:120] for lab in labels]
-    res = silhouette_all_k(Xs, labs, backend="triton")
-    res += silhouette_all_k(Xs, labs, backend="triton", triton_options={"dist_precision": "tf32", "sum_precision": "tf32x2"})
+    res = silhouette_all_k(Xs, labs, backend="triton", triton_options={"method": "fused"})
+    res += silhouette_all_k(Xs, labs, backend="triton", triton_options={"method": "fused", "dist_precision": "tf32",
+                                                                        "sum_precision": "tf32x2"})
     refs = [silhouette_samples(Xs.astype(np.float64), l) for l in labs]
-    half = silhouette_all_k(Xs, labs, backend="triton", triton_options={"method": "tiled", "dist_precision": "fp16x3"})
+    half = silhouette_all_k(Xs, labs, backend="triton")  # the default: tiled, fp16 distance tiles
     out["mean_err_fp16"] = max(abs(r.mean - ref.mean()) for r, ref in zip(half, refs))
     refs = refs * 2
     out["mean_err"] = max(abs(r.mean - ref.mean()) for r, ref in zip(res, refs))
@@ -373,7 +376,7 @@ def test_triton_kernel_in_interpreter():
         assert out[key] < 1e-5, (key, out)
     # fp16 distances: each rounded to 11 bits (relative error <= 2^-12), so a sum over a handful of
     # members is off by up to ~2^-12; the interpreter rounds fp16 dot inputs as the GPU does
-    for key in ("sum_fp16", "tiled", "tiled_fp16x3", "tiled_one_block"):
+    for key in ("sum_fp16", "tiled", "tiled_fp16x3", "tiled_one_block", "tiled_split"):
         assert 0 < out[key] < 2.0**-11, (key, out)
     assert out["dtype"] == "torch.float32"
     assert out["mean_err"] < MEAN_TOL and out["sample_err"] < SAMPLE_TOL, out
@@ -443,7 +446,8 @@ def test_triton_kernel_compiles_for_cuda_ahead_of_time():
 
 
 _GPU_TRITON_OPTIONS = {
-    "fused": None,  # the defaults
+    "default": None,
+    "fused": {"method": "fused"},
     "fused-fp16": {"method": "fused", "dist_precision": "fp16x3", "sum_precision": "fp16"},
     "tiled": {"method": "tiled", "dist_precision": "fp16x3"},
     "tiled-tf32x3": {"method": "tiled", "dist_precision": "tf32x3"},
@@ -452,7 +456,8 @@ _GPU_TRITON_OPTIONS = {
 
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("backend", ["torch", "triton:fused", "triton:fused-fp16", "triton:tiled", "triton:tiled-tf32x3"])
+@pytest.mark.parametrize("backend", ["torch", "triton:default", "triton:fused", "triton:fused-fp16", "triton:tiled",
+                                     "triton:tiled-tf32x3"])
 def test_gpu_mean_matches_float64(backend):
     from engine.device import capabilities
 

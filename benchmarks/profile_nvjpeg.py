@@ -1,0 +1,85 @@
+"""Where the nvJPEG loader's time goes, piece by piece, on one GPU.
+
+    python benchmarks/profile_nvjpeg.py --n 2048 --batch 256       # on a CUDA machine
+
+The first H100 runs (benchmarks/RESULTS.md) measured the whole loader at 1.9k-2.3k img/s against
+15.5k for nvJPEG batched decode alone (DESIGN.md), so something around the decode costs most of
+the time. Each row times one piece over the same files, after a warm-up, in images per second:
+- read: the files' bytes, in the loader's thread pool;
+- prepare (pool): read + header probe + tensor, `prepare_jpeg_file` in the loader's thread pool;
+- prepare (1 thread): the same on one thread (how much the pool gains under the GIL);
+- decode_jpeg (CUDA): `torchvision.io.decode_jpeg(list, device="cuda")` on pre-read bytes, per batch;
+- resize+crop: `batched_resize_crop` on the decoded images, per batch;
+- decode_batch: everything after the CPU stage (decode, EXIF, resize, normalize), per batch;
+- loader: `NvJpegLoader.batches` end to end (what `bench` calls decode_resize).
+Dry run on a CPU machine: --device cpu (decode_jpeg then runs libjpeg; no loader row).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None) -> int:
+    from engine.bench import make_bench_set
+    from engine.loaders.decode import DEFAULT_MAX_PIXELS, read_bytes
+    from engine.loaders.nvjpeg import NvJpegLoader, batched_resize_crop, decode_batch, prepare_jpeg_file
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "imgcluster-bench"))
+    p.add_argument("--device", default="cuda")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("needs a CUDA GPU")
+        return 2
+    paths = make_bench_set(Path(args.folder), args.n)[: args.n]
+    threads = min(32, os.cpu_count() or 1)
+    batches = [paths[i:i + args.batch] for i in range(0, len(paths), args.batch)]
+    print(f"nvJPEG loader profile: {len(paths)} files, batch {args.batch}, {threads} pool threads, "
+          f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}", flush=True)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def row(name, fn, images=len(paths)):
+        fn()  # warm-up: pools, nvJPEG handles, kernels
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        seconds = time.perf_counter() - t0
+        print(f"{name:<22}{images / seconds:>12,.0f} img/s{seconds:>9.3f} s", flush=True)
+
+    with ThreadPoolExecutor(threads) as pool:
+        row("read", lambda: list(pool.map(read_bytes, paths)))
+        row("prepare (pool)", lambda: list(pool.map(lambda q: prepare_jpeg_file(q, DEFAULT_MAX_PIXELS), paths)))
+    row("prepare (1 thread)", lambda: [prepare_jpeg_file(q, DEFAULT_MAX_PIXELS) for q in paths[:256]], 256)
+
+    prepared = [[prepare_jpeg_file(q, DEFAULT_MAX_PIXELS) for q in b] for b in batches]
+    encoded = [[pj.tensor for pj in b] for b in prepared]
+    decoded = [decode_jpeg(e, mode=ImageReadMode.RGB, device=device) for e in encoded]
+    row("decode_jpeg", lambda: [decode_jpeg(e, mode=ImageReadMode.RGB, device=device) for e in encoded])
+    row("resize+crop", lambda: [batched_resize_crop(d) for d in decoded])
+    row("decode_batch", lambda: [decode_batch(i * args.batch, b, device, torch.float16, DEFAULT_MAX_PIXELS)
+                                 for i, b in enumerate(prepared)])
+    if device.type == "cuda":
+        loader = NvJpegLoader(device)
+        row("loader", lambda: [b.images.shape for b in loader.batches(paths, args.batch)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
