@@ -109,3 +109,27 @@ def test_mutated_images_decode_or_raise_decode_error(data):
 ))
 def test_random_bytes_decode_or_raise_decode_error(data):
     _check(data)
+
+
+@settings(max_examples=1500, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(mutated())
+def test_mutated_jpeg_headers_match_pil_or_fall_back(data):
+    """The PIL-free JPEG probe never raises; where it answers, PIL either agrees (mode, size,
+    orientation, completeness) or rejects the file, which the GPU loaders then report through
+    their PIL fallback (nothing is silently dropped)."""
+    from engine.loaders.jpeg_header import parse_jpeg_header
+    from engine.loaders.nvjpeg import NVJPEG_FORMATS
+    from engine.loaders.probe import TRUNCATED_JPEG, probe_with_pil
+
+    header = parse_jpeg_header(data)
+    if header is None:
+        return
+    try:
+        probe = probe_with_pil(data, MAX_PIXELS, NVJPEG_FORMATS)
+    except DecodeError:
+        return
+    orientation = header.orientation if 1 <= header.orientation <= 8 else 1
+    assert (probe.format, probe.mode, probe.height, probe.width) == ("JPEG", header.mode, header.height, header.width)
+    assert probe.why_slow in ("", TRUNCATED_JPEG), probe.why_slow  # e.g. not "unreadable EXIF"
+    assert probe.orientation == orientation and probe.fast_ok == header.complete

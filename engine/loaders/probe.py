@@ -18,9 +18,11 @@ from ..errors import DecodeError
 from .base import Batch, index_on
 from .decode import (DEFAULT_MAX_PIXELS, check_header, load_and_preprocess, open_image, pil_errors_as_decode_errors,
                      read_bytes)
+from .jpeg_header import parse_jpeg_header
 from .preprocess import CROP, normalize_uint8
 
 _EXIF_ORIENTATION = 0x0112
+TRUNCATED_JPEG = "JPEG without end-of-image marker (truncated?)"
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that transpose the image (portrait <-> landscape)
 
 
@@ -116,7 +118,7 @@ def _fast_path_verdict(probe: ImageProbe, img: Image.Image, formats: frozenset[s
         return "transparency"
     if fmt in ("JPEG", "MPO"):
         if not jpeg_is_complete(data):
-            return "JPEG without end-of-image marker (truncated?)"
+            return TRUNCATED_JPEG
         return ""
     if getattr(img, "n_frames", 1) > 1:  # APNG, animated WebP (header-only information)
         return "multi-frame"
@@ -145,6 +147,20 @@ def probe_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     file may go to it. Never raises anything but DecodeError.
     """
     data = read_bytes(path)
+    if "JPEG" in fast_formats:
+        header = parse_jpeg_header(data)  # plain JPEGs without PIL (GIL time: see jpeg_header.py)
+        if header is not None and (max_pixels is None or header.width * header.height <= max_pixels):
+            probe = ImageProbe(data, "JPEG", header.mode, header.height, header.width,
+                               header.orientation if 1 <= header.orientation <= 8 else 1)
+            probe.why_slow = "" if header.complete else TRUNCATED_JPEG
+            probe.fast_ok = header.complete
+            return probe
+    return probe_with_pil(data, max_pixels, fast_formats)
+
+
+def probe_with_pil(data: bytes, max_pixels: int | None, fast_formats: frozenset[str]) -> ImageProbe:
+    """`probe_file` for bytes already read, with PIL (every format; the reference for the JPEG
+    fast path). Raises DecodeError only."""
     with pil_errors_as_decode_errors():
         img = open_image(data, max_pixels)
         fmt = check_header(img, max_pixels)
