@@ -74,7 +74,7 @@ def float64_sums(X: torch.Tensor, onehot: torch.Tensor, rows: int = 4096) -> tor
 
 def main(argv=None) -> int:
     from bench_silhouette import make_data
-    from engine.silhouette import _columns, _encode_labels, _silhouettes_from_sums
+    from engine.silhouette import _columns_on, _encode_labels, _silhouettes_from_sums
     from kernels.silhouette_triton import cluster_distance_sums
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     X, labels = make_data(args.n, tuple(range(2, args.k_max + 1)), device=args.device)
     onehot, columns = one_hot_of_labels(labels, args.device)
     labellings = _encode_labels(labels, args.n)
-    cols = torch.from_numpy(_columns(labellings)).to(args.device)
+    cols = _columns_on(labellings, args.device)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "the Triton interpreter"
     print(f"Triton silhouette kernels: n={args.n} d={X.shape[1]} C={onehot.shape[1]} on {where}", flush=True)
 

@@ -112,19 +112,47 @@ def _encode_labels(labels_per_k: Sequence, n: int) -> list[_Labelling]:
             raise ConfigError(f"labels_per_k[{i}] must have shape ({n},), got {arr.shape}")
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
             raise ConfigError(f"labels_per_k[{i}] must hold integers, got dtype {arr.dtype}")
-        values, codes, counts = np.unique(arr, return_inverse=True, return_counts=True)
+        values, codes, counts = _unique_codes(arr)
         if not 2 <= len(values) <= n - 1:
             raise ConfigError(
                 f"labels_per_k[{i}] has {len(values)} clusters; the silhouette needs 2 <= clusters <= n - 1 (n={n})"
             )
-        out.append(_Labelling(values, codes.reshape(-1).astype(np.int64), counts.astype(np.int64)))
+        out.append(_Labelling(values, codes, counts))
     return out
 
 
+def _unique_codes(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """np.unique(arr, return_inverse=True, return_counts=True) for a 1-D integer array.
+
+    Labels are nearly always small non-negative ints (KMeans output): then one bincount and a
+    lookup table, O(n), instead of np.unique's sort (1.3 s for 29 labellings of 1M points on the
+    development VM). Returns (values (K,), codes (n,) int64 in 0..K-1, counts (K,) int64)."""
+    if arr.size and arr.dtype != np.bool_:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi < max(1 << 16, 4 * arr.size):
+            counts = np.bincount(arr, minlength=hi + 1)
+            values = np.flatnonzero(counts)
+            if len(values) == hi + 1:  # contiguous 0..K-1: the labels are the codes
+                return values, arr.astype(np.int64, copy=False), counts.astype(np.int64)
+            lut = np.zeros(hi + 1, dtype=np.int64)
+            lut[values] = np.arange(len(values))
+            return values, lut[arr], counts[values].astype(np.int64)
+    values, codes, counts = np.unique(arr, return_inverse=True, return_counts=True)
+    return values, codes.reshape(-1).astype(np.int64), counts.astype(np.int64)
+
+
 def _columns(labellings: Sequence[_Labelling]) -> np.ndarray:
-    """(n, nK) int64: the one-hot column of each sample in each labelling (codes + the K's offset)."""
+    """(n, nK) int64: the one-hot column of each sample in each labelling (codes + the K's offset).
+    Built as (nK, n) and transposed (a view): stacking columns into rows is a strided write per
+    element (1 s for 29 x 1M here); consumers index it, so a transposed view is enough."""
     offsets = np.cumsum([0] + [len(lab.values) for lab in labellings[:-1]])
-    return np.stack([lab.codes + off for lab, off in zip(labellings, offsets)], axis=1)
+    return np.stack([lab.codes + off for lab, off in zip(labellings, offsets)], axis=0).T
+
+
+def _columns_on(labellings: Sequence[_Labelling], device: torch.device) -> torch.Tensor:
+    """`_columns` as an (n, nK) int64 tensor on `device`: the contiguous (nK, n) block is what
+    travels (a non-contiguous copy would be made contiguous on the host first), then transposed."""
+    return torch.from_numpy(np.ascontiguousarray(_columns(labellings).T)).to(device).T
 
 
 def _onehot(cols: torch.Tensor, total: int) -> torch.Tensor:
@@ -278,7 +306,9 @@ def _silhouettes_from_sums(sums: torch.Tensor, cols: torch.Tensor, labellings: S
         offset += k
     denom = torch.maximum(a, b)
     s = torch.where(denom > 0, (b - a) / torch.where(denom > 0, denom, 1.0), 0.0)  # 0 / 0 -> 0
-    return torch.where(own_count > 1, s, 0.0).cpu().numpy()   # singleton clusters: 0 (sklearn's convention)
+    # singleton clusters: 0 (sklearn's convention). Transposed on the device and back, so the copy
+    # is contiguous and each labelling's column is a contiguous row on the host.
+    return torch.where(own_count > 1, s, 0.0).T.contiguous().cpu().numpy().T
 
 
 def _silhouettes_from_sums_numpy(sums: np.ndarray, cols: np.ndarray, labellings: Sequence[_Labelling]) -> np.ndarray:
@@ -301,15 +331,18 @@ def _silhouettes_from_sums_numpy(sums: np.ndarray, cols: np.ndarray, labellings:
     return np.where(own_count > 1, s, 0.0)
 
 
-def _summarise(s: np.ndarray, lab: _Labelling, codes: np.ndarray) -> tuple[float, dict[int, float], float]:
-    """s: (m,) float64 silhouettes of the points whose codes are `codes`."""
+def _summarise(s: np.ndarray, lab: _Labelling, codes: np.ndarray,
+               members: np.ndarray | None = None) -> tuple[float, dict[int, float], float]:
+    """s: (m,) float64 silhouettes of the points whose codes are `codes`; members: their count per
+    cluster when known (the exact mode: lab.counts), else counted here."""
     k = len(lab.values)
-    members = np.bincount(codes, minlength=k)
+    if members is None:
+        members = np.bincount(codes, minlength=k)
     totals = np.bincount(codes, weights=s, minlength=k)
     cluster_means = {
         _py(lab.values[c]): float(totals[c] / members[c]) for c in range(k) if members[c] > 0
     }
-    return float(s.mean()), cluster_means, float(np.mean(s < 0))
+    return float(s.mean()), cluster_means, float(np.count_nonzero(s < 0)) / max(len(s), 1)
 
 
 def _py(v):
@@ -443,14 +476,14 @@ def silhouette_all_k(
     Xc = _centre(X)
 
     if sample_size is None or int(sample_size) >= n:
-        cols = torch.from_numpy(_columns(labellings)).to(X.device)
+        cols = _columns_on(labellings, X.device)
         total = sum(len(lab.values) for lab in labellings)
         sums = _distance_sums(Xc, _onehot(cols, total), resolved, chunk_size, auto, notify, triton_options)
         s_all = _silhouettes_from_sums(sums, cols, labellings)
         results = []
         for i, lab in enumerate(labellings):
             s = np.ascontiguousarray(s_all[:, i])
-            mean, cmeans, neg = _summarise(s, lab, lab.codes)
+            mean, cmeans, neg = _summarise(s, lab, lab.codes, lab.counts)
             results.append(SilhouetteResult(mean, s.astype(np.float32), cmeans, neg, False, len(lab.values)))
         return results
 
