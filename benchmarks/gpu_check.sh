@@ -62,7 +62,7 @@ run_step 90 "$PY" benchmarks/bench_silhouette.py --n "$SIL_N" --k-max 30 --devic
 stamp
 
 echo "== nvJPEG loader, piece by piece (decode was the bottleneck in the first runs)"
-run_step 60 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" 2>&1 | tee "$OUT/nvjpeg_profile.txt" | tail -9
+run_step 60 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" 2>&1 | tee "$OUT/nvjpeg_profile.txt" | tail -12
 stamp
 
 echo "== bench (eager, with the seed-like configuration in the same run)"

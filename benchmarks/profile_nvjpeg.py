@@ -6,8 +6,8 @@ The first H100 runs (benchmarks/RESULTS.md) measured the whole loader at 1.9k-2.
 15.5k for nvJPEG batched decode alone (DESIGN.md), so something around the decode costs most of
 the time. Each row times one piece over the same files, after a warm-up, in images per second:
 - read: the files' bytes, in the loader's thread pool;
-- prepare (pool): read + header probe + tensor, `prepare_jpeg_file` in the loader's thread pool;
-- prepare (1 thread): the same on one thread (how much the pool gains under the GIL);
+- prepare (N thr): read + header probe + tensor, `prepare_jpeg_file`, in a pool of N threads
+  (N = 1, 2, 4, 8 and the loader's default): how the rate moves with the pool under the GIL;
 - decode_jpeg (CUDA): `torchvision.io.decode_jpeg(list, device="cuda")` on pre-read bytes, per batch;
 - resize+crop: `batched_resize_crop` on the decoded images, per batch;
 - decode_batch: everything after the CPU stage (decode, EXIF, resize, normalize), per batch;
@@ -60,12 +60,16 @@ def main(argv=None) -> int:
         fn()
         sync()
         seconds = time.perf_counter() - t0
-        print(f"{name:<22}{images / seconds:>12,.0f} img/s{seconds:>9.3f} s", flush=True)
+        print(f"{name:<20}{images / seconds:>12,.0f} img/s{seconds:>9.3f} s", flush=True)
 
     with ThreadPoolExecutor(threads) as pool:
         row("read", lambda: list(pool.map(read_bytes, paths)))
-        row("prepare (pool)", lambda: list(pool.map(lambda q: prepare_jpeg_file(q, DEFAULT_MAX_PIXELS), paths)))
-    row("prepare (1 thread)", lambda: [prepare_jpeg_file(q, DEFAULT_MAX_PIXELS) for q in paths[:256]], 256)
+    # the front end runs Python under the GIL: how its rate moves with the pool's size (the
+    # loaders' default is min(32, cores) threads)
+    for count in sorted({1, 2, 4, 8, threads}):
+        with ThreadPoolExecutor(count) as pool:
+            row(f"prepare ({count} thr)", lambda: list(pool.map(lambda q: prepare_jpeg_file(q, DEFAULT_MAX_PIXELS),
+                                                                  paths)))
 
     prepared = [[prepare_jpeg_file(q, DEFAULT_MAX_PIXELS) for q in b] for b in batches]
     encoded = [[pj.tensor for pj in b] for b in prepared]
