@@ -6,8 +6,8 @@ The first H100 runs (benchmarks/RESULTS.md) measured the whole loader at 1.9k-2.
 15.5k for nvJPEG batched decode alone (DESIGN.md), so something around the decode costs most of
 the time. Each row times one piece over the same files, after a warm-up, in images per second:
 - read: the files' bytes, in the loader's thread pool;
-- prepare (N thr): read + header probe + tensor, `prepare_jpeg_file`, in a pool of N threads
-  (N = 1, 2, 4, 8 and the loader's default): how the rate moves with the pool under the GIL;
+- front end (N thr): read + header probe + tensor for every file, the loader's own front end
+  (`prepared_batches`) with a pool of N threads (1, 2, 4, 8 and the loader's default);
 - decode_jpeg (CUDA): `torchvision.io.decode_jpeg(list, device="cuda")` on pre-read bytes, per batch;
 - resize+crop: `batched_resize_crop` on the decoded images, per batch;
 - decode_batch: everything after the CPU stage (decode, EXIF, resize, normalize), per batch;
@@ -30,7 +30,8 @@ import torch
 def main(argv=None) -> int:
     from engine.bench import make_bench_set
     from engine.loaders.decode import DEFAULT_MAX_PIXELS, read_bytes
-    from engine.loaders.nvjpeg import NvJpegLoader, batched_resize_crop, decode_batch, prepare_jpeg_file
+    from engine.loaders.nvjpeg import (NvJpegLoader, batched_resize_crop, decode_batch, prepare_jpeg_file,
+                                       prepared_batches)
     from torchvision.io import ImageReadMode, decode_jpeg
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,12 +65,12 @@ def main(argv=None) -> int:
 
     with ThreadPoolExecutor(threads) as pool:
         row("read", lambda: list(pool.map(read_bytes, paths)))
-    # the front end runs Python under the GIL: how its rate moves with the pool's size (the
-    # loaders' default is min(32, cores) threads)
+    # the loader's front end (runs of files per pool task, 2 batches ahead) runs Python under the
+    # GIL: how its rate moves with the pool's size (the loader's default is min(32, cores) threads)
     for count in sorted({1, 2, 4, 8, threads}):
         with ThreadPoolExecutor(count) as pool:
-            row(f"prepare ({count} thr)", lambda: list(pool.map(lambda q: prepare_jpeg_file(q, DEFAULT_MAX_PIXELS),
-                                                                  paths)))
+            row(f"front end ({count} thr)",
+                lambda: [len(r) for _, r in prepared_batches(pool, count, paths, args.batch, 2, DEFAULT_MAX_PIXELS)])
 
     prepared = [[prepare_jpeg_file(q, DEFAULT_MAX_PIXELS) for q in b] for b in batches]
     encoded = [[pj.tensor for pj in b] for b in prepared]

@@ -41,8 +41,9 @@ class Loader(Protocol):
 def prefetched(paths: Sequence, batch_size: int, depth: int,
                submit: Callable[[Sequence], list[Future]]) -> Iterator[tuple[int, list]]:
     """Yield (start, [result per path]) for consecutive batches of `paths`, in order, keeping
-    `depth` batches submitted ahead (submit(batch_paths) -> one Future per path), so the CPU
-    work of the next batches overlaps whatever the caller does with this one."""
+    `depth` batches submitted ahead (submit(batch_paths) -> one Future, or anything with
+    .result(), per path), so the CPU work of the next batches overlaps whatever the caller does
+    with this one."""
     starts = list(range(0, len(paths), batch_size))
     pending = [(s, submit(paths[s:s + batch_size])) for s in starts[:depth]]
     upcoming = iter(starts[depth:])

@@ -332,11 +332,8 @@ def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device
         return batch, ready
 
     with ThreadPoolExecutor(num_threads, thread_name_prefix="imgcluster-nvjpeg-read") as pool:
-        def submit(batch_paths):
-            return [pool.submit(prepare_jpeg_file, p, max_pixels) for p in batch_paths]
-
-        for batch, ready in decoded_ahead(prefetched(paths, batch_size, prefetch, submit), decode,
-                                          thread_name="imgcluster-nvjpeg-decode"):
+        for batch, ready in decoded_ahead(prepared_batches(pool, num_threads, paths, batch_size, prefetch, max_pixels),
+                                          decode, thread_name="imgcluster-nvjpeg-decode"):
             if ready is not None:
                 # The consumer's stream waits for the batch on the GPU, not the host: the decode of
                 # the next batch and the model on this one overlap. (No side.wait_stream(consumer):
@@ -348,6 +345,41 @@ def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device
                 if batch.images.numel():
                     batch.images.record_stream(consumer)
             yield batch
+
+
+def prepared_batches(pool: ThreadPoolExecutor, num_threads: int, paths: Sequence[Path], batch_size: int,
+                     prefetch: int, max_pixels) -> Iterator[tuple[int, list["PreparedJpeg"]]]:
+    """The CPU front end: (start, [PreparedJpeg per path]) per batch, in order, `prefetch` batches
+    ahead (base.prefetched). Each pool task prepares a run of files, about one run per thread per
+    batch: the work is mostly Python under the GIL, and one task per file cost more in hand-offs
+    than the work (2-core VM, 1,500 JPEGs: 10.1k -> 15.6k files/s with 2 threads, 6.7k -> 12.9k
+    with 4)."""
+    def submit(batch_paths):
+        step = max(8, -(-len(batch_paths) // max(1, num_threads)))
+        parts = []
+        for a in range(0, len(batch_paths), step):
+            run = batch_paths[a:a + step]
+            future = pool.submit(_prepare_jpeg_files, run, max_pixels)
+            parts += [_ResultAt(future, j) for j in range(len(run))]
+        return parts
+
+    return prefetched(paths, batch_size, prefetch, submit)
+
+
+class _ResultAt:
+    """The j-th item of a future's list result, with the .result() that base.prefetched calls."""
+
+    __slots__ = ("future", "j")
+
+    def __init__(self, future, j: int):
+        self.future, self.j = future, j
+
+    def result(self):
+        return self.future.result()[self.j]
+
+
+def _prepare_jpeg_files(paths, max_pixels) -> list["PreparedJpeg"]:
+    return [prepare_jpeg_file(p, max_pixels) for p in paths]
 
 
 class PreparedJpeg:
