@@ -7,7 +7,10 @@
 # First H100 run (2026-11-27, 420 s budget): 406 s. BUDGET (default 570 s) keeps the whole script
 # inside one device call (600 s); the later steps are skipped when it is spent.
 # Usage (repo root):  bash benchmarks/gpu_check.sh        figures also go to $OUT (default /tmp/gpu_check)
-#   from the device tool: COMMIT=<git rev-parse --short HEAD here> bash benchmarks/gpu_check.sh
+#   from the device tool (its $OUT returns at most 8 files, this writes ~11: keep them in one tarball):
+#     mkdir -p /tmp/gc; COMMIT=<git rev-parse --short HEAD here> BUDGET=400 OUT=/tmp/gc \
+#       bash benchmarks/gpu_check.sh 2>&1 | tee /tmp/gc/log.txt; tar czf $OUT/gc.tgz -C /tmp gc
+#   with timeout_s about BUDGET + 25. The device session has 15 minutes in all, start-up included.
 # Needs: torch + torchvision with CUDA, triton, scikit-learn, pillow, typer, rich, matplotlib.
 # DALI and cuML are optional (their tests skip when they are not installed).
 # Dry run of the script itself on a CPU machine (small sizes, same steps and table):
@@ -94,5 +97,8 @@ for name in ("silhouette.txt", "triton_tune.txt"):
     table = [ln for ln in lines if ln.startswith(("silhouette all K", "backend", "torch", "triton", "auto", "tiled",
                                                   "Triton", "float64", "candidate", "fused"))]
     print("\n".join(table) if table else f"{name}: no table (see the step's output above)")
+profile = out / "nvjpeg_profile.txt"
+if profile.exists():
+    print("\n".join(ln for ln in profile.read_text().splitlines() if "img/s" in ln or "profile" in ln))
 PY
 tail -3 "$OUT/gpu_tests.txt"
