@@ -94,30 +94,31 @@ def squared_distances_argmin(x: torch.Tensor, centroids: torch.Tensor, x_sq: tor
 
 
 def _kmeans_plusplus(x: torch.Tensor, x_sq: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """Greedy k-means++ (as scikit-learn): 2 + log(k) candidates per step, keep the best."""
+    """Greedy k-means++ (as scikit-learn): 2 + log(k) candidates per step, keep the best.
+
+    No host sync per center: the uniforms for every step come from the seeded CPU generator in
+    one draw and one upload, and the chosen rows are picked with device-side indices (on a GPU the
+    syncs, not the arithmetic, were the cost at a few thousand points)."""
     n = x.shape[0]
     trials = 2 + int(math.log(k))
     first = int(torch.randint(n, (1,), generator=gen, device="cpu"))
-    centers = [x[first]]
+    uniforms = torch.rand((max(k - 1, 0), trials), generator=gen, dtype=torch.float64)
+    if x.is_cuda:
+        uniforms = uniforms.pin_memory().to(x.device, non_blocking=True)
+    centers = [x[first:first + 1]]
     closest = ((x - x[first]) ** 2).sum(1).clamp_min(0)
-    for _ in range(1, k):
-        # Sample candidates with probability proportional to `closest` on the device: the uniforms
-        # come from the seeded CPU generator (a few numbers), the search runs where the data is,
-        # so no n-sized vector goes to the host per center.
+    for step in range(k - 1):
+        # candidates with probability proportional to `closest`; when every remaining point
+        # coincides with a center (total 0) they are all the last point, itself a duplicate
         cumulative = closest.double().cumsum(0)
-        total = float(cumulative[-1])
-        if total <= 0:  # all remaining points coincide with a center: pick any
-            cand = torch.randint(n, (trials,), generator=gen, device="cpu").to(x.device)
-        else:
-            u = (torch.rand(trials, generator=gen, dtype=torch.float64) * total).to(x.device)
-            cand = torch.searchsorted(cumulative, u, right=True).clamp_max_(n - 1)
+        cand = torch.searchsorted(cumulative, uniforms[step] * cumulative[-1], right=True).clamp_max_(n - 1)
         cand_pts = x[cand]
         d2 = (x_sq[None, :] - 2.0 * (cand_pts @ x.T) + (cand_pts * cand_pts).sum(1)[:, None]).clamp_min_(0)
         d2 = torch.minimum(d2, closest[None, :])
-        best = int(d2.sum(1).argmin())
-        centers.append(x[cand[best]])
-        closest = d2[best]
-    return torch.stack(centers)
+        best = d2.sum(1).argmin().view(1)
+        centers.append(x.index_select(0, cand.index_select(0, best)))
+        closest = d2.index_select(0, best).squeeze(0)
+    return torch.cat(centers)
 
 
 def order_by_size(labels: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,13 +166,16 @@ def _lloyd(x, x_sq, centers, max_iter, tol):
         sums = cluster_sums(x, labels, k)
         counts = torch.bincount(labels, minlength=k).float()
         empty = counts == 0
-        if bool(empty.any()):
+        new_centers = sums / counts.clamp_min(1.0)[:, None]
+        # one host sync per iteration for both questions (on a GPU the syncs dominate small fits)
+        any_empty, shift = torch.stack([empty.any().float(), ((new_centers - centers) ** 2).sum()]).tolist()
+        if any_empty:
             # Re-seed an empty cluster with the points farthest from their centers (as scikit-learn).
             far = torch.argsort(mins, descending=True)[: int(empty.sum())]
             sums[empty] = x[far]
             counts[empty] = 1.0
-        new_centers = sums / counts[:, None]
-        shift = float(((new_centers - centers) ** 2).sum())
+            new_centers = sums / counts[:, None]
+            shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers
         if shift <= tol:
             break
