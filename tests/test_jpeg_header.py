@@ -2,7 +2,7 @@
 
 For every file it answers, the probe it gives must equal PIL's (format, mode, size, orientation,
 fast-path verdict); the plain files must be answered (or the fast path never runs); the unusual
-ones must be left to PIL.
+ones must be left to PIL. Also the nvJPEG loader's CPU front end that runs it (order, bad files).
 """
 from __future__ import annotations
 
@@ -118,3 +118,30 @@ def test_over_max_pixels_is_left_to_pil(tmp_path):
     path.write_bytes(_jpeg(size=(40, 30)))
     with pytest.raises(Exception, match="exceeds max_pixels=1000"):
         probe_file(path, 1000, NVJPEG_FORMATS)
+
+
+def test_front_end_keeps_every_file_in_order(tmp_path):
+    """The nvJPEG loader's front end hands runs of files to each pool task; every position must
+    come back in order with its own file's result (sizes differ per file; some files are bad)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.loaders.nvjpeg import prepared_batches
+
+    paths, expected = [], []
+    for i in range(53):
+        path = tmp_path / f"{i:03d}.jpg"
+        if i % 11 == 5:
+            path.write_bytes(b"not an image")
+            expected.append(None)
+        else:
+            path.write_bytes(_jpeg(size=(20 + i, 10 + i)))
+            expected.append((10 + i, 20 + i))
+        paths.append(path)
+    with ThreadPoolExecutor(4) as pool:
+        got = []
+        starts = []
+        for start, prepared in prepared_batches(pool, 4, paths, 20, 2, 10**9):  # 3 runs of 8 files a batch
+            starts.append(start)
+            got += [(p.probe.height, p.probe.width) if p.probe is not None else None for p in prepared]
+    assert starts == [0, 20, 40]
+    assert got == expected
