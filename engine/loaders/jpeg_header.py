@@ -15,6 +15,7 @@ caller asks PIL, so for every file this answers, the answer is the one PIL's pro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 _SOF_OK = (0xC0, 0xC1, 0xC2)  # baseline, extended sequential, progressive (Huffman)
 _SOF_ALL = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 DHT, C8 JPG, CC DAC are not frames
@@ -34,18 +35,16 @@ class JpegHeader:
     complete: bool
 
 
-def parse_jpeg_header(data: bytes) -> JpegHeader | None:
-    """`data`: a whole file. Returns the header of a plain JPEG, or None (ask PIL; see module doc)."""
+def marker_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of each marker segment of a JPEG after its SOI, in file order, up to
+    and including the first SOS (start of scan); data[start] is the segment's 0xFF, data[end] the
+    byte after it. Fill bytes and stand-alone markers are skipped. Stops early, silently, at
+    anything malformed (no 0xFF where a marker belongs, a length < 2 or past the end)."""
     n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != 0xD8 or data[2] != 0xFF:
-        return None
     i = 2
-    frame = None
-    orientation = 1
-    exif_seen = False
     while i + 4 <= n:
         if data[i] != 0xFF:
-            return None
+            return
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -56,14 +55,29 @@ def parse_jpeg_header(data: bytes) -> JpegHeader | None:
         length = (data[i + 2] << 8) | data[i + 3]
         end = i + 2 + length
         if length < 2 or end > n:
-            return None
-        body = i + 4
+            return
+        yield marker, i, end
+        if marker == 0xDA:
+            return
+        i = end
+
+
+def parse_jpeg_header(data: bytes) -> JpegHeader | None:
+    """`data`: a whole file. Returns the header of a plain JPEG, or None (ask PIL; see module doc)."""
+    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8 or data[2] != 0xFF:
+        return None
+    frame = None
+    orientation = 1
+    exif_seen = False
+    for marker, start, end in marker_segments(data):
+        body = start + 4
+        length = end - start - 2
         if marker == 0xDA:  # start of scan: the header is over
             if frame is None:
                 return None
             height, width, mode = frame
             # searched from the end: a complete file ends with it (see probe.jpeg_is_complete)
-            return JpegHeader(height, width, mode, orientation, data.rfind(b"\xff\xd9", i) != -1)
+            return JpegHeader(height, width, mode, orientation, data.rfind(b"\xff\xd9", start) != -1)
         if marker in _SOF_ALL:
             if marker not in _SOF_OK or frame is not None or length < 8:
                 return None
@@ -87,8 +101,7 @@ def parse_jpeg_header(data: bytes) -> JpegHeader | None:
             return None  # colour transform flags: leave them to PIL
         elif marker == 0xD9:
             return None
-        i = end
-    return None
+    return None  # malformed before the scan: PIL gives the reason
 
 
 def _exif_orientation(tiff: bytes) -> int | None:
@@ -131,4 +144,4 @@ def _exif_orientation(tiff: bytes) -> int | None:
     return found[0] if found else 1
 
 
-__all__ = ["JpegHeader", "parse_jpeg_header"]
+__all__ = ["JpegHeader", "marker_segments", "parse_jpeg_header"]

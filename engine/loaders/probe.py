@@ -18,7 +18,7 @@ from ..errors import DecodeError
 from .base import Batch, index_on
 from .decode import (DEFAULT_MAX_PIXELS, check_header, load_and_preprocess, open_image, pil_errors_as_decode_errors,
                      read_bytes)
-from .jpeg_header import parse_jpeg_header
+from .jpeg_header import marker_segments, parse_jpeg_header
 from .preprocess import CROP, normalize_uint8
 
 _EXIF_ORIENTATION = 0x0112
@@ -68,25 +68,13 @@ def jpeg_is_complete(data: bytes) -> bool:
     it; inside entropy-coded data 0xFF is always stuffed, so any FFD9 there is a real marker.
     An EXIF thumbnail's own EOI sits before the SOS and is therefore not mistaken for ours.
     """
-    n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
         return False
-    i = 2
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return False
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
+    for marker, start, _ in marker_segments(data):
         if marker == 0xDA:  # start of scan
             # searched from the end: a complete file ends with it, so this is O(1) for them
             # (a forward find stops at every stuffed 0xFF of the entropy-coded data: ~100 us)
-            return data.rfind(b"\xff\xd9", i) != -1
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # stand-alone markers
-            i += 2
-            continue
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+            return data.rfind(b"\xff\xd9", start) != -1
     return False
 
 
