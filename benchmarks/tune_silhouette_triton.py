@@ -48,16 +48,6 @@ CANDIDATES = [
 ]
 
 
-def one_hot_of_labels(labels, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """labels: list of (n,) int arrays with values 0..K-1 -> ((n, sum K) float32 one-hot, (n, nK)
-    int64 column of each sample in each labelling), both on device."""
-    sizes = [int(lab.max()) + 1 for lab in labels]
-    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-    columns = torch.stack([torch.as_tensor(lab, device=device) + off for lab, off in zip(labels, offsets)], dim=1)
-    onehot = torch.zeros((columns.shape[0], sum(sizes)), device=device).scatter_(1, columns, 1.0)
-    return onehot, columns
-
-
 def float64_sums(X: torch.Tensor, onehot: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     """(n, C) float64 distance sums by the Gram formula in float64, chunked: the yardstick."""
     X64 = X.double()
@@ -74,7 +64,7 @@ def float64_sums(X: torch.Tensor, onehot: torch.Tensor, rows: int = 4096) -> tor
 
 def main(argv=None) -> int:
     from bench_silhouette import make_data
-    from engine.silhouette import _columns_on, _encode_labels, _silhouettes_from_sums
+    from engine.silhouette import _columns_on, _encode_labels, _onehot, _silhouettes_from_sums
     from kernels.silhouette_triton import cluster_distance_sums
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -87,9 +77,9 @@ def main(argv=None) -> int:
         print("needs a CUDA GPU")
         return 2
     X, labels = make_data(args.n, tuple(range(2, args.k_max + 1)), device=args.device)
-    onehot, columns = one_hot_of_labels(labels, args.device)
     labellings = _encode_labels(labels, args.n)
-    cols = _columns_on(labellings, args.device)
+    columns = _columns_on(labellings, args.device)  # (n, nK): the kernel's `columns=` form too
+    onehot = _onehot(columns, sum(len(lab.values) for lab in labellings))
     where = torch.cuda.get_device_name() if args.device == "cuda" else "the Triton interpreter"
     print(f"Triton silhouette kernels: n={args.n} d={X.shape[1]} C={onehot.shape[1]} on {where}", flush=True)
 
@@ -98,7 +88,7 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
 
     def means_of(sums):
-        return _silhouettes_from_sums(sums.float(), cols, labellings).mean(0)
+        return _silhouettes_from_sums(sums.float(), columns, labellings).mean(0)
 
     t0 = time.perf_counter()
     ref = float64_sums(X, onehot)

@@ -141,18 +141,23 @@ def _unique_codes(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values, codes.reshape(-1).astype(np.int64), counts.astype(np.int64)
 
 
-def _columns(labellings: Sequence[_Labelling]) -> np.ndarray:
-    """(n, nK) int64: the one-hot column of each sample in each labelling (codes + the K's offset).
-    Built as (nK, n) and transposed (a view): stacking columns into rows is a strided write per
-    element (1 s for 29 x 1M here); consumers index it, so a transposed view is enough."""
+def _column_rows(labellings: Sequence[_Labelling]) -> np.ndarray:
+    """(nK, n) int64, contiguous: row i holds each sample's one-hot column in labelling i (codes +
+    that K's offset). Rows, not columns: stacking 1M-long columns is a strided write per element
+    (1 s for 29 labellings here)."""
     offsets = np.cumsum([0] + [len(lab.values) for lab in labellings[:-1]])
-    return np.stack([lab.codes + off for lab, off in zip(labellings, offsets)], axis=0).T
+    return np.stack([lab.codes + off for lab, off in zip(labellings, offsets)], axis=0)
+
+
+def _columns(labellings: Sequence[_Labelling]) -> np.ndarray:
+    """(n, nK) int64 view: the one-hot column of each sample in each labelling."""
+    return _column_rows(labellings).T
 
 
 def _columns_on(labellings: Sequence[_Labelling], device: torch.device) -> torch.Tensor:
     """`_columns` as an (n, nK) int64 tensor on `device`: the contiguous (nK, n) block is what
     travels (a non-contiguous copy would be made contiguous on the host first), then transposed."""
-    return torch.from_numpy(np.ascontiguousarray(_columns(labellings).T)).to(device).T
+    return torch.from_numpy(_column_rows(labellings)).to(device).T
 
 
 def _onehot(cols: torch.Tensor, total: int) -> torch.Tensor:
