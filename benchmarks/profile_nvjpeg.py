@@ -6,12 +6,13 @@ The first H100 runs (benchmarks/RESULTS.md) measured the whole loader at 1.9k-2.
 15.5k for nvJPEG batched decode alone (DESIGN.md), so something around the decode costs most of
 the time. Each row times one piece over the same files, after a warm-up, in images per second:
 - read: the files' bytes, in the loader's thread pool;
-- front end (N thr): read + header probe + tensor for every file, the loader's own front end
-  (`prepared_batches`) with a pool of N threads (1, 2, 4, 8 and the loader's default);
+- front end (N io): read + header probe + tensor for every file, the loader's own front end
+  (`frontend.FrontEnd`) with N io threads (1, 2, 4, 8, 16; the default is DEFAULT_IO_THREADS);
 - decode_jpeg (CUDA): `torchvision.io.decode_jpeg(list, device="cuda")` on pre-read bytes, per batch;
 - resize+crop: `batched_resize_crop` on the decoded images, per batch;
 - decode_batch: everything after the CPU stage (decode, EXIF, resize, normalize), per batch;
-- loader: `NvJpegLoader.batches` end to end (what `bench` calls decode_resize).
+- loader (N io): `NvJpegLoader.batches` end to end (what `bench` calls decode_resize) with N io
+  threads: the row that decides DEFAULT_IO_THREADS on a GPU machine.
 Dry run on a CPU machine: --device cpu (decode_jpeg then runs libjpeg; no loader row).
 """
 from __future__ import annotations
@@ -30,8 +31,9 @@ import torch
 def main(argv=None) -> int:
     from engine.bench import make_bench_set
     from engine.loaders.decode import DEFAULT_MAX_PIXELS, read_bytes
-    from engine.loaders.nvjpeg import (NvJpegLoader, batched_resize_crop, decode_batch, prepare_jpeg_file,
-                                       prepared_batches)
+    from engine.loaders.frontend import DEFAULT_IO_THREADS, FrontEnd
+    from engine.loaders.nvjpeg import (NVJPEG_FORMATS, NvJpegLoader, PreparedJpeg, batched_resize_crop,
+                                       decode_batch, prepare_jpeg_file)
     from torchvision.io import ImageReadMode, decode_jpeg
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     paths = make_bench_set(Path(args.folder), args.n)[: args.n]
     threads = min(32, os.cpu_count() or 1)
     batches = [paths[i:i + args.batch] for i in range(0, len(paths), args.batch)]
-    print(f"nvJPEG loader profile: {len(paths)} files, batch {args.batch}, {threads} pool threads, "
+    print(f"nvJPEG loader profile: {len(paths)} files, batch {args.batch}, read row on {threads} threads, "
           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}", flush=True)
 
     def sync():
@@ -65,12 +67,12 @@ def main(argv=None) -> int:
 
     with ThreadPoolExecutor(threads) as pool:
         row("read", lambda: list(pool.map(read_bytes, paths)))
-    # the loader's front end (runs of files per pool task, 2 batches ahead) runs Python under the
-    # GIL: how its rate moves with the pool's size (the loader's default is min(32, cores) threads)
-    for count in sorted({1, 2, 4, 8, threads}):
-        with ThreadPoolExecutor(count) as pool:
-            row(f"front end ({count} thr)",
-                lambda: [len(r) for _, r in prepared_batches(pool, count, paths, args.batch, 2, DEFAULT_MAX_PIXELS)])
+    # the loader's front end (runs of files per io task, 2 batches ahead) runs Python under the
+    # GIL: how its rate moves with the number of io threads
+    io_counts = sorted({1, 2, 4, 8, 16, DEFAULT_IO_THREADS})
+    for count in io_counts:
+        with FrontEnd(NVJPEG_FORMATS, DEFAULT_MAX_PIXELS, PreparedJpeg, io_threads=count) as front:
+            row(f"front end ({count} io)", lambda: [len(r) for _, r in front.batches(paths, args.batch, 2)])
 
     prepared = [[prepare_jpeg_file(q, DEFAULT_MAX_PIXELS) for q in b] for b in batches]
     encoded = [[pj.tensor for pj in b] for b in prepared]
@@ -80,8 +82,9 @@ def main(argv=None) -> int:
     row("decode_batch", lambda: [decode_batch(i * args.batch, b, device, torch.float16, DEFAULT_MAX_PIXELS)
                                  for i, b in enumerate(prepared)])
     if device.type == "cuda":
-        loader = NvJpegLoader(device)
-        row("loader", lambda: [b.images.shape for b in loader.batches(paths, args.batch)])
+        for count in io_counts:
+            loader = NvJpegLoader(device, io_threads=count)
+            row(f"loader ({count} io)", lambda: [b.images.shape for b in loader.batches(paths, args.batch)])
     return 0
 
 

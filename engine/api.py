@@ -28,7 +28,7 @@ class ImageClusterer:
     """Cluster image files: backbone features -> PCA -> KMeans over K -> best K by silhouette.
 
     Parameters (all keyword; validated in fit): see engine.config — model, weights, device,
-    decoder, precision, compile, batch_size, num_threads, max_pixels, pca, pca_fit_limit, k,
+    decoder, precision, compile, batch_size, num_threads, io_threads, max_pixels, pca, pca_fit_limit, k,
     n_init, max_iter, cluster_backend, select, silhouette_sample, seed.
 
     Fitted attributes: labels_ (n,) int64, k_, scores_ (list of per-K dicts), paths_ (n good

@@ -195,7 +195,8 @@ def _warm_up_clustering(features: torch.Tensor, config: Config, backend: str) ->
 
 def run_bench(folder=None, n: int | None = None, model: str = "resnet152", device: str = "auto",
               decoder: str = "auto", k: str = "2:20", pca=200, batch_size: int | None = None,
-              compile: bool = False, seed_like: bool = True, reporter: Reporter | None = None) -> BenchResult:
+              compile: bool = False, seed_like: bool = True, reporter: Reporter | None = None,
+              io_threads: int | None = None) -> BenchResult:
     """Measure every stage on `n` ImageNet-like JPEGs (generated into `folder` when missing)."""
     reporter = reporter or Reporter()
     dev = resolve_device(device, reporter.notify)
@@ -226,7 +227,10 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
 
     # Ours, stage by stage.
     _record(result.ours, Stage("read", _timed(lambda: _read_all(paths), dev), n))
-    extraction, extract_s = _measure_extraction(result.ours, paths, make_loader(dec, dev), ours_bb, bs, dev)
+    loader = make_loader(dec, dev, io_threads=io_threads)
+    if hasattr(loader, "io_threads"):  # the GPU decoders' file-reading threads (loaders/frontend.py)
+        result.backends["io_threads"] = str(loader.io_threads)
+    extraction, extract_s = _measure_extraction(result.ours, paths, loader, ours_bb, bs, dev)
     _warm_up_clustering(extraction.features, config, cluster_backend)
     t0 = time.perf_counter()
     _, _, search, timings = cluster_features(extraction.features, config, cluster_backend, Reporter())

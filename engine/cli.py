@@ -57,6 +57,7 @@ WeightsOpt = typer.Option("auto", "--weights", help="auto (torchvision ImageNet 
 DeviceOpt = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu.")
 DecoderOpt = typer.Option("auto", "--decoder", help="auto | dali | nvjpeg | pil.")
 BatchOpt = typer.Option(None, "--batch-size", help="Images per batch (default: chosen from the device).")
+IoThreadsOpt = typer.Option(None, "--io-threads", help="GPU decoders: threads that read files (default 1: fastest from the page cache; raise it for network storage).")
 SeedOpt = typer.Option(0, "--seed", help="Random seed (KMeans init, random weights, samples).")
 
 
@@ -85,6 +86,7 @@ def run(
     pca_fit_limit: int = typer.Option(200_000, "--pca-fit-limit", help="Above this many images, fit PCA on the first ones and reduce the rest as they stream in."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", help="Skip images with more pixels than this (decompression-bomb guard)."),
     batch_size: Optional[int] = BatchOpt,
+    io_threads: Optional[int] = IoThreadsOpt,
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (faster on GPUs after a warm-up)."),
     seed: int = SeedOpt,
@@ -106,7 +108,8 @@ def run(
     params = run_config(model=model, weights=weights, device=device, decoder=decoder, k=k, pca=parse_pca(pca),
                         select=select, cluster_backend=cluster_backend, n_init=n_init,
                         silhouette_sample=silhouette_sample, batch_size=batch_size, precision=precision,
-                        compile=compile, seed=seed, pca_fit_limit=pca_fit_limit, max_pixels=max_pixels)
+                        compile=compile, seed=seed, pca_fit_limit=pca_fit_limit, max_pixels=max_pixels,
+                        io_threads=io_threads)
     clusterer = ImageClusterer(**params)
     clusterer.fit(paths, out_dir=out, reporter=reporter, save_features=save_features, report=report, cache=cache)
     if save_model is not None:
@@ -158,6 +161,7 @@ def bench(
     k: str = typer.Option("2:20", "--k", help="K range for the clustering stages."),
     pca: str = typer.Option("200", "--pca", help="PCA components or variance fraction."),
     batch_size: Optional[int] = BatchOpt,
+    io_threads: Optional[int] = IoThreadsOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone."),
     seed_like: bool = typer.Option(True, "--seed-like/--no-seed-like", help="Also measure the seed-like configuration (PIL + fp32 + scikit-learn) and print the ratio."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
@@ -171,7 +175,7 @@ def bench(
     from .report.outputs import write_json
 
     result = run_bench(folder, n, model=model, device=device, decoder=decoder, k=k, pca=parse_pca(pca),
-                       batch_size=batch_size, compile=compile, seed_like=seed_like,
+                       batch_size=batch_size, compile=compile, seed_like=seed_like, io_threads=io_threads,
                        reporter=RichReporter(err_console))
     print_bench(result, out_console)
     if json_out:

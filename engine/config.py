@@ -66,6 +66,7 @@ class FeatureConfig:
     compile: bool = False
     batch_size: int | None = None  # None: chosen from the device (and free memory on CUDA)
     num_threads: int | None = None  # CPU decode threads; None: all cores
+    io_threads: int | None = None  # GPU decoders: threads reading + probing files; None: loaders.frontend default
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def validate(self) -> None:
@@ -78,6 +79,9 @@ class FeatureConfig:
             raise ConfigError(f"precision={self.precision!r} is not one of: auto, fp32, bf16, fp16")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
+        for name in ("num_threads", "io_threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise ConfigError(f"max_pixels={self.max_pixels} must be >= 1")
 

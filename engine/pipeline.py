@@ -156,7 +156,8 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     fc = config.features
     backbone = load_backbone(fc.model, fc.weights, backends.device, seed=config.cluster.seed,
                              precision=fc.precision, compile=fc.compile, warn=reporter.warn)
-    loader = make_loader(backends.decoder, backends.device, max_pixels=fc.max_pixels, num_threads=fc.num_threads)
+    loader = make_loader(backends.decoder, backends.device, max_pixels=fc.max_pixels, num_threads=fc.num_threads,
+                         io_threads=fc.io_threads)
     batch_size = fc.batch_size or auto_batch_size(backends.device, fc.model)
     store = None
     if out_dir is not None and cache:

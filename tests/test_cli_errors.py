@@ -18,6 +18,7 @@ from engine.cli import app
     (["--device", "tpu"], "device='tpu' is not one of"),
     (["--decoder", "nvjpeg", "--device", "cpu"], "nvjpeg needs --device cuda"),
     (["--cluster-backend", "cuml"], "--cluster-backend cuml: cuml"),
+    (["--io-threads", "0"], "io_threads=0 must be >= 1"),
 ])
 def test_bad_argument_exit_2(three_groups, runner, tmp_path, args, needle):
     result = runner.invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "o"), "--model", "pixels", *args])

@@ -120,28 +120,50 @@ def test_over_max_pixels_is_left_to_pil(tmp_path):
         probe_file(path, 1000, NVJPEG_FORMATS)
 
 
-def test_front_end_keeps_every_file_in_order(tmp_path):
-    """The nvJPEG loader's front end hands runs of files to each pool task; every position must
-    come back in order with its own file's result (sizes differ per file; some files are bad)."""
-    from concurrent.futures import ThreadPoolExecutor
+def test_front_end_keeps_every_file_in_order(tmp_path, monkeypatch):
+    """The GPU loaders' front end hands runs of files to each io task and non-JPEGs to the PIL
+    pool; every position must come back in order with its own file's result (sizes differ per
+    file; some files are bad, some are PNGs), and the PIL decodes run on the fallback pool."""
+    import threading
 
-    from engine.loaders.nvjpeg import prepared_batches
+    import engine.loaders.frontend as frontend_module
+    from engine.loaders.frontend import FrontEnd
+    from engine.loaders.nvjpeg import NVJPEG_FORMATS, PreparedJpeg
 
     paths, expected = [], []
     for i in range(53):
-        path = tmp_path / f"{i:03d}.jpg"
         if i % 11 == 5:
+            path = tmp_path / f"{i:03d}.jpg"
             path.write_bytes(b"not an image")
             expected.append(None)
+        elif i % 7 == 3:
+            path = tmp_path / f"{i:03d}.png"
+            Image.new("RGB", (20 + i, 10 + i), (i, 0, 0)).save(path)
+            expected.append("pil")
         else:
+            path = tmp_path / f"{i:03d}.jpg"
             path.write_bytes(_jpeg(size=(20 + i, 10 + i)))
             expected.append((10 + i, 20 + i))
         paths.append(path)
-    with ThreadPoolExecutor(4) as pool:
-        got = []
-        starts = []
-        for start, prepared in prepared_batches(pool, 4, paths, 20, 2, 10**9):  # 3 runs of 8 files a batch
+    threads = set()
+    real_fallback = frontend_module.pil_fallback
+
+    def recording_fallback(data, max_pixels):
+        threads.add(threading.current_thread().name)
+        return real_fallback(data, max_pixels)
+
+    monkeypatch.setattr(frontend_module, "pil_fallback", recording_fallback)
+    with FrontEnd(NVJPEG_FORMATS, 10**9, PreparedJpeg, io_threads=4, fallback_threads=2, name="t") as front:
+        got, starts = [], []
+        for start, prepared in front.batches(paths, 20, 2):  # 3 runs of 8 files a batch
             starts.append(start)
-            got += [(p.probe.height, p.probe.width) if p.probe is not None else None for p in prepared]
+            for p in prepared:
+                if p.probe is not None:
+                    assert isinstance(p, PreparedJpeg) and p.tensor.numel() == len(p.probe.data)
+                    got.append((p.probe.height, p.probe.width))
+                else:
+                    got.append("pil" if p.array is not None else None)
+                    assert (p.array is None) == (p.reason is not None)
     assert starts == [0, 20, 40]
     assert got == expected
+    assert threads and all(name.startswith("t-pil") for name in threads), threads

@@ -431,3 +431,14 @@ def test_batched_resize_crop_cuda_matches_cpu():
     gpu = batched_resize_crop([t.cuda() for t in imgs])
     assert gpu.device.type == "cuda"
     assert (gpu.cpu() - cpu).abs().max().item() < 0.05
+
+
+def test_make_loader_passes_io_threads():
+    """`--io-threads` reaches the GPU decoders' front end; unset, the front end's default."""
+    pytest.importorskip("nvidia.dali")
+    from engine.loaders import make_loader
+    from engine.loaders.frontend import DEFAULT_IO_THREADS
+
+    loader = make_loader("dali", torch.device("cpu"), num_threads=2, io_threads=3)
+    assert (loader.io_threads, loader.num_threads) == (3, 2)
+    assert make_loader("dali", torch.device("cpu")).io_threads == DEFAULT_IO_THREADS

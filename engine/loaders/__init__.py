@@ -9,8 +9,9 @@ from .decode import DEFAULT_MAX_PIXELS
 
 
 def make_loader(decoder: str, device: torch.device, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                num_threads: int | None = None) -> Loader:
-    """decoder: 'pil' | 'dali' | 'nvjpeg' (resolved, not 'auto')."""
+                num_threads: int | None = None, io_threads: int | None = None) -> Loader:
+    """decoder: 'pil' | 'dali' | 'nvjpeg' (resolved, not 'auto'). io_threads: the GPU decoders'
+    file-reading threads (frontend.py); the PIL loader reads in its decode threads."""
     if decoder == "pil":
         from .pil import PILLoader
 
@@ -18,11 +19,11 @@ def make_loader(decoder: str, device: torch.device, max_pixels: int | None = DEF
     if decoder == "dali":
         from .dali import DALILoader
 
-        return DALILoader(device, num_threads=num_threads, max_pixels=max_pixels)
+        return DALILoader(device, num_threads=num_threads, max_pixels=max_pixels, io_threads=io_threads)
     if decoder == "nvjpeg":
         from .nvjpeg import NvJpegLoader
 
-        return NvJpegLoader(device, num_threads=num_threads, max_pixels=max_pixels)
+        return NvJpegLoader(device, num_threads=num_threads, max_pixels=max_pixels, io_threads=io_threads)
     raise ValueError(f"unknown decoder {decoder!r}")
 
 

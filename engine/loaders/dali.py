@@ -17,12 +17,12 @@ gives; the pipeline also returns the decoded shape, and any sample whose shape d
 the probe is redone by PIL, so a misread orientation can never produce a stretched crop.
 
 Robustness (DALI stops a whole pipeline run on one corrupt file):
-  * every file is read and its header probed on the CPU in a thread pool, one or two batches
+  * every file is read and its header probed on the CPU (frontend.FrontEnd), one or two batches
     ahead of the pipeline (`probe_file`): unreadable/empty/unidentifiable/oversized files become
     failures with the same reasons the PIL reference gives, without a full decode;
   * files DALI would decode differently from the reference, or not at all, go to the PIL path
-    (`load_and_preprocess`, in the same pool): GIF, TIFF, extended WebP, palette/alpha/CMYK/16-bit
-    modes, PNG with bit depth != 8, tRNS or eXIf, multi-frame files, JPEGs without an end-of-image
+    (`load_and_preprocess`, on the front end's fallback pool): GIF, TIFF, extended WebP,
+    palette/alpha/CMYK/16-bit modes, PNG with bit depth != 8, tRNS or eXIf, multi-frame files, JPEGs without an end-of-image
     marker after the scan (truncated) and PNGs without IEND (so truncated files fail exactly as
     they do in the reference);
   * if a pipeline run still raises, the pipeline is rebuilt and the batch retried file by file;
@@ -39,8 +39,6 @@ The CPU probe and the PIL-path merge are shared with the nvJPEG loader (probe.py
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -48,10 +46,11 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailable
-from .base import Batch, index_on, prefetched
+from .base import Batch, index_on
 from .decode import DEFAULT_MAX_PIXELS
+from .frontend import DEFAULT_IO_THREADS, FrontEnd, default_fallback_threads
 from .preprocess import CROP, MEAN, STD, source_crop_box
-from .probe import ImageProbe, assemble, pil_fallback, prepare_file, short_error
+from .probe import ImageProbe, assemble, pil_fallback, short_error
 
 # --------------------------------------------------------------------------------------------
 # The DALI pipeline
@@ -122,13 +121,14 @@ class DALILoader:
     On CUDA: mixed (nvJPEG) decoding on that GPU, float16 output, handed to torch through DLPack
     (zero copy, no host round trip). On the CPU
     (`device_id=None`, used by the tests): DALI CPU operators, float32 output.
-    num_threads: CPU threads for file reading/probing/PIL fallbacks and DALI's own threads.
+    num_threads: CPU threads for PIL fallbacks and DALI's own threads (default min(32, cores)).
+    io_threads: threads that read and probe files (default frontend.DEFAULT_IO_THREADS).
     """
 
     name = "dali"
 
     def __init__(self, device: torch.device | str = "cuda", num_threads: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, prefetch: int = 2):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, prefetch: int = 2, io_threads: int | None = None):
         try:
             import nvidia.dali  # noqa: F401
         except Exception as exc:
@@ -146,7 +146,8 @@ class DALILoader:
         else:
             raise BackendUnavailable(f"--decoder dali supports cuda and cpu devices, not {device.type}")
         self.device = device
-        self.num_threads = num_threads or min(32, os.cpu_count() or 1)
+        self.num_threads = num_threads or default_fallback_threads()
+        self.io_threads = io_threads or DEFAULT_IO_THREADS
         self.max_pixels = max_pixels
         self.prefetch = max(1, prefetch)
         self.dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -243,13 +244,11 @@ class DALILoader:
         """Yield Batches in input order; every position is in `indices` or in `failures`."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        with ThreadPoolExecutor(self.num_threads, thread_name_prefix="imgcluster-dali-read") as pool:
-            def submit(batch_paths):
-                return [pool.submit(prepare_file, p, self.max_pixels, DALI_FORMATS) for p in batch_paths]
-
+        with FrontEnd(DALI_FORMATS, self.max_pixels, io_threads=self.io_threads,
+                      fallback_threads=self.num_threads, name="imgcluster-dali") as front:
             in_use = _HeldUntilUsed(self.device) if self.device.type == "cuda" else None
             # Reads, probes and PIL fallbacks of the next batches run while DALI does this one.
-            for start, prepared in prefetched(paths, batch_size, self.prefetch, submit):
+            for start, prepared in front.batches(paths, batch_size, self.prefetch):
                 fast = [(k, p.probe) for k, p in enumerate(prepared) if p.probe is not None]
                 slow = {k: p.array for k, p in enumerate(prepared) if p.array is not None}
                 failures = [(start + k, p.reason) for k, p in enumerate(prepared) if p.reason is not None]

@@ -2,9 +2,9 @@
 resize + center crop with `torchvision.ops.roi_align` over a padded batch.
 
 Data path per batch:
-  CPU thread pool (one or two batches ahead): read bytes, probe the header (probe.probe_file);
-      non-JPEG and JPEGs nvJPEG would not reproduce (CMYK, truncated, unreadable EXIF, ...) are
-      decoded + resized by the PIL reference (`load_and_preprocess`) right there.
+  CPU front end (frontend.FrontEnd, one or two batches ahead): read bytes, probe the header
+      (probe.probe_file); non-JPEG and JPEGs nvJPEG would not reproduce (CMYK, truncated,
+      unreadable EXIF, ...) are decoded + resized by the PIL reference on its own pool.
   decode thread, one batch ahead, on a side CUDA stream (torchvision's nvJPEG call blocks its
       thread until the decode is done, so it must not be the thread that queues the model):
       `torchvision.io.decode_jpeg(list, device="cuda")` in one call (if the call
@@ -20,9 +20,7 @@ return a damaged image). Compare features, not pixels.
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -30,7 +28,8 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailable
-from .base import Batch, decoded_ahead, prefetched
+from .base import Batch, decoded_ahead
+from .frontend import DEFAULT_IO_THREADS, FrontEnd, default_fallback_threads
 from .probe import ImageProbe, assemble, pil_fallback, prepare_file, short_error
 from .decode import DEFAULT_MAX_PIXELS
 from .preprocess import CROP, MEAN, STD, source_crop_box
@@ -273,15 +272,17 @@ class NvJpegLoader:
     """paths -> Batch of float16 (b, 3, 224, 224) normalized images on a CUDA `device`.
 
     JPEGs are decoded by nvJPEG (torchvision.io.decode_jpeg, batched) and resized by
-    `batched_resize_crop`; everything else by the PIL reference in the CPU thread pool.
-    num_threads: CPU threads for reading/probing/PIL fallbacks. prefetch: batches read ahead.
+    `batched_resize_crop`; everything else by the PIL reference on the CPU.
+    num_threads: CPU threads for PIL fallbacks (default min(32, cores)). io_threads: threads that
+    read and probe files (default frontend.DEFAULT_IO_THREADS; see frontend.py for why so few).
+    prefetch: batches read ahead.
     """
 
     name = "nvjpeg"
 
     def __init__(self, device: torch.device | str = "cuda", num_threads: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, prefetch: int = 2,
-                 pixel_budget: int = DEFAULT_PIXEL_BUDGET):
+                 pixel_budget: int = DEFAULT_PIXEL_BUDGET, io_threads: int | None = None):
         device = torch.device(device)
         if device.type != "cuda":
             raise BackendUnavailable(
@@ -292,7 +293,8 @@ class NvJpegLoader:
                                      "use --device cpu --decoder pil")
         index = device.index if device.index is not None else torch.cuda.current_device()
         self.device = torch.device("cuda", index)
-        self.num_threads = num_threads or min(32, os.cpu_count() or 1)
+        self.num_threads = num_threads or default_fallback_threads()
+        self.io_threads = io_threads or DEFAULT_IO_THREADS
         self.max_pixels = max_pixels
         self.prefetch = max(1, prefetch)
         self.pixel_budget = pixel_budget
@@ -309,14 +311,15 @@ class NvJpegLoader:
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         yield from decode_pipeline(paths, batch_size, self.device, self.dtype, self.max_pixels, self.num_threads,
-                                   self.prefetch, self.pixel_budget, side=self._stream)
+                                   self.prefetch, self.pixel_budget, side=self._stream, io_threads=self.io_threads)
 
 
 def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device, dtype: torch.dtype, max_pixels,
                     num_threads: int, prefetch: int, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
-                    side: "torch.cuda.Stream | None" = None) -> Iterator[Batch]:
-    """The loader's whole pipeline: read + probe in a pool of `num_threads` (`prefetch` batches
-    ahead), decode_batch on one decode thread one batch ahead, Batches yielded in input order.
+                    side: "torch.cuda.Stream | None" = None, io_threads: int | None = None) -> Iterator[Batch]:
+    """The loader's whole pipeline: the front end (frontend.FrontEnd: read + probe on `io_threads`,
+    PIL fallbacks on `num_threads`, `prefetch` batches ahead), decode_batch on one decode thread
+    one batch ahead, Batches yielded in input order.
 
     On CUDA `side` is the decode thread's stream; each batch is handed over with an event the
     caller's stream waits on. Without `side` (the CPU, where torchvision decodes with libjpeg; the
@@ -331,9 +334,9 @@ def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device
             ready.record(side)
         return batch, ready
 
-    with ThreadPoolExecutor(num_threads, thread_name_prefix="imgcluster-nvjpeg-read") as pool:
-        for batch, ready in decoded_ahead(prepared_batches(pool, num_threads, paths, batch_size, prefetch, max_pixels),
-                                          decode, thread_name="imgcluster-nvjpeg-decode"):
+    with FrontEnd(NVJPEG_FORMATS, max_pixels, PreparedJpeg, io_threads, num_threads, "imgcluster-nvjpeg") as front:
+        for batch, ready in decoded_ahead(front.batches(paths, batch_size, prefetch), decode,
+                                          thread_name="imgcluster-nvjpeg-decode"):
             if ready is not None:
                 # The consumer's stream waits for the batch on the GPU, not the host: the decode of
                 # the next batch and the model on this one overlap. (No side.wait_stream(consumer):
@@ -347,54 +350,22 @@ def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device
             yield batch
 
 
-def prepared_batches(pool: ThreadPoolExecutor, num_threads: int, paths: Sequence[Path], batch_size: int,
-                     prefetch: int, max_pixels) -> Iterator[tuple[int, list["PreparedJpeg"]]]:
-    """The CPU front end: (start, [PreparedJpeg per path]) per batch, in order, `prefetch` batches
-    ahead (base.prefetched). Each pool task prepares a run of files, about one run per thread per
-    batch: the work is mostly Python under the GIL, and one task per file cost more in hand-offs
-    than the work (2-core VM, 1,500 JPEGs: 10.1k -> 15.6k files/s with 2 threads, 6.7k -> 12.9k
-    with 4)."""
-    def submit(batch_paths):
-        step = max(8, -(-len(batch_paths) // max(1, num_threads)))
-        parts = []
-        for a in range(0, len(batch_paths), step):
-            run = batch_paths[a:a + step]
-            future = pool.submit(_prepare_jpeg_files, run, max_pixels)
-            parts += [_ResultAt(future, j) for j in range(len(run))]
-        return parts
-
-    return prefetched(paths, batch_size, prefetch, submit)
-
-
-class _ResultAt:
-    """The j-th item of a future's list result, with the .result() that base.prefetched calls."""
-
-    __slots__ = ("future", "j")
-
-    def __init__(self, future, j: int):
-        self.future, self.j = future, j
-
-    def result(self):
-        return self.future.result()[self.j]
-
-
-def _prepare_jpeg_files(paths, max_pixels) -> list["PreparedJpeg"]:
-    return [prepare_jpeg_file(p, max_pixels) for p in paths]
-
-
 class PreparedJpeg:
-    """prepare_file's result plus the encoded bytes as a uint8 CPU tensor (made in the pool)."""
+    """A file for the fast path: its probe and its bytes as a uint8 CPU tensor (made on an io
+    thread). `array` and `reason` are None, as in probe.Prepared, so a batch's items read alike."""
 
-    __slots__ = ("probe", "array", "reason", "tensor")
+    __slots__ = ("probe", "tensor")
+    array = None
+    reason = None
 
-    def __init__(self, prepared, tensor):
-        self.probe, self.array, self.reason, self.tensor = prepared.probe, prepared.array, prepared.reason, tensor
+    def __init__(self, probe: ImageProbe):
+        self.probe = probe
+        # bytearray: torch.frombuffer needs a writable buffer (the copy runs on the io thread)
+        self.tensor = torch.frombuffer(bytearray(probe.data), dtype=torch.uint8)
 
 
-def prepare_jpeg_file(path, max_pixels) -> PreparedJpeg:
+def prepare_jpeg_file(path, max_pixels):
+    """One file through the front end's steps, on the calling thread: PreparedJpeg for the fast
+    path, else probe.Prepared (PIL-decoded array or failure reason)."""
     prepared = prepare_file(path, max_pixels, NVJPEG_FORMATS)
-    tensor = None
-    if prepared.probe is not None:
-        # bytearray: torch.frombuffer needs a writable buffer (the copy runs in the pool)
-        tensor = torch.frombuffer(bytearray(prepared.probe.data), dtype=torch.uint8)
-    return PreparedJpeg(prepared, tensor)
+    return PreparedJpeg(prepared.probe) if prepared.probe is not None else prepared
