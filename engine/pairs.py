@@ -29,7 +29,7 @@ from .device import capabilities
 
 @dataclass(frozen=True)
 class Pair:
-    """stage: 'pca' | 'kmeans' | 'silhouette' | 'backbone'; fast: the fast path's name; device:
+    """stage: 'pca' | 'kmeans' | 'kmeans_search' | 'silhouette' | 'backbone'; fast: the fast path's name; device:
     where it runs ('cpu' | 'cuda'); reference: what it is checked against (on the host).
     make_inputs(n) -> inputs (host, seeded); run_fast(inputs) / run_reference(inputs) -> outputs
     on the host; discrepancy(fast_out, ref_out) -> float, 0 for perfect agreement, described by
@@ -139,6 +139,27 @@ def _kmeans_reference(inputs) -> np.ndarray:
     return KMeans(KMEANS_K, n_init=3, random_state=0).fit_predict(inputs[0].numpy())
 
 
+SEARCH_KS = range(2, 21)  # the K range of `imgcluster run` and `bench`
+
+
+def _kmeans_search(device: str, batched: bool):
+    """Inertia per K of the K search (K = 2..20, 3 inits): every K in one batched computation
+    (kmeans_all_k, what search_k runs) or one kmeans_torch fit per K, on `device`."""
+    def run(inputs) -> np.ndarray:
+        from .cluster import kmeans_torch
+        from .kmeans_all_k import kmeans_all_k
+
+        x = inputs[0].to(device)
+        ks = [k for k in SEARCH_KS if k < len(x)]
+        fits = kmeans_all_k(x, ks, seed=0) if batched else {k: kmeans_torch(x, k, seed=0) for k in ks}
+        return np.array([fits[k].inertia for k in ks])
+    return run
+
+
+def _max_relative_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float((np.abs(np.asarray(a, np.float64) - b) / np.abs(np.asarray(b, np.float64))).max())
+
+
 def _one_minus_ari(a: np.ndarray, b: np.ndarray) -> float:
     from sklearn.metrics import adjusted_rand_score
 
@@ -198,6 +219,10 @@ def _pairs() -> tuple[Pair, ...]:
             Pair("kmeans", "torch", device, "sklearn KMeans(n_init=3)", _blobs,
                  _kmeans_fast(device), _kmeans_reference, _one_minus_ari, 0.01,
                  f"1 - ARI between the two labellings, K={KMEANS_K} separable blobs", 4_000, 50_000),
+            Pair("kmeans_search", "all-k", device, f"kmeans_torch one K at a time on {device}",
+                 lambda n: _blobs(n, d=200, centers=10), _kmeans_search(device, True),
+                 _kmeans_search(device, False), _max_relative_diff, 1e-3,
+                 "max relative inertia difference over K = 2..20", 600, 4_096),
             Pair("silhouette", "torch", device, "sklearn silhouette_score per K", _labellings,
                  _silhouette_fast(device, "torch"), _silhouette_reference, _max_abs_diff, 1e-5,
                  "max |mean silhouette difference| over 4 labellings", 2_000, 10_000),

@@ -26,6 +26,7 @@ def test_registry_covers_every_stage_on_both_devices():
     for stage in ("pca", "kmeans", "silhouette"):
         assert {f"{stage}-torch-cpu", f"{stage}-torch-cuda"} <= ids
     assert {"silhouette-triton-cuda", "backbone-bf16-cuda", "backbone-bf16-cpu"} <= ids
+    assert {"kmeans_search-all-k-cpu", "kmeans_search-all-k-cuda"} <= ids
 
 
 def test_a_broken_fast_path_is_caught():
@@ -39,6 +40,8 @@ def test_a_broken_fast_path_is_caught():
         reference = pair.run_reference(inputs)
         if pair.stage == "kmeans":
             broken = np.where(np.asarray(reference) == 0, 1, reference)  # two clusters merged
+        elif pair.stage == "kmeans_search":
+            broken = np.asarray(reference) * (1 + 10 * pair.tolerance)  # every K's inertia 1 % off
         elif pair.stage == "backbone":
             broken = reference.roll(1, dims=0)  # every image gets its neighbour's features
         else:

@@ -303,26 +303,32 @@ def test_silhouette_oom_halves_the_tile(monkeypatch):
     assert result.chosen_k == reference.chosen_k == 3
 
 
-def test_kmeans_oom_halves_the_distance_chunk(monkeypatch):
-    from engine import cluster, select
+@pytest.mark.parametrize("path", ["search_k (all K at once)", "kmeans_torch (one K)"])
+def test_kmeans_oom_halves_the_distance_chunk(monkeypatch, path):
+    from engine import cluster, kmeans_all_k, select
 
     monkeypatch.setattr(cluster.CHUNK_BUDGET, "elems", 1 << 24)
     monkeypatch.setattr(cluster.CHUNK_BUDGET, "halvings", 0)
     g = torch.Generator().manual_seed(1)
     x = torch.cat([torch.randn(50, 4, generator=g) + 8 * i for i in range(2)])
     reference = cluster.kmeans_torch(x, 2, seed=0)
-    real = cluster._block_argmin
+    module = kmeans_all_k if path.startswith("search_k") else cluster
+    real = module._block_argmin
 
-    def flaky(block, block_sq, centroids, c_sq):
+    def flaky(block, *args):
         if block.shape[0] > 16:
             raise _oom()
-        return real(block, block_sq, centroids, c_sq)
+        return real(block, *args)
 
-    monkeypatch.setattr(cluster, "_block_argmin", flaky)
-    result = select.search_k(x, [2], "torch")
-    assert result.oom_halvings["kmeans"] >= 3            # 100 -> 50 -> 25 -> 12 rows
-    assert cluster.CHUNK_BUDGET.elems <= 16 * 2           # kept for later calls
-    assert torch.equal(result.fits[2].labels, reference.labels)
+    monkeypatch.setattr(module, "_block_argmin", flaky)
+    if module is cluster:
+        labels, halvings, width = cluster.kmeans_torch(x, 2, seed=0).labels, cluster.CHUNK_BUDGET.halvings, 2
+    else:
+        result = select.search_k(x, [2], "torch")
+        labels, halvings, width = result.fits[2].labels, result.oom_halvings["kmeans"], 3 * 2  # 3 inits x K
+    assert halvings >= 3                                       # 100 -> 50 -> 25 -> 12 rows
+    assert cluster.CHUNK_BUDGET.elems // width <= 16           # kept for later calls
+    assert torch.equal(labels, reference.labels)
 
 
 def test_what_counts_as_out_of_memory():

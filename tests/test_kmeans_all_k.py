@@ -1,0 +1,103 @@
+"""kmeans_all_k (every K and init in one batched computation) against one kmeans_torch fit per K
+and against scikit-learn."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from engine import cluster
+from engine.cluster import kmeans_torch
+from engine.errors import ConfigError
+from engine.kmeans_all_k import kmeans_all_k
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    x, y = make_blobs(1200, centers=5, n_features=12, cluster_std=1.0, random_state=7)
+    return torch.from_numpy(x.astype(np.float32)), y
+
+
+def test_same_fits_as_one_kmeans_per_k(blobs):
+    """Same draws, same algorithm: the true K gives the very same labels, centroids and
+    iterations as kmeans_torch, and every K the same inertia up to summation order."""
+    x, _ = blobs
+    ks = [2, 3, 5, 8, 11]
+    together = kmeans_all_k(x, ks, n_init=3, seed=4)
+    assert sorted(together) == ks
+    for k in ks:
+        alone = kmeans_torch(x, k, n_init=3, seed=4)
+        fit = together[k]
+        assert fit.labels.shape == (len(x),) and fit.labels.dtype == torch.int64
+        assert fit.centroids.shape == (k, x.shape[1]) and fit.centroids.dtype == torch.float32
+        assert fit.inertia == pytest.approx(alone.inertia, rel=1e-4), k
+        if k == 5:
+            assert torch.equal(fit.labels, alone.labels)
+            torch.testing.assert_close(fit.centroids, alone.centroids, rtol=1e-5, atol=1e-5)
+            assert fit.n_iter == alone.n_iter
+
+
+def test_random_data_matches_one_fit_per_k():
+    """No cluster structure (many near-ties): inertia per K still that of kmeans_torch."""
+    x = torch.randn(700, 30, generator=torch.Generator().manual_seed(0))
+    together = kmeans_all_k(x, [2, 4, 9], n_init=2, seed=1)
+    for k in (2, 4, 9):
+        assert together[k].inertia == pytest.approx(kmeans_torch(x, k, n_init=2, seed=1).inertia, rel=1e-4)
+
+
+def test_recovers_separable_blobs_like_sklearn(blobs):
+    from sklearn.cluster import KMeans
+
+    x, y = blobs
+    fit = kmeans_all_k(x, [5], seed=0)[5]
+    ref = KMeans(5, n_init=3, random_state=0).fit(x.numpy())
+    assert adjusted_rand_score(y, fit.labels.numpy()) >= 0.99
+    assert adjusted_rand_score(ref.labels_, fit.labels.numpy()) >= 0.99
+    assert fit.inertia == pytest.approx(ref.inertia_, rel=1e-4)
+    sizes = torch.bincount(fit.labels).tolist()
+    assert sizes == sorted(sizes, reverse=True)  # ids numbered by size, as every backend
+
+
+def test_edge_ks_and_empty_clusters():
+    """K = 1, K = n, and more clusters than distinct points (empty clusters re-seeded) give
+    what kmeans_torch gives."""
+    base = torch.tensor([[0.0, 0.0], [5.0, 5.0], [10.0, 0.0]])
+    x = base.repeat(4, 1)  # 12 points, 3 distinct
+    together = kmeans_all_k(x, [1, 3, 5, 12], n_init=2, seed=0)
+    for k in (1, 3, 5, 12):
+        alone = kmeans_torch(x, k, n_init=2, seed=0)
+        assert together[k].inertia == pytest.approx(alone.inertia, abs=1e-6), k
+        assert torch.equal(together[k].labels, alone.labels), k
+    assert together[3].inertia == pytest.approx(0.0, abs=1e-6)
+    assert together[12].labels.unique().numel() <= 12
+    with pytest.raises(ConfigError, match="between 1 and the number of samples"):
+        kmeans_all_k(x, [13])
+
+
+def test_row_blocks_and_progress(blobs, monkeypatch):
+    """A tiny distance-block budget (many row blocks, as after out-of-memory halvings) changes
+    nothing; progress is called once per K; max_iter bounds every fit."""
+    x, _ = blobs
+    ks = [3, 6]
+    reference = kmeans_all_k(x, ks, n_init=2, seed=2)
+    monkeypatch.setattr(cluster.CHUNK_BUDGET, "elems", 97 * 12)
+    calls = []
+    blocked = kmeans_all_k(x, ks, n_init=2, seed=2, progress=calls.append)
+    assert calls == [1, 1]
+    for k in ks:
+        assert torch.equal(blocked[k].labels, reference[k].labels)
+        assert blocked[k].inertia == pytest.approx(reference[k].inertia, rel=1e-5)
+    assert all(fit.n_iter <= 2 for fit in kmeans_all_k(x, ks, n_init=2, max_iter=2, seed=2).values())
+
+
+def test_search_k_uses_it_for_torch(blobs):
+    from engine.select import search_k
+
+    x, _ = blobs
+    search = search_k(x, [3, 5, 7], backend="torch", seed=0)
+    together = kmeans_all_k(x, [3, 5, 7], seed=0)
+    assert search.chosen_k == 5
+    for k in (3, 5, 7):
+        assert torch.equal(search.fits[k].labels, together[k].labels)
