@@ -130,15 +130,23 @@ def _plusplus_group(x, x_sq, ks: list[int], firsts: list[int], uniforms: list[to
     return centers
 
 
+def _block_budget(x: torch.Tensor) -> int:
+    """Elements of one (rows, width) block: CHUNK_BUDGET's (2**24, the budget cluster.py keeps,
+    halved on out-of-memory), and on CUDA, until a halving, up to 16x that as free memory allows.
+    The batched blocks are (rows, fits x Kmax) wide: at 1M rows, K = 2..30 and 3 inits, 2**24
+    elements would be 156 blocks of a dozen kernels each per Lloyd iteration."""
+    if not x.is_cuda or CHUNK_BUDGET.halvings:
+        return CHUNK_BUDGET.elems
+    free, _ = torch.cuda.mem_get_info(x.device)
+    return max(CHUNK_BUDGET.elems, min(16 * CHUNK_BUDGET.elems, free // 16))  # 3 float32 buffers per element
+
+
 def _blocks(x: torch.Tensor, width: int):
-    """Row ranges whose (rows, width) blocks fit CHUNK_BUDGET (the budget cluster.py keeps,
-    halved on out-of-memory)."""
+    """Row ranges whose (rows, width) blocks fit _block_budget."""
     n = x.shape[0]
-    start = 0
-    while start < n:
-        step = max(1, min(n, CHUNK_BUDGET.elems // max(1, width)))
+    step = max(1, min(n, _block_budget(x) // max(1, width)))
+    for start in range(0, n, step):
         yield start, min(n, start + step)
-        start += step
 
 
 def _retry_on_oom(fn, x: torch.Tensor, width: int):
@@ -148,7 +156,7 @@ def _retry_on_oom(fn, x: torch.Tensor, width: int):
         try:
             return fn()
         except (RuntimeError, MemoryError) as exc:
-            rows = max(1, min(x.shape[0], CHUNK_BUDGET.elems // max(1, width)))
+            rows = max(1, min(x.shape[0], _block_budget(x) // max(1, width)))
             if not is_oom(exc) or rows == 1:
                 raise
             CHUNK_BUDGET.elems = max(width, rows // 2 * width)
