@@ -164,6 +164,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         from .store import FeatureStore
 
         store = FeatureStore.open(Path(out_dir) / "features", backbone.fingerprint, notify=reporter.notify,
+                                  made_with={"precision": backbone.precision, "decoder": backends.decoder},
                                   dim=backbone.dim)
 
     streaming = None

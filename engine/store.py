@@ -1,6 +1,7 @@
 """Feature cache on disk, for resume: OUT/features/.
 
-  manifest.json                 {"format": 1, "fingerprint": ..., "preprocess": ...}
+  manifest.json                 {"format": 1, "fingerprint": ..., "preprocess": ...,
+                                 "made_with": {"precision": ..., "decoder": ...}}
   shard-000000.npy              (m, d) float32 features of m images
   shard-000000.index.json       {"rows": [[path, size, mtime_ns], ...] for those m rows,
                                  "failures": [[path, size, mtime_ns, reason], ...]} (bad files are not retried)
@@ -11,7 +12,9 @@ a kill at any moment leaves complete shards plus at most a stray .npy or tempora
 and removed or overwritten later). Ctrl-C also writes the rows already queued (engine.features).
 A file is identified by (path, size, mtime): a changed file misses the cache and is recomputed, a
 removed one is simply never asked for. A different fingerprint (model, weights, preprocessing)
-empties the cache and says so; so does a corrupt manifest. A damaged shard (truncated features,
+empties the cache and says so, and so does another `made_with` (the precision and the decoder:
+features from bf16 and fp32, or from nvJPEG and PIL pixels, differ by about 1 %, and one run's
+features must all come from one configuration); so does a corrupt manifest. A damaged shard (truncated features,
 bad index, wrong width) is reported, deleted, and its images recomputed. Only files the store
 writes are ever deleted. `open(..., create=False)` is the read-only mode of `imgcluster cluster`:
 there a missing, corrupt or foreign cache is an InputError instead.
@@ -60,9 +63,11 @@ class FeatureStore:
     """Shards of features keyed by file identity. Use FeatureStore.open(folder, fingerprint)."""
 
     def __init__(self, folder: Path, fingerprint: str, shard_size: int = DEFAULT_SHARD_SIZE,
-                 notify: Callable[[str], None] | None = None, dim: int | None = None):
+                 notify: Callable[[str], None] | None = None, dim: int | None = None,
+                 made_with: dict[str, str] | None = None):
         self.folder = folder
         self.fingerprint = fingerprint
+        self.made_with = made_with
         self.dim = dim
         self.shard_size = shard_size
         self.notify = notify or (lambda message: None)
@@ -81,17 +86,19 @@ class FeatureStore:
     @classmethod
     def open(cls, folder, fingerprint: str, shard_size: int | None = None,
              notify: Callable[[str], None] | None = None, dim: int | None = None,
-             create: bool = True) -> "FeatureStore":
+             create: bool = True, made_with: dict[str, str] | None = None) -> "FeatureStore":
         """Open (or create) the cache in `folder`; invalid or foreign caches are emptied with a notice.
 
-        dim: expected feature width (shards of another width count as damaged). create=False opens
+        dim: expected feature width (shards of another width count as damaged). made_with: what
+        else the features depend on ({"precision": "bf16", "decoder": "nvjpeg"}); a cache made
+        otherwise is emptied (None: not checked, as when re-clustering). create=False opens
         read-only (re-clustering): a missing, corrupt or foreign cache raises InputError instead of
         being emptied.
         """
         shard_size = shard_size or int(os.environ.get("IMGCLUSTER_SHARD_SIZE", DEFAULT_SHARD_SIZE))
         if shard_size < 1:
             raise ConfigError(f"IMGCLUSTER_SHARD_SIZE={shard_size} must be >= 1")
-        store = cls(Path(folder), fingerprint, shard_size, notify, dim)
+        store = cls(Path(folder), fingerprint, shard_size, notify, dim, made_with)
         if not create:
             store._check_readable()
         store._load(clean=create)
@@ -127,7 +134,8 @@ class FeatureStore:
                 path.unlink()
             except FileNotFoundError:
                 pass
-        manifest = {"format": FORMAT, "fingerprint": self.fingerprint, "preprocess": describe_preprocess()}
+        manifest = {"format": FORMAT, "fingerprint": self.fingerprint, "preprocess": describe_preprocess(),
+                    "made_with": self.made_with}
         atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=2))
 
     def _load(self, clean: bool = True) -> None:
@@ -153,6 +161,14 @@ class FeatureStore:
         if manifest.get("fingerprint") != self.fingerprint:
             self._reset("Feature cache in " + str(self.folder) + " was made with a different model, weights "
                         "or preprocessing: discarding it and extracting every image again")
+            return
+        if self.made_with is not None and manifest.get("made_with") != self.made_with:
+            before = manifest.get("made_with") or {}
+            changed = ", ".join(f"{key} {before.get(key, 'unrecorded')} -> {value}"
+                                for key, value in self.made_with.items() if before.get(key) != value)
+            self._reset(f"Feature cache in {self.folder} was made with another {changed or 'configuration'}: "
+                        "discarding it and extracting every image again (one run's features come from one "
+                        "configuration)")
             return
         for index_file in sorted(self.folder.glob("shard-*.index.json")):
             try:
