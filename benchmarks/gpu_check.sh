@@ -8,9 +8,10 @@
 # inside one device call (600 s); the later steps are skipped when it is spent.
 # Usage (repo root):  bash benchmarks/gpu_check.sh        figures also go to $OUT (default /tmp/gpu_check)
 #   from the device tool (its $OUT returns at most 8 files, this writes ~11: keep them in one tarball):
-#     mkdir -p /tmp/gc; COMMIT=<git rev-parse --short HEAD here> BUDGET=400 OUT=/tmp/gc \
+#     mkdir -p /tmp/gc; COMMIT=<git rev-parse --short HEAD here> BUDGET=480 OUT=/tmp/gc \
 #       bash benchmarks/gpu_check.sh 2>&1 | tee /tmp/gc/log.txt; tar czf $OUT/gc.tgz -C /tmp gc
-#   with timeout_s about BUDGET + 25. The device session has 15 minutes in all, start-up included.
+#   with timeout_s about BUDGET + 25. The device session has 15 minutes in all, start-up included
+#   (~30-60 s): 480 leaves time for one short follow-up call.
 # Needs: torch + torchvision with CUDA, triton, scikit-learn, pillow, typer, rich, matplotlib.
 # DALI and cuML are optional (their tests skip when they are not installed).
 # Dry run of the script itself on a CPU machine (small sizes, same steps and table):
@@ -28,6 +29,7 @@ COMPILE_N="${COMPILE_N:-2048}"    # images for the --compile bench
 SIL_N="${SIL_N:-1000000}"         # points for the all-K silhouette target (K = 2..30, d = 200)
 SIL_BACKENDS="${SIL_BACKENDS:-triton,tiled:fp16x3:nosplit}"  # bench_silhouette.py specs
 TUNE_N="${TUNE_N:-200000}"        # points for the kernels' table (methods, precisions, launch configurations)
+TUNE_ONLY="${TUNE_ONLY:-tiled}"   # its candidates (substrings; "" = all): the fused ones are in RESULTS.md (run 2)
 BUDGET="${BUDGET:-570}"           # seconds for the whole script (one device call may run 600)
 mkdir -p "$OUT"
 stamp() { echo "(t = ${SECONDS} s)"; }
@@ -56,7 +58,7 @@ run_step 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/ 2>&1 | tee
 stamp
 
 echo "== Triton silhouette kernels, ${TUNE_N} x 200, K=2..30: methods, precisions, launch configurations"
-run_step 130 "$PY" benchmarks/tune_silhouette_triton.py --n "$TUNE_N" 2>&1 | tee "$OUT/triton_tune.txt" | tail -14
+run_step 130 "$PY" benchmarks/tune_silhouette_triton.py --n "$TUNE_N" --only "$TUNE_ONLY" 2>&1 | tee "$OUT/triton_tune.txt" | tail -14
 stamp
 
 echo "== all-K silhouette, ${SIL_N} x 200, K=2..30 (target <= 10 s on an H100)"
