@@ -55,13 +55,13 @@ def kmeans_all_k(x: torch.Tensor, ks: Sequence[int], n_init: int = 3, max_iter: 
             progress(1)
 
     centers, n_iter = _lloyd_all(x, x_sq, centers, fit_k, max_iter, abs_tol, fit_done)
-    labels, mins = _assign_all(x, x_sq, centers, _Ragged(fit_k, x.device))
-    inertia = mins.double().sum(0).tolist()  # (G,)
+    labels, inertia = _assign_all(x, x_sq, centers, _Ragged(fit_k, x.device))
+    inertia = inertia.tolist()  # (G,)
     results: dict[int, KMeansResult] = {}
     for i, k in enumerate(ks):
         fits = range(i * n_init, (i + 1) * n_init)
         best = min(fits, key=lambda g: (inertia[g], g))  # first init wins ties, as in kmeans_torch
-        ordered_labels, ordered_centers = order_by_size(labels[:, best].contiguous(), centers[best, :k].contiguous())
+        ordered_labels, ordered_centers = order_by_size(labels[:, best].long(), centers[best, :k].contiguous())
         results[k] = KMeansResult(ordered_labels, ordered_centers, inertia[best], n_iter[best])
     return results
 
@@ -200,17 +200,19 @@ def _block_argmin(block, block_sq, centers_flat, c_sq, ragged: _Ragged):
 
 
 def _assign_all(x, x_sq, centers, ragged: _Ragged):
-    """Nearest center of every row for every fit: (labels (n, G) int64, squared distances (n, G) float32)."""
+    """Nearest center of every row for every fit: (labels (n, G) int32, inertia (G,) float64).
+    int32 and no per-row distances kept: at 10M rows and 57 fits that is 2.3 GB, not 6.9."""
     flat = ragged.flat(centers)
     c_sq = (flat * flat).sum(1)
     width = ragged.count * ragged.kmax
 
     def run():
-        labels = torch.empty((x.shape[0], ragged.count), dtype=torch.int64, device=x.device)
-        mins = torch.empty((x.shape[0], ragged.count), dtype=torch.float32, device=x.device)
+        labels = torch.empty((x.shape[0], ragged.count), dtype=torch.int32, device=x.device)
+        inertia = torch.zeros(ragged.count, dtype=torch.float64, device=x.device)
         for a, b in _blocks(x, width):
-            mins[a:b], labels[a:b] = _block_argmin(x[a:b], x_sq[a:b], flat, c_sq, ragged)
-        return labels, mins
+            mins, labels[a:b] = _block_argmin(x[a:b], x_sq[a:b], flat, c_sq, ragged)
+            inertia += mins.double().sum(0)
+        return labels, inertia
 
     return _retry_on_oom(run, x, width)
 
