@@ -33,6 +33,7 @@ CANDIDATES = [
     ("tiled fp16x3",                  "tiled", dict(dist_precision="fp16x3"), "dense"),                 # 0 spills
     ("tiled fp16x3 no split",         "tiled", dict(dist_precision="fp16x3", sum_chunk=None), "dense"),
     ("tiled fp16x3 split 32k",        "tiled", dict(dist_precision="fp16x3", sum_chunk=32768), "dense"),
+    ("tiled fp16x3 split 2k",         "tiled", dict(dist_precision="fp16x3", sum_chunk=2048), "dense"),
     ("tiled tf32x3",                  "tiled", dict(dist_precision="tf32x3"), "dense"),                 # 0
     ("tiled fp16x3 m128 n64",         "tiled", dict(dist_precision="fp16x3", block_n=64), "dense"),     # 0
     ("tiled fp16x3 m64 n128 w4",      "tiled", dict(dist_precision="fp16x3", block_m=64, num_warps=4), "dense"),  # 0
