@@ -167,3 +167,22 @@ def test_front_end_keeps_every_file_in_order(tmp_path, monkeypatch):
     assert starts == [0, 20, 40]
     assert got == expected
     assert threads and all(name.startswith("t-pil") for name in threads), threads
+
+
+def test_front_end_bytes_are_read_once_and_shared_with_the_tensor(tmp_path):
+    """read_bytes reads into a bytearray, and the nvJPEG loader's tensor is a view of it (no second
+    90 KB copy per file on the GIL-bound io thread); an empty file is still a clear failure."""
+    from engine.errors import DecodeError
+    from engine.loaders.decode import read_bytes
+    from engine.loaders.nvjpeg import PreparedJpeg
+
+    path = tmp_path / "a.jpg"
+    path.write_bytes(_jpeg(size=(64, 48)))
+    probe = probe_file(path, 10**9, NVJPEG_FORMATS)
+    assert isinstance(probe.data, bytearray) and probe.data == path.read_bytes()
+    tensor = PreparedJpeg(probe).tensor
+    assert tensor.numpy().tobytes() == path.read_bytes()
+    assert np.shares_memory(tensor.numpy(), np.frombuffer(probe.data, dtype=np.uint8))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DecodeError, match="empty file"):
+        read_bytes(tmp_path / "empty.jpg")

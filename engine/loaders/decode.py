@@ -27,11 +27,21 @@ DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit (2x its w
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a whole file; OSError (missing, permissions, loops, directories) becomes DecodeError."""
+def read_bytes(path: str | os.PathLike) -> bytearray:
+    """Read a whole file; OSError (missing, permissions, loops, directories) becomes DecodeError.
+
+    A bytearray, read straight into a buffer of the file's size: the GPU loaders hand it to
+    torch.frombuffer without a copy (which needs a writable buffer); everything else reads it
+    like bytes. A file that changes size while being read gets what a plain read() would get."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        with open(path, "rb", buffering=0) as handle:
+            data = bytearray(os.fstat(handle.fileno()).st_size)
+            got = handle.readinto(data)
+            if got < len(data):  # shrank meanwhile
+                del data[got:]
+            more = handle.read()  # grew meanwhile (or a size fstat does not know)
+            if more:
+                data += more
     except OSError as exc:
         raise DecodeError(f"unreadable: {exc.strerror or type(exc).__name__}") from None
     if not data:

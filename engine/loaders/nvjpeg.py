@@ -360,8 +360,9 @@ class PreparedJpeg:
 
     def __init__(self, probe: ImageProbe):
         self.probe = probe
-        # bytearray: torch.frombuffer needs a writable buffer (the copy runs on the io thread)
-        self.tensor = torch.frombuffer(bytearray(probe.data), dtype=torch.uint8)
+        # torch.frombuffer needs a writable buffer: read_bytes returns one (shared, no copy)
+        data = probe.data if isinstance(probe.data, bytearray) else bytearray(probe.data)
+        self.tensor = torch.frombuffer(data, dtype=torch.uint8)
 
 
 def prepare_jpeg_file(path, max_pixels):

@@ -87,7 +87,7 @@ def png_chunks(data: bytes) -> tuple[bool, set[bytes]]:
     i, n = 8, len(data)
     while i + 8 <= n:
         length = int.from_bytes(data[i:i + 4], "big")
-        kind = data[i + 4:i + 8]
+        kind = bytes(data[i + 4:i + 8])  # hashable even when data is a bytearray
         types.add(kind)
         if kind == b"IEND":
             return True, types
