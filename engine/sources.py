@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import InputError
-from .loaders.decode import is_probably_image_path
+from .loaders.decode import has_image_extension, is_probably_image_path
 
 
 @dataclass
@@ -29,8 +29,12 @@ class Discovery:
 
 
 def _walk(folder: Path, skipped: list) -> list[Path]:
-    """All image-extension files under `folder`, following symlinked folders once (no loops)."""
-    found: list[Path] = []
+    """All image-extension files under `folder`, following symlinked folders once (no loops),
+    sorted as Path objects sort (component by component).
+
+    Strings until the end: a Path per file before filtering and sorting cost 21.6 us a file
+    (100,000 files on the VM), which is 3.6 minutes for 10 million."""
+    found: list[str] = []
     seen_dirs: set[tuple[int, int]] = set()
 
     def onerror(exc: OSError):
@@ -48,11 +52,11 @@ def _walk(folder: Path, skipped: list) -> list[Path]:
             continue
         seen_dirs.add(key)
         dirs.sort()
-        for name in sorted(files):
-            path = Path(root) / name
-            if is_probably_image_path(path):
-                found.append(path)
-    return sorted(found)
+        found.extend(os.path.join(root, name) for name in files if has_image_extension(name))
+    # os.walk's roots are normalised (folder is a Path), so splitting on the separator gives
+    # Path's own parts and the same order as sorting the Paths
+    found.sort(key=lambda text: text.split(os.sep))
+    return [Path(text) for text in found]
 
 
 def _read_list(list_file: Path, skipped: list) -> list[Path]:

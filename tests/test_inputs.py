@@ -133,6 +133,23 @@ def test_folder_is_recursive_sorted_and_filtered(tmp_path):
     assert rel == ["a/sub/y.webp", "a/z.JPG", "b/1.png", "b/2.jpg", "c.gif"]
 
 
+def test_folder_order_is_path_order_with_awkward_names(tmp_path):
+    """Discovery sorts strings component by component: the order Path objects sort in (a
+    separator sorts before '-', '.' and ' '; case and non-ASCII names as Path compares them)."""
+    from pathlib import Path
+
+    names = ["a/x.jpg", "a-b/x.jpg", "a.b/y.png", "a/b/z.jpg", "A/x.jpg", "a/x.JPG", "ab.jpg", "a b/c.jpg",
+             "\u00e9/x.jpg", "a/notes.txt"]
+    for rel in names:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rel.encode())  # distinct contents: distinct files
+    found = discover([tmp_path]).paths
+    expected = sorted(Path(tmp_path) / rel for rel in names if not rel.endswith(".txt"))
+    assert found == expected
+    assert [os.path.relpath(p, tmp_path) for p in found][:4] == ["A/x.jpg", "a/b/z.jpg", "a/x.JPG", "a/x.jpg"]
+
+
 def test_file_list_glob_and_duplicates(tmp_path):
     root = _tree(tmp_path)
     listing = tmp_path / "list.txt"

@@ -169,4 +169,9 @@ def load_and_preprocess(source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
 
 def is_probably_image_path(path: Path) -> bool:
     """Folder discovery filter: by extension (case-insensitive)."""
-    return path.suffix.lower() in EXTENSIONS
+    return has_image_extension(path.name)
+
+
+def has_image_extension(name: str) -> bool:
+    """is_probably_image_path on a file name string (no Path object: discovery calls it per file)."""
+    return os.path.splitext(name)[1].lower() in EXTENSIONS
