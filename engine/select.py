@@ -127,6 +127,15 @@ def _silhouettes(x: torch.Tensor, fits: dict[int, KMeansResult], backend: str, s
     return dict(zip(ks, results)), "torch-all-k", halvings
 
 
+def _undefined_silhouette(labels: torch.Tensor) -> SilhouetteResult:
+    """A labelling with a single cluster (every point in one): its silhouette is undefined (a(i)
+    exists, b(i) does not), so NaN everywhere; choose_k never picks it over a defined one."""
+    ids = labels.unique().cpu().tolist()
+    return SilhouetteResult(mean=math.nan, samples=np.full(labels.shape[0], np.nan, dtype=np.float32),
+                            cluster_means={int(c): math.nan for c in ids}, fraction_negative=math.nan,
+                            n_clusters=len(ids))
+
+
 def fit_kmeans_all(x: torch.Tensor, ks: Sequence[int], backend: str, n_init: int, max_iter: int, seed: int,
                    progress: Callable[[int], None] | None = None) -> dict[int, KMeansResult]:
     """{k: KMeansResult} for every K. The torch backend fits them all in one batched computation
@@ -170,8 +179,18 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
                    f"using a stratified sample of {sample} (set --silhouette-sample to change)")
     if sample is not None and sample >= n:
         sample = None
+    sizes = {k: torch.bincount(fits[k].labels, minlength=k).cpu().tolist() for k in ks}
+    scorable = [k for k in ks if sum(1 for size in sizes[k] if size) >= 2]
+    single = [k for k in ks if k not in scorable]
+    if single and notify:
+        notify(f"K = {', '.join(map(str, single))}: KMeans found only one cluster (the features do not tell these "
+               "images apart: identical or near-identical images?); the silhouette is undefined there"
+               + ("" if scorable else ", so every image goes to cluster 0"))
     t0 = time.perf_counter()
-    silhouettes, sil_backend, sil_halvings = _silhouettes(x, fits, backend, sample, seed, notify)
+    silhouettes, sil_backend, sil_halvings = (_silhouettes(x, {k: fits[k] for k in scorable}, backend, sample, seed,
+                                                           notify) if scorable else ({}, "none", 0))
+    for k in single:
+        silhouettes[k] = _undefined_silhouette(fits[k].labels)
     timings["silhouette"] = time.perf_counter() - t0
     if progress:
         progress(1)
@@ -180,12 +199,11 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     scores = []
     for k in ks:
         labels = fits[k].labels
-        sizes = torch.bincount(labels, minlength=k).cpu().tolist()
         sil = silhouettes[k]
         scores.append(KScore(k=k, silhouette=float(sil.mean), inertia=float(fits[k].inertia),
                              calinski_harabasz=calinski_harabasz(x, labels), davies_bouldin=davies_bouldin(x, labels),
                              fraction_negative=float(sil.fraction_negative), balance=balance(labels, k),
-                             cluster_sizes=[int(s) for s in sizes]))
+                             cluster_sizes=[int(s) for s in sizes[k]]))
     timings["metrics"] = time.perf_counter() - t0
     chosen = choose_k(scores, select)
     mode = "sampled" if sample is not None else "exact"

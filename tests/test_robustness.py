@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import zlib
@@ -231,6 +232,37 @@ def test_too_few_good_images_after_skips_exit_2(runner, tmp_path):
     assert result.exit_code == 2
     assert "fewer than the smallest K" in result.output
     assert "Traceback" not in result.output
+
+
+def test_identical_images_give_one_cluster_not_a_crash(runner, tmp_path):
+    """Copies of one image: KMeans finds a single cluster for every K and the silhouette is
+    undefined. The run still ends (exit 0): every image in cluster 0, a notice says why, and the
+    scores are NaN rather than invented numbers."""
+    data = tmp_path / "same"
+    generate_sample_set(data, per_group=1, groups=("red_stripes",))
+    source = next(data.rglob("*.jpg"))
+    for i in range(8):
+        (data / f"copy{i}.jpg").write_bytes(source.read_bytes())  # distinct files, same pixels
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["run", str(data), "--out", str(out), "--model", "pixels", "--k", "2:4"])
+    assert result.exit_code == 0, result.output
+    assert "KMeans found only one cluster" in " ".join(result.output.split())
+    rows = read_rows(out / "predictions.csv")
+    assert len(rows) == 9 and {r["cluster"] for r in rows} == {"0"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["k"] == 2 and all(math.isnan(s["silhouette"]) for s in summary["scores"])
+    assert (out / "report" / "index.html").exists()
+
+
+def test_a_single_cluster_k_is_never_chosen_over_a_real_one():
+    from engine.select import search_k
+
+    x = torch.cat([torch.zeros(30, 3), torch.ones(30, 3)])  # two distinct points, 30 copies each
+    search = search_k(x, [2, 3], "torch")
+    assert search.chosen_k == 2 and search.score(2).silhouette == pytest.approx(1.0)
+    identical = search_k(torch.zeros(20, 3), [2, 3], "torch")
+    assert identical.chosen_k == 2 and math.isnan(identical.score(3).silhouette)
+    assert identical.silhouettes[2].n_clusters == 1 and np.isnan(identical.silhouettes[2].samples).all()
 
 
 # --------------------------------------------------------------------------- out of memory
