@@ -32,7 +32,7 @@ from .base import Batch, decoded_ahead
 from .frontend import DEFAULT_IO_THREADS, FrontEnd, default_fallback_threads
 from .probe import ImageProbe, assemble, pil_fallback, prepare_file, short_error
 from .decode import DEFAULT_MAX_PIXELS
-from .preprocess import CROP, MEAN, STD, source_crop_box
+from .preprocess import CROP, normalize_uint8, source_crop_box
 
 NVJPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO: a JPEG with extra frames; its first is the image
 
@@ -215,13 +215,6 @@ def _decode_jpegs(items: list[tuple[int, ImageProbe, torch.Tensor]], device: tor
     return decoded, slow, failures
 
 
-def _normalize(pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """float32 (n, 3, CROP, CROP) 0..255 -> `dtype` ImageNet-normalized."""
-    mean = torch.tensor(MEAN, device=pixels.device).view(1, 3, 1, 1) * 255.0
-    inv_std = 1.0 / (torch.tensor(STD, device=pixels.device).view(1, 3, 1, 1) * 255.0)
-    return ((pixels - mean) * inv_std).to(dtype)
-
-
 def decode_batch(start: int, prepared: Sequence["PreparedJpeg"], device: torch.device, dtype: torch.dtype,
                  max_pixels, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
                  decode_budget: int = DEFAULT_DECODE_BUDGET) -> Batch:
@@ -245,7 +238,7 @@ def decode_batch(start: int, prepared: Sequence["PreparedJpeg"], device: torch.d
         failures += more_failures
         if decoded:
             offsets += [k for k, _ in decoded]
-            parts.append(_normalize(batched_resize_crop([img for _, img in decoded], pixel_budget), dtype))
+            parts.append(normalize_uint8(batched_resize_crop([img for _, img in decoded], pixel_budget), dtype))
             del decoded
     tensor = (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else None
     failures = [(start + k, reason) for k, reason in failures]
