@@ -75,7 +75,7 @@ def main(argv=None) -> int:
             row(f"front end ({count} io)", lambda: [len(r) for _, r in front.batches(paths, args.batch, 2)])
 
     prepared = [[prepare_jpeg_file(q, DEFAULT_MAX_PIXELS) for q in b] for b in batches]
-    encoded = [[pj.tensor for pj in b] for b in prepared]
+    encoded = [[pj.tensor for pj in b if pj.probe is not None] for b in prepared]  # the JPEG fast path only
     decoded = [decode_jpeg(e, mode=ImageReadMode.RGB, device=device) for e in encoded]
     row("decode_jpeg", lambda: [decode_jpeg(e, mode=ImageReadMode.RGB, device=device) for e in encoded])
     row("resize+crop", lambda: [batched_resize_crop(d) for d in decoded])

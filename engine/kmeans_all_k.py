@@ -13,6 +13,10 @@ The algorithm and the random draws are cluster.kmeans_torch's: greedy k-means++ 
 seeded uniforms (one CPU generator per K, seeded with `seed`, drawn init after init), Lloyd with
 scikit-learn's tolerance and empty-cluster rule, the best inertia over inits, clusters numbered by
 size. Results agree with kmeans_torch up to floating-point summation order (tests check it).
+
+Memory beyond x: per Lloyd iteration an (n, G) float32 array of distances (for scikit-learn's
+empty-cluster rule), and at the end (n, G) int32 labels: at 1M rows and 87 fits (K = 2..30,
+3 inits) 348 MB each; the distance blocks are bounded by `_block_budget`.
 """
 from __future__ import annotations
 
@@ -130,15 +134,20 @@ def _plusplus_group(x, x_sq, ks: list[int], firsts: list[int], uniforms: list[to
     return centers
 
 
+CUDA_BLOCK_FACTOR = 16  # 2**28 elements: 3 GiB of float32 blocks at once
+
+
 def _block_budget(x: torch.Tensor) -> int:
     """Elements of one (rows, width) block: CHUNK_BUDGET's (2**24, the budget cluster.py keeps,
-    halved on out-of-memory), and on CUDA, until a halving, up to 16x that as free memory allows.
-    The batched blocks are (rows, fits x Kmax) wide: at 1M rows, K = 2..30 and 3 inits, 2**24
-    elements would be 156 blocks of a dozen kernels each per Lloyd iteration."""
+    halved on out-of-memory), and on CUDA, until a halving, CUDA_BLOCK_FACTOR times that. The
+    batched blocks are (rows, fits x Kmax) wide: at 1M rows, K = 2..30 and 3 inits, 2**24
+    elements would be 156 blocks of a dozen kernels each per Lloyd iteration.
+    A constant, not a share of free memory: the sums are added block by block, so the block size
+    sets their last bits, and a run must give the same labels whatever else holds GPU memory
+    (a rerun served from the feature cache has more free). An out-of-memory retry changes it."""
     if not x.is_cuda or CHUNK_BUDGET.halvings:
         return CHUNK_BUDGET.elems
-    free, _ = torch.cuda.mem_get_info(x.device)
-    return max(CHUNK_BUDGET.elems, min(16 * CHUNK_BUDGET.elems, free // 16))  # 3 float32 buffers per element
+    return CUDA_BLOCK_FACTOR * CHUNK_BUDGET.elems
 
 
 def _blocks(x: torch.Tensor, width: int):
@@ -150,8 +159,9 @@ def _blocks(x: torch.Tensor, width: int):
 
 
 def _retry_on_oom(fn, x: torch.Tensor, width: int):
-    """Run fn() (a pass over row blocks of `width` columns); on out-of-memory halve the rows per
-    block (CHUNK_BUDGET, kept for later calls) and run it again."""
+    """Run fn() (a pass over row blocks of `width` columns; its (n, G) outputs allocated by the
+    caller, since smaller blocks cannot shrink them); on out-of-memory halve the rows per block
+    (CHUNK_BUDGET, kept for later calls, never raised above its value) and run it again."""
     while True:
         try:
             return fn()
@@ -159,7 +169,7 @@ def _retry_on_oom(fn, x: torch.Tensor, width: int):
             rows = max(1, min(x.shape[0], _block_budget(x) // max(1, width)))
             if not is_oom(exc) or rows == 1:
                 raise
-            CHUNK_BUDGET.elems = max(width, rows // 2 * width)
+            CHUNK_BUDGET.elems = max(width, min(CHUNK_BUDGET.elems, rows // 2 * width))
             CHUNK_BUDGET.halvings += 1
             if x.is_cuda:
                 torch.cuda.empty_cache()
@@ -205,13 +215,14 @@ def _assign_all(x, x_sq, centers, ragged: _Ragged):
     flat = ragged.flat(centers)
     c_sq = (flat * flat).sum(1)
     width = ragged.count * ragged.kmax
+    labels = torch.empty((x.shape[0], ragged.count), dtype=torch.int32, device=x.device)
+    inertia = torch.zeros(ragged.count, dtype=torch.float64, device=x.device)
 
     def run():
-        labels = torch.empty((x.shape[0], ragged.count), dtype=torch.int32, device=x.device)
-        inertia = torch.zeros(ragged.count, dtype=torch.float64, device=x.device)
+        inertia.zero_()
         for a, b in _blocks(x, width):
             mins, labels[a:b] = _block_argmin(x[a:b], x_sq[a:b], flat, c_sq, ragged)
-            inertia += mins.double().sum(0)
+            inertia.add_(mins.double().sum(0))
         return labels, inertia
 
     return _retry_on_oom(run, x, width)
@@ -225,10 +236,11 @@ def _assign_and_sum(x, x_sq, centers, ragged: _Ragged):
     c_sq = (flat * flat).sum(1)
     width = ragged.count * ragged.kmax
 
+    mins = torch.empty((x.shape[0], ragged.count), dtype=torch.float32, device=x.device)
+
     def run():
         sums = torch.zeros((ragged.total, x.shape[1]), dtype=torch.float32, device=x.device)
         counts = torch.zeros(ragged.total, dtype=torch.float32, device=x.device)
-        mins = torch.empty((x.shape[0], ragged.count), dtype=torch.float32, device=x.device)
         for a, b in _blocks(x, width):
             mins[a:b], labels = _block_argmin(x[a:b], x_sq[a:b], flat, c_sq, ragged)
             onehot = torch.zeros((b - a, ragged.total), dtype=torch.float32, device=x.device)
@@ -272,7 +284,8 @@ def _lloyd_all(x, x_sq, centers, fit_k: list[int], max_iter: int, tol: float,
         current = new
         for g in running:
             n_iter[g] = it
-        still = [g for g, s in zip(running, shifts) if s > tol and it < max_iter]
+        # "not <=", as kmeans_torch's test: a NaN shift (NaN features) runs to max_iter there too
+        still = [g for g, s in zip(running, shifts) if not s <= tol and it < max_iter]
         if still != running:
             centers[idx, : ragged.kmax] = current
             ragged = None

@@ -150,6 +150,16 @@ def test_folder_order_is_path_order_with_awkward_names(tmp_path):
     assert [os.path.relpath(p, tmp_path) for p in found][:4] == ["A/x.jpg", "a/b/z.jpg", "a/x.JPG", "a/x.jpg"]
 
 
+@pytest.mark.parametrize("name", ["a.jpg", "a.JPEG", "..jpg", "...png", ".jpg", "a.", "a", "a.tar.gif", "a.jpg.txt"])
+def test_extension_filter_takes_the_suffix_as_pathlib_does(name):
+    from pathlib import Path
+
+    from engine.loaders.decode import has_image_extension, is_probably_image_path
+
+    assert has_image_extension(name) == is_probably_image_path(Path(name)) == (
+        Path(name).suffix.lower() in {".jpg", ".jpeg", ".png", ".gif"})
+
+
 def test_file_list_glob_and_duplicates(tmp_path):
     root = _tree(tmp_path)
     listing = tmp_path / "list.txt"

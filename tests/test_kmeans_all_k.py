@@ -101,3 +101,12 @@ def test_search_k_uses_it_for_torch(blobs):
     assert search.chosen_k == 5
     for k in (3, 5, 7):
         assert torch.equal(search.fits[k].labels, together[k].labels)
+
+
+def test_nan_features_iterate_as_kmeans_torch_does():
+    """A NaN shift is not 'converged' in either implementation (both run to max_iter)."""
+    x = torch.randn(60, 3, generator=torch.Generator().manual_seed(3))
+    x[5, 1] = float("nan")
+    together = kmeans_all_k(x, [2, 3], n_init=1, max_iter=7, seed=0)
+    for k in (2, 3):
+        assert together[k].n_iter == kmeans_torch(x, k, n_init=1, max_iter=7, seed=0).n_iter == 7

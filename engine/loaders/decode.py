@@ -173,5 +173,8 @@ def is_probably_image_path(path: Path) -> bool:
 
 
 def has_image_extension(name: str) -> bool:
-    """is_probably_image_path on a file name string (no Path object: discovery calls it per file)."""
-    return os.path.splitext(name)[1].lower() in EXTENSIONS
+    """is_probably_image_path on a file name string (no Path object: discovery calls it per file).
+    The suffix as pathlib takes it ("..jpg" has ".jpg"; ".jpg" and "a." have none), not as
+    os.path.splitext does (which gives "..jpg" none)."""
+    dot = name.rfind(".")
+    return 0 < dot < len(name) - 1 and name[dot:].lower() in EXTENSIONS
