@@ -237,6 +237,7 @@ def predict(
     device: str = DeviceOpt,
     decoder: str = DecoderOpt,
     batch_size: Optional[int] = BatchOpt,
+    io_threads: Optional[int] = IoThreadsOpt,
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights file to use instead of the one the model records (its fingerprint must match)."),
     allow_fingerprint_mismatch: bool = typer.Option(False, "--allow-fingerprint-mismatch", help="Use weights whose fingerprint differs from the model's (a warning instead of an error)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
@@ -252,7 +253,8 @@ def predict(
 
     reporter = RichReporter(err_console, quiet=quiet)
     fitted = load_model(model_file, device=device, weights=weights, allow_fingerprint_mismatch=allow_fingerprint_mismatch,
-                        decoder=decoder, batch_size=batch_size, warn=reporter.warn, notify=reporter.notify)
+                        decoder=decoder, batch_size=batch_size, io_threads=io_threads, warn=reporter.warn,
+                        notify=reporter.notify)
     with fitted:
         done = predict_files(fitted, paths, out, reporter=reporter)
     skipped = f"; {len(done.skipped)} skipped (see {done.skipped_csv})" if done.skipped else ""

@@ -373,13 +373,15 @@ class FittedModel:
     """
 
     def __init__(self, state: ModelState, backbone: Backbone, decoder: str = "pil", batch_size: int | None = None,
-                 num_threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 num_threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 io_threads: int | None = None):
         self.state = state
         self.backbone = backbone
         self.device = backbone.device
         self.decoder = decoder
         self.max_pixels = max_pixels
         self.num_threads = num_threads
+        self.io_threads = io_threads  # the GPU decoders' file-reading threads (loaders/frontend.py)
         self.batch_size = batch_size or auto_batch_size(self.device, backbone.name)
         self.pca = state.pca_result(self.device)
         self.centroids = state.centroids.to(self.device).float()
@@ -405,7 +407,7 @@ class FittedModel:
                                          precision=fc.precision, compile=fc.compile)
             decoder = resolve_decoder(fc.decoder, backbone.device)
         return cls(state, backbone, decoder=decoder, batch_size=fc.batch_size, num_threads=fc.num_threads,
-                   max_pixels=fc.max_pixels)
+                   max_pixels=fc.max_pixels, io_threads=fc.io_threads)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model file (see the module docstring); atomic."""
@@ -523,7 +525,8 @@ class FittedModel:
 
         paths = [Path(p) for p in paths]
         out = Prediction.empty(len(paths))
-        loader = make_loader(self.decoder, self.device, max_pixels=self.max_pixels, num_threads=self.num_threads)
+        loader = make_loader(self.decoder, self.device, max_pixels=self.max_pixels, num_threads=self.num_threads,
+                             io_threads=self.io_threads)
         for batch in loader.batches(paths, self.batch_size):
             for i, reason in batch.failures:
                 out.errors[i] = reason
@@ -615,7 +618,7 @@ def _checked_backbone(state: ModelState, device: torch.device, weights, allow_mi
 
 def load_model(path: str | os.PathLike, device: str = "auto", weights: str | os.PathLike | None = None,
                allow_fingerprint_mismatch: bool = False, *, decoder: str = "auto", precision: str = "auto",
-               batch_size: int | None = None, num_threads: int | None = None,
+               batch_size: int | None = None, num_threads: int | None = None, io_threads: int | None = None,
                max_pixels: int | None = DEFAULT_MAX_PIXELS, compile: bool = False,
                warn: Callable[[str], None] | None = None, notify: Callable[[str], None] | None = None) -> FittedModel:
     """Load a model file and its backbone (kept resident on `device`).
@@ -628,15 +631,16 @@ def load_model(path: str | os.PathLike, device: str = "auto", weights: str | os.
     """
     from .device import resolve_decoder, resolve_device
 
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    for name, value in (("batch_size", batch_size), ("io_threads", io_threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}={value} must be >= 1")
     state = read_model_file(path)
     dev = resolve_device(device, notify)
     resolved_decoder = resolve_decoder(decoder, dev, notify)
     backbone = _checked_backbone(state, dev, weights, allow_fingerprint_mismatch, path, precision=precision,
                                  compile=compile, warn=warn)
     return FittedModel(state, backbone, decoder=resolved_decoder, batch_size=batch_size, num_threads=num_threads,
-                       max_pixels=max_pixels)
+                       max_pixels=max_pixels, io_threads=io_threads)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -417,3 +417,22 @@ def test_cuda_predict_matches_cpu_and_is_thread_safe(model_file, blobs, fitted):
                             torch.float16)
     np.testing.assert_array_equal(model.predict_tensors(batch).labels, pred.labels[:4])
     model.close()
+
+
+def test_io_threads_reach_the_prediction_loader(model_file, three_groups, monkeypatch):
+    """predict's --io-threads goes to the loader, as run's does; 0 is a clear error."""
+    import engine.loaders
+
+    seen = {}
+    real = engine.loaders.make_loader
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.loaders, "make_loader", recording)
+    with load_model(model_file, device="cpu", io_threads=3) as model:
+        model.predict_paths(sorted(three_groups.rglob("*.jpg"))[:2])
+    assert seen["io_threads"] == 3
+    with pytest.raises(ConfigError, match="io_threads=0 must be >= 1"):
+        load_model(model_file, device="cpu", io_threads=0)
