@@ -7,7 +7,7 @@ The first H100 runs (benchmarks/RESULTS.md) measured the whole loader at 1.9k-2.
 the time. Each row times one piece over the same files, after a warm-up, in images per second:
 - read: the files' bytes, in the loader's thread pool;
 - front end (N io): read + header probe + tensor for every file, the loader's own front end
-  (`frontend.FrontEnd`) with N io threads (1, 2, 4, 8, 16; the default is DEFAULT_IO_THREADS);
+  (`frontend.FrontEnd`) with N io threads ("auto", the default, then 1, 2, 4, 8, 16);
 - decode_jpeg (CUDA): `torchvision.io.decode_jpeg(list, device="cuda")` on pre-read bytes, per batch;
 - resize+crop: `batched_resize_crop` on the decoded images, per batch;
 - decode_batch: everything after the CPU stage (decode, EXIF, resize, normalize), per batch;
@@ -69,10 +69,10 @@ def main(argv=None) -> int:
         row("read", lambda: list(pool.map(read_bytes, paths)))
     # the loader's front end (runs of files per io task, 2 batches ahead) runs Python under the
     # GIL: how its rate moves with the number of io threads
-    io_counts = sorted({1, 2, 4, 8, 16, DEFAULT_IO_THREADS})
+    io_counts = [None, *sorted({1, 2, 4, 8, 16, DEFAULT_IO_THREADS})]  # None: "auto" (the default)
     for count in io_counts:
         with FrontEnd(NVJPEG_FORMATS, DEFAULT_MAX_PIXELS, PreparedJpeg, io_threads=count) as front:
-            row(f"front end ({count} io)", lambda: [len(r) for _, r in front.batches(paths, args.batch, 2)])
+            row(f"front end ({count or 'auto'} io)", lambda: [len(r) for _, r in front.batches(paths, args.batch, 2)])
 
     prepared = [[prepare_jpeg_file(q, DEFAULT_MAX_PIXELS) for q in b] for b in batches]
     encoded = [[pj.tensor for pj in b if pj.probe is not None] for b in prepared]  # the JPEG fast path only
@@ -84,7 +84,9 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         for count in io_counts:
             loader = NvJpegLoader(device, io_threads=count)
-            row(f"loader ({count} io)", lambda: [b.images.shape for b in loader.batches(paths, args.batch)])
+            row(f"loader ({count or 'auto'} io)", lambda: [b.images.shape for b in loader.batches(paths, args.batch)])
+            if count is None:
+                print(f"  (auto chose {loader.io_threads_used} io threads)", flush=True)
     return 0
 
 

@@ -228,9 +228,9 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
     # Ours, stage by stage.
     _record(result.ours, Stage("read", _timed(lambda: _read_all(paths), dev), n))
     loader = make_loader(dec, dev, io_threads=io_threads)
-    if hasattr(loader, "io_threads"):  # the GPU decoders' file-reading threads (loaders/frontend.py)
-        result.backends["io_threads"] = str(loader.io_threads)
     extraction, extract_s = _measure_extraction(result.ours, paths, loader, ours_bb, bs, dev)
+    if hasattr(loader, "io_threads"):  # the GPU decoders' file-reading threads (loaders/frontend.py)
+        result.backends["io_threads"] = f"{loader.io_threads or 'auto'} ({loader.io_threads_used} used)"
     _warm_up_clustering(extraction.features, config, cluster_backend)
     t0 = time.perf_counter()
     _, _, search, timings = cluster_features(extraction.features, config, cluster_backend, Reporter())

@@ -57,7 +57,7 @@ WeightsOpt = typer.Option("auto", "--weights", help="auto (torchvision ImageNet 
 DeviceOpt = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu.")
 DecoderOpt = typer.Option("auto", "--decoder", help="auto | dali | nvjpeg | pil.")
 BatchOpt = typer.Option(None, "--batch-size", help="Images per batch (default: chosen from the device).")
-IoThreadsOpt = typer.Option(None, "--io-threads", help="GPU decoders: threads that read files (default 1: fastest from the page cache; raise it for network storage).")
+IoThreadsOpt = typer.Option(None, "--io-threads", help="GPU decoders: threads that read files (default auto: one, more when reads wait on storage).")
 SeedOpt = typer.Option(0, "--seed", help="Random seed (KMeans init, random weights, samples).")
 
 

@@ -434,11 +434,10 @@ def test_batched_resize_crop_cuda_matches_cpu():
 
 
 def test_make_loader_passes_io_threads():
-    """`--io-threads` reaches the GPU decoders' front end; unset, the front end's default."""
+    """`--io-threads` reaches the GPU decoders' front end; unset, "auto" (None)."""
     pytest.importorskip("nvidia.dali")
     from engine.loaders import make_loader
-    from engine.loaders.frontend import DEFAULT_IO_THREADS
 
     loader = make_loader("dali", torch.device("cpu"), num_threads=2, io_threads=3)
     assert (loader.io_threads, loader.num_threads) == (3, 2)
-    assert make_loader("dali", torch.device("cpu")).io_threads == DEFAULT_IO_THREADS
+    assert make_loader("dali", torch.device("cpu")).io_threads is None

@@ -48,7 +48,7 @@ import torch
 from ..errors import BackendUnavailable
 from .base import Batch, index_on
 from .decode import DEFAULT_MAX_PIXELS
-from .frontend import DEFAULT_IO_THREADS, FrontEnd, default_fallback_threads
+from .frontend import FrontEnd, default_fallback_threads
 from .preprocess import CROP, MEAN, STD, source_crop_box
 from .probe import ImageProbe, assemble, pil_fallback, short_error
 
@@ -122,7 +122,8 @@ class DALILoader:
     (zero copy, no host round trip). On the CPU
     (`device_id=None`, used by the tests): DALI CPU operators, float32 output.
     num_threads: CPU threads for PIL fallbacks and DALI's own threads (default min(32, cores)).
-    io_threads: threads that read and probe files (default frontend.DEFAULT_IO_THREADS).
+    io_threads: threads that read and probe files (None: "auto", see frontend.py);
+    io_threads_used: what the last batches() call ran with.
     """
 
     name = "dali"
@@ -147,7 +148,8 @@ class DALILoader:
             raise BackendUnavailable(f"--decoder dali supports cuda and cpu devices, not {device.type}")
         self.device = device
         self.num_threads = num_threads or default_fallback_threads()
-        self.io_threads = io_threads or DEFAULT_IO_THREADS
+        self.io_threads = io_threads
+        self.io_threads_used: int | None = None
         self.max_pixels = max_pixels
         self.prefetch = max(1, prefetch)
         self.dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -255,6 +257,7 @@ class DALILoader:
                 (offsets, tensor), more_slow, more_failures = self._decode(fast, batch_size)
                 slow.update(more_slow)
                 failures += [(start + k, reason) for k, reason in more_failures]
+                self.io_threads_used = front.threads_in_use
                 yield assemble(start, (offsets, tensor), slow, failures, self.device, self.dtype)
                 if in_use is not None:
                     in_use.hold(self._dali_outputs)

@@ -7,8 +7,11 @@ Two thread pools, because the work is of two kinds:
   lose more to GIL hand-offs than they gain. On the 2-core VM, 400x500 q90 JPEGs in the page cache
   (`prepared_batches` as it was: read + probe + tensor), files/s: 1 thread 19.0k, 2 threads
   11.6k-12.9k, 4: 8.2k-9.7k, 8: 8.1k-8.4k, 16: 6.4k-9.2k. Read from a cold page cache: 3.8k-6.6k
-  whatever the count (that disk's bandwidth). Hence DEFAULT_IO_THREADS = 1; raise it
-  (`--io-threads`) for storage where each read waits long (network file systems).
+  whatever the count (that disk's bandwidth). Hence one io thread (DEFAULT_IO_THREADS) to start.
+  With io_threads None ("auto"), the first batch's files are timed on that thread: when they
+  spent longer waiting (wall time beyond the thread's CPU time: storage latency) than working,
+  later batches get more threads (`auto_io_threads`), up to AUTO_MAX_IO_THREADS, since waiting
+  threads do not hold the GIL (network file systems, cold disks). A number fixes the count.
 - fallback (`fallback_threads`): PIL decode + resize of non-JPEG or unusual files. PIL releases
   the GIL while it decodes, so this pool scales with cores (default min(32, cores)).
 
@@ -17,7 +20,9 @@ Every position of a batch comes back as exactly one of: the fast-path item `fini
 """
 from __future__ import annotations
 
+import math
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
@@ -26,7 +31,18 @@ from .base import prefetched
 from .probe import ImageProbe, Prepared, pil_fallback, probe_file
 
 DEFAULT_IO_THREADS = 1
+AUTO_MAX_IO_THREADS = 16
+AUTO_SAMPLE_FILES = 16  # files timed on one thread before "auto" decides
 MIN_RUN = 8  # files per io task at least: one task per file cost more in hand-offs than the work
+
+
+def auto_io_threads(wait_s: float, cpu_s: float, cap: int = AUTO_MAX_IO_THREADS) -> int:
+    """io threads for files that, on one thread, waited `wait_s` and worked `cpu_s` in all: 1 while
+    they work at least as long as they wait (reading is then GIL-bound Python), else enough
+    threads to overlap the waits, ceil(wait / cpu) + 1, at most `cap`."""
+    if wait_s <= cpu_s:
+        return 1
+    return min(cap, math.ceil(wait_s / max(cpu_s, 1e-9)) + 1)
 
 
 def default_fallback_threads() -> int:
@@ -38,26 +54,33 @@ class FrontEnd:
 
     fast_formats: formats the GPU decoder takes (probe_file's `fast_formats`).
     finish(probe) -> the item a fast-path file becomes (runs on an io thread).
+    io_threads: a count, or None for "auto" (module doc); `threads_in_use` says what it chose.
     """
 
     def __init__(self, fast_formats: frozenset[str], max_pixels: int | None,
                  finish: Callable[[ImageProbe], object] = lambda probe: Prepared(probe=probe),
                  io_threads: int | None = None, fallback_threads: int | None = None, name: str = "imgcluster"):
         self.fast_formats, self.max_pixels, self.finish = fast_formats, max_pixels, finish
-        self.io_threads = max(1, io_threads or DEFAULT_IO_THREADS)
+        self.auto = io_threads is None
+        self.threads_in_use = max(1, io_threads or DEFAULT_IO_THREADS)
         self.fallback_threads = max(1, fallback_threads or default_fallback_threads())
         self._name = name
         self._io: ThreadPoolExecutor | None = None
+        self._retired: list[ThreadPoolExecutor] = []  # the one-thread pool after an auto scale-up
         self._fallback: ThreadPoolExecutor | None = None
+        self._timing = self.auto  # time files until auto has decided
+        self._waited = self._worked = 0.0
+        self._timed = 0
 
     def __enter__(self) -> "FrontEnd":
         self._fallback = ThreadPoolExecutor(self.fallback_threads, thread_name_prefix=f"{self._name}-pil")
-        self._io = ThreadPoolExecutor(self.io_threads, thread_name_prefix=f"{self._name}-read")
+        self._io = ThreadPoolExecutor(self.threads_in_use, thread_name_prefix=f"{self._name}-read")
         return self
 
     def __exit__(self, *exc) -> None:
         # io first: its tasks submit to the fallback pool
-        self._io.shutdown(wait=True, cancel_futures=True)
+        for pool in (*self._retired, self._io):
+            pool.shutdown(wait=True, cancel_futures=True)
         self._fallback.shutdown(wait=True, cancel_futures=True)
 
     def batches(self, paths: Sequence, batch_size: int, prefetch: int) -> Iterator[tuple[int, list]]:
@@ -66,9 +89,21 @@ class FrontEnd:
             raise RuntimeError("FrontEnd.batches needs `with FrontEnd(...) as front:`")
         return prefetched(paths, batch_size, prefetch, self._submit)
 
+    def _decide(self) -> None:
+        """auto: once enough files were timed on one thread, keep one thread or scale up (once)."""
+        if not self._timing or self._timed < AUTO_SAMPLE_FILES:
+            return
+        self._timing = False
+        want = auto_io_threads(self._waited, self._worked)
+        if want > self.threads_in_use:
+            self._retired.append(self._io)  # its queued tasks still run there
+            self._io = ThreadPoolExecutor(want, thread_name_prefix=f"{self._name}-read")
+            self.threads_in_use = want
+
     def _submit(self, batch_paths: Sequence) -> list:
         """About one io task per thread per batch, each a run of at least MIN_RUN files."""
-        step = max(MIN_RUN, -(-len(batch_paths) // self.io_threads))
+        self._decide()
+        step = max(MIN_RUN, -(-len(batch_paths) // self.threads_in_use))
         parts: list[_ResultAt] = []
         for a in range(0, len(batch_paths), step):
             run = batch_paths[a:a + step]
@@ -79,10 +114,20 @@ class FrontEnd:
     def _prepare_run(self, paths: Sequence) -> list:
         out: list = []
         for path in paths:
+            timing = self._timing
+            if timing:  # wall minus this thread's CPU time = what the read waited for
+                wall, cpu = time.perf_counter(), time.thread_time()
             try:
-                probe = probe_file(path, self.max_pixels, self.fast_formats)
+                probe, failure = probe_file(path, self.max_pixels, self.fast_formats), None
             except DecodeError as exc:
-                out.append(Prepared(reason=str(exc)))
+                probe, failure = None, str(exc)
+            if timing:
+                worked = time.thread_time() - cpu
+                self._worked += worked
+                self._waited += max(0.0, time.perf_counter() - wall - worked)
+                self._timed += 1
+            if probe is None:
+                out.append(Prepared(reason=failure))
                 continue
             if probe.fast_ok:
                 out.append(self.finish(probe))

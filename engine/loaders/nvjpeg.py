@@ -22,14 +22,14 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import BackendUnavailable
 from .base import Batch, decoded_ahead
-from .frontend import DEFAULT_IO_THREADS, FrontEnd, default_fallback_threads
+from .frontend import FrontEnd, default_fallback_threads
 from .probe import ImageProbe, assemble, pil_fallback, prepare_file, short_error
 from .decode import DEFAULT_MAX_PIXELS
 from .preprocess import CROP, normalize_uint8, source_crop_box
@@ -267,7 +267,8 @@ class NvJpegLoader:
     JPEGs are decoded by nvJPEG (torchvision.io.decode_jpeg, batched) and resized by
     `batched_resize_crop`; everything else by the PIL reference on the CPU.
     num_threads: CPU threads for PIL fallbacks (default min(32, cores)). io_threads: threads that
-    read and probe files (default frontend.DEFAULT_IO_THREADS; see frontend.py for why so few).
+    read and probe files (None: "auto", frontend.py says why it starts with one);
+    io_threads_used: what the last batches() call ran with.
     prefetch: batches read ahead.
     """
 
@@ -287,7 +288,8 @@ class NvJpegLoader:
         index = device.index if device.index is not None else torch.cuda.current_device()
         self.device = torch.device("cuda", index)
         self.num_threads = num_threads or default_fallback_threads()
-        self.io_threads = io_threads or DEFAULT_IO_THREADS
+        self.io_threads = io_threads
+        self.io_threads_used: int | None = None
         self.max_pixels = max_pixels
         self.prefetch = max(1, prefetch)
         self.pixel_budget = pixel_budget
@@ -304,12 +306,17 @@ class NvJpegLoader:
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         yield from decode_pipeline(paths, batch_size, self.device, self.dtype, self.max_pixels, self.num_threads,
-                                   self.prefetch, self.pixel_budget, side=self._stream, io_threads=self.io_threads)
+                                   self.prefetch, self.pixel_budget, side=self._stream, io_threads=self.io_threads,
+                                   on_batch=self._record)
+
+    def _record(self, front: FrontEnd) -> None:
+        self.io_threads_used = front.threads_in_use
 
 
 def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device, dtype: torch.dtype, max_pixels,
                     num_threads: int, prefetch: int, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
-                    side: "torch.cuda.Stream | None" = None, io_threads: int | None = None) -> Iterator[Batch]:
+                    side: "torch.cuda.Stream | None" = None, io_threads: int | None = None,
+                    on_batch: "Callable[[FrontEnd], None] | None" = None) -> Iterator[Batch]:
     """The loader's whole pipeline: the front end (frontend.FrontEnd: read + probe on `io_threads`,
     PIL fallbacks on `num_threads`, `prefetch` batches ahead), decode_batch on one decode thread
     one batch ahead, Batches yielded in input order.
@@ -340,6 +347,8 @@ def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device
                 # tell the caching allocator, so it does not hand the memory out before use ends.
                 if batch.images.numel():
                     batch.images.record_stream(consumer)
+            if on_batch is not None:
+                on_batch(front)  # e.g. the io thread count "auto" has chosen so far
             yield batch
 
 
