@@ -16,9 +16,9 @@ from engine.loaders.nvjpeg import NVJPEG_FORMATS, PreparedJpeg
 def test_auto_rule():
     assert auto_io_threads(0.0, 1.0) == 1
     assert auto_io_threads(1.0, 1.0) == 1  # waiting no longer than working: GIL-bound, one thread
-    assert auto_io_threads(3.0, 1.0) == 4  # ceil(wait / work) + 1 threads overlap the waits
-    assert auto_io_threads(1000.0, 1.0) == AUTO_MAX_IO_THREADS
+    assert auto_io_threads(1.5, 1.0) == AUTO_MAX_IO_THREADS  # reads wait: many in flight
     assert auto_io_threads(5.0, 0.0) == AUTO_MAX_IO_THREADS
+    assert auto_io_threads(5.0, 1.0, cap=4) == 4
 
 
 @pytest.fixture()
@@ -58,6 +58,6 @@ def test_waiting_reads_get_more_threads_only_in_auto(jpegs, monkeypatch, io_thre
         sizes = [(p.probe.width, p.probe.height) for _, batch in front.batches(jpegs, 16, 2) for p in batch]
     assert sizes == [(16 + i % 5, 12) for i in range(96)]  # every file, in order, whatever the threads
     if io_threads is None:
-        assert front.threads_in_use > 1 and state["most"] > 1
+        assert front.threads_in_use == AUTO_MAX_IO_THREADS and state["most"] > 1
     else:
         assert front.threads_in_use == 1 and state["most"] == 1

@@ -10,8 +10,8 @@ Two thread pools, because the work is of two kinds:
   whatever the count (that disk's bandwidth). Hence one io thread (DEFAULT_IO_THREADS) to start.
   With io_threads None ("auto"), the first batch's files are timed on that thread: when they
   spent longer waiting (wall time beyond the thread's CPU time: storage latency) than working,
-  later batches get more threads (`auto_io_threads`), up to AUTO_MAX_IO_THREADS, since waiting
-  threads do not hold the GIL (network file systems, cold disks). A number fixes the count.
+  later batches get AUTO_MAX_IO_THREADS threads (`auto_io_threads`), since waiting threads do
+  not hold the GIL (network file systems, cold disks). A number fixes the count.
 - fallback (`fallback_threads`): PIL decode + resize of non-JPEG or unusual files. PIL releases
   the GIL while it decodes, so this pool scales with cores (default min(32, cores)).
 
@@ -20,8 +20,8 @@ Every position of a batch comes back as exactly one of: the fast-path item `fini
 """
 from __future__ import annotations
 
-import math
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
@@ -38,11 +38,11 @@ MIN_RUN = 8  # files per io task at least: one task per file cost more in hand-o
 
 def auto_io_threads(wait_s: float, cpu_s: float, cap: int = AUTO_MAX_IO_THREADS) -> int:
     """io threads for files that, on one thread, waited `wait_s` and worked `cpu_s` in all: 1 while
-    they work at least as long as they wait (reading is then GIL-bound Python), else enough
-    threads to overlap the waits, ceil(wait / cpu) + 1, at most `cap`."""
-    if wait_s <= cpu_s:
-        return 1
-    return min(cap, math.ceil(wait_s / max(cpu_s, 1e-9)) + 1)
+    they work at least as long as they wait (reading is then GIL-bound Python), else `cap`.
+    Not wait / cpu: the first files' CPU time is inflated (fresh buffers fault in), and with 1 ms
+    of simulated latency that ratio chose 6 threads, 1.7k files/s against 5.7k with 16; threads
+    that wait do not hold the GIL, and from a disk-bound cold cache 16 threads did no worse than 1."""
+    return 1 if wait_s <= cpu_s else cap
 
 
 def default_fallback_threads() -> int:
@@ -71,6 +71,8 @@ class FrontEnd:
         self._timing = self.auto  # time files until auto has decided
         self._waited = self._worked = 0.0
         self._timed = 0
+        self._generation = 0  # +1 when auto replaces the io pool
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "FrontEnd":
         self._fallback = ThreadPoolExecutor(self.fallback_threads, thread_name_prefix=f"{self._name}-pil")
@@ -90,15 +92,18 @@ class FrontEnd:
         return prefetched(paths, batch_size, prefetch, self._submit)
 
     def _decide(self) -> None:
-        """auto: once enough files were timed on one thread, keep one thread or scale up (once)."""
-        if not self._timing or self._timed < AUTO_SAMPLE_FILES:
-            return
-        self._timing = False
-        want = auto_io_threads(self._waited, self._worked)
-        if want > self.threads_in_use:
-            self._retired.append(self._io)  # its queued tasks still run there
-            self._io = ThreadPoolExecutor(want, thread_name_prefix=f"{self._name}-read")
-            self.threads_in_use = want
+        """auto: once enough files were timed on one thread, keep one thread or scale up (once).
+        Called by the consumer (submitting a batch) and by the io thread (mid-run)."""
+        with self._lock:
+            if not self._timing or self._timed < AUTO_SAMPLE_FILES:
+                return
+            self._timing = False
+            want = auto_io_threads(self._waited, self._worked)
+            if want > self.threads_in_use:
+                self._retired.append(self._io)  # its running task hands the rest of its files over
+                self._io = ThreadPoolExecutor(want, thread_name_prefix=f"{self._name}-read")
+                self.threads_in_use = want
+                self._generation += 1
 
     def _submit(self, batch_paths: Sequence) -> list:
         """About one io task per thread per batch, each a run of at least MIN_RUN files."""
@@ -107,33 +112,41 @@ class FrontEnd:
         parts: list[_ResultAt] = []
         for a in range(0, len(batch_paths), step):
             run = batch_paths[a:a + step]
-            future = self._io.submit(self._prepare_run, run)
+            future = self._io.submit(self._prepare_run, run, self._generation)
             parts += [_ResultAt(future, j) for j in range(len(run))]
         return parts
 
-    def _prepare_run(self, paths: Sequence) -> list:
+    def _prepare_run(self, paths: Sequence, generation: int) -> list:
+        """Items for a run of files. A run queued before an auto scale-up hands its remaining files
+        to the new pool, one task each (their items are Futures, which _ResultAt resolves)."""
         out: list = []
-        for path in paths:
-            timing = self._timing
-            if timing:  # wall minus this thread's CPU time = what the read waited for
+        for i, path in enumerate(paths):
+            if generation != self._generation:
+                out += [self._io.submit(self._prepare_one, p) for p in paths[i:]]
+                break
+            if self._timing:  # wall minus this thread's CPU time = what the read waited for
                 wall, cpu = time.perf_counter(), time.thread_time()
-            try:
-                probe, failure = probe_file(path, self.max_pixels, self.fast_formats), None
-            except DecodeError as exc:
-                probe, failure = None, str(exc)
-            if timing:
+                out.append(self._prepare_one(path))
                 worked = time.thread_time() - cpu
                 self._worked += worked
                 self._waited += max(0.0, time.perf_counter() - wall - worked)
                 self._timed += 1
-            if probe is None:
-                out.append(Prepared(reason=failure))
-                continue
-            if probe.fast_ok:
-                out.append(self.finish(probe))
-            else:  # decoded by the reference on the fallback pool, off the GIL-bound io thread
-                out.append(self._fallback.submit(pil_fallback, probe.data, self.max_pixels))
+                self._decide()
+            else:
+                out.append(self._prepare_one(path))
         return out
+
+    def _prepare_one(self, path):
+        """One file's item: finish(probe) for the fast path, a Future of the PIL decode for the
+        others, a Prepared with the reason for a failure."""
+        try:
+            probe = probe_file(path, self.max_pixels, self.fast_formats)
+        except DecodeError as exc:
+            return Prepared(reason=str(exc))
+        if probe.fast_ok:
+            return self.finish(probe)
+        # decoded by the reference on the fallback pool, off the GIL-bound io thread
+        return self._fallback.submit(pil_fallback, probe.data, self.max_pixels)
 
 
 class _ResultAt:
@@ -147,4 +160,6 @@ class _ResultAt:
 
     def result(self):
         item = self.future.result()[self.j]
-        return item.result() if isinstance(item, Future) else item
+        while isinstance(item, Future):  # a file handed to the new io pool, or a PIL decode
+            item = item.result()
+        return item
