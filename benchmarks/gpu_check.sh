@@ -109,6 +109,7 @@ if search.exists():
     print("\n".join(ln for ln in search.read_text().splitlines() if ln.startswith("[")))
 profile = out / "nvjpeg_profile.txt"
 if profile.exists():
-    print("\n".join(ln for ln in profile.read_text().splitlines() if "img/s" in ln or "profile" in ln))
+    print("\n".join(ln for ln in profile.read_text().splitlines() if "img/s" in ln or "profile" in ln
+                    or "auto chose" in ln))
 PY
 tail -3 "$OUT/gpu_tests.txt"
