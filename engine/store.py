@@ -14,7 +14,8 @@ A file is identified by (path, size, mtime): a changed file misses the cache and
 removed one is simply never asked for. A different fingerprint (model, weights, preprocessing)
 empties the cache and says so, and so does another `made_with` (the precision and the decoder:
 features from bf16 and fp32, or from nvJPEG and PIL pixels, differ by about 1 %, and one run's
-features must all come from one configuration); so does a corrupt manifest. A damaged shard (truncated features,
+features must all come from one configuration; a manifest from before `made_with` was recorded
+is kept and given this run's, with a notice); so does a corrupt manifest. A damaged shard (truncated features,
 bad index, wrong width) is reported, deleted, and its images recomputed. Only files the store
 writes are ever deleted. `open(..., create=False)` is the read-only mode of `imgcluster cluster`:
 there a missing, corrupt or foreign cache is an InputError instead.
@@ -44,6 +45,10 @@ def _entry_key(entry) -> tuple[str, int, int]:
     if not isinstance(path, str):
         raise TypeError("path is not a string")
     return path, int(size), int(mtime)
+
+
+def _describe(settings: dict[str, str]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in settings.items())
 
 
 def file_key(path, base: str | os.PathLike | None = None) -> tuple[str, int, int] | None:
@@ -162,6 +167,13 @@ class FeatureStore:
             self._reset("Feature cache in " + str(self.folder) + " was made with a different model, weights "
                         "or preprocessing: discarding it and extracting every image again")
             return
+        if self.made_with is not None and "made_with" not in manifest:
+            # written before the manifest recorded it: keep the shards (an interrupted long run
+            # would otherwise start again after an upgrade) and record this run's settings
+            manifest["made_with"] = self.made_with
+            atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+            self.notify(f"Feature cache in {self.folder} predates recording precision and decoder: "
+                        f"kept, assumed made with {_describe(self.made_with)}")
         if self.made_with is not None and manifest.get("made_with") != self.made_with:
             before = manifest.get("made_with") or {}
             changed = ", ".join(f"{key} {before.get(key, 'unrecorded')} -> {value}"

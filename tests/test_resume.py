@@ -196,6 +196,21 @@ def test_another_precision_or_decoder_does_not_mix_features(small_set, runner, t
     assert _summary(out)["cache"]["extracted"] == 12
 
 
+def test_a_cache_from_before_made_with_is_kept(small_set, runner, tmp_path):
+    """An interrupted run's cache written by the previous version (no made_with in the manifest)
+    is resumed after an upgrade, not thrown away; the manifest then records this run's settings."""
+    out = tmp_path / "out"
+    _run(runner, small_set, out)
+    manifest_path = out / "features" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["made_with"]
+    manifest_path.write_text(json.dumps(manifest))
+    result = _run(runner, small_set, out)
+    assert "predates recording precision and decoder: kept" in " ".join(result.output.split())
+    assert "Resumed 12 of 12" in result.output
+    assert json.loads(manifest_path.read_text())["made_with"] == {"precision": "fp32", "decoder": "pil"}
+
+
 def test_corrupt_manifest_is_rebuilt_with_a_message(small_set, runner, tmp_path):
     out = tmp_path / "out"
     _run(runner, small_set, out)
