@@ -25,7 +25,10 @@ PY="${PYTHON:-python3}"
 DEVICE="${DEVICE:-cuda}"
 MODEL="${MODEL:-resnet152}"
 BENCH_N="${BENCH_N:-4096}"        # images for the eager bench (with the seed-like run)
-COMPILE_N="${COMPILE_N:-2048}"    # images for the --compile bench
+# images for the --compile bench: more than the eager one, since at 4,096 the fixed costs (PCA's
+# eigh ~30 ms on the H100, the first batch's decode, the clustering) are a large share of the
+# ~0.4 s a 10k img/s run would take; the extra images are hard links (make_bench_set), no cost
+COMPILE_N="${COMPILE_N:-8192}"
 SIL_N="${SIL_N:-1000000}"         # points for the all-K silhouette target (K = 2..30, d = 200)
 SIL_BACKENDS="${SIL_BACKENDS:-triton,tiled:fp16x3:nosplit}"  # bench_silhouette.py specs
 TUNE_N="${TUNE_N:-200000}"        # points for the kernels' table (methods, precisions, launch configurations)
