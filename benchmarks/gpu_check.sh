@@ -26,7 +26,7 @@ DEVICE="${DEVICE:-cuda}"
 MODEL="${MODEL:-resnet152}"
 BENCH_N="${BENCH_N:-4096}"        # images for the eager bench (with the seed-like run)
 # images for the --compile bench: more than the eager one, since at 4,096 the fixed costs (PCA's
-# eigh ~30 ms on the H100, the first batch's decode, the clustering) are a large share of the
+# stage took ~30 ms on the H100, the first batch's decode, the clustering) are a large share of the
 # ~0.4 s a 10k img/s run would take; the extra images are hard links (make_bench_set), no cost
 COMPILE_N="${COMPILE_N:-8192}"
 SIL_N="${SIL_N:-1000000}"         # points for the all-K silhouette target (K = 2..30, d = 200)
