@@ -435,7 +435,7 @@ def test_batched_resize_crop_cuda_matches_cpu():
 
 def test_make_loader_passes_io_threads():
     """`--io-threads` reaches the GPU decoders' front end; unset, "auto" (None)."""
-    pytest.importorskip("nvidia.dali")
+    pytest.importorskip("nvidia.dali", reason="nvidia.dali is not importable: the DALI loader cannot be built")
     from engine.loaders import make_loader
 
     loader = make_loader("dali", torch.device("cpu"), num_threads=2, io_threads=3)
