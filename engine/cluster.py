@@ -93,6 +93,14 @@ def squared_distances_argmin(x: torch.Tensor, centroids: torch.Tensor, x_sq: tor
     return labels, mins
 
 
+def plusplus_draws(n: int, k: int, gen: torch.Generator) -> tuple[int, torch.Tensor]:
+    """The random numbers of one k-means++ init: the first center's row, and (k-1, trials)
+    float64 uniforms for the candidates of each later step (trials = 2 + log k), from `gen` in
+    that order. kmeans_all_k draws through here too, so both give the same fits."""
+    first = int(torch.randint(n, (1,), generator=gen, device="cpu"))
+    return first, torch.rand((max(k - 1, 0), 2 + int(math.log(k))), generator=gen, dtype=torch.float64)
+
+
 def _kmeans_plusplus(x: torch.Tensor, x_sq: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """Greedy k-means++ (as scikit-learn): 2 + log(k) candidates per step, keep the best.
 
@@ -100,9 +108,7 @@ def _kmeans_plusplus(x: torch.Tensor, x_sq: torch.Tensor, k: int, gen: torch.Gen
     one draw and one upload, and the chosen rows are picked with device-side indices (on a GPU the
     syncs, not the arithmetic, were the cost at a few thousand points)."""
     n = x.shape[0]
-    trials = 2 + int(math.log(k))
-    first = int(torch.randint(n, (1,), generator=gen, device="cpu"))
-    uniforms = torch.rand((max(k - 1, 0), trials), generator=gen, dtype=torch.float64)
+    first, uniforms = plusplus_draws(n, k, gen)
     if x.is_cuda:
         uniforms = uniforms.pin_memory().to(x.device, non_blocking=True)
     centers = [x[first:first + 1]]

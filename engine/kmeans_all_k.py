@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .cluster import CHUNK_BUDGET, KMeansResult, is_oom, order_by_size
+from .cluster import CHUNK_BUDGET, KMeansResult, is_oom, order_by_size, plusplus_draws
 from .errors import ConfigError
 
 # k-means++ evaluates (fits x trials x n) candidate distances per step: at most this many
@@ -78,8 +78,9 @@ def _draws(n: int, fit_k: list[int], n_init: int, seed: int) -> tuple[list[int],
     for g, k in enumerate(fit_k):
         if g % n_init == 0:
             gen = torch.Generator(device="cpu").manual_seed(seed)
-        firsts.append(int(torch.randint(n, (1,), generator=gen, device="cpu")))
-        uniforms.append(torch.rand((max(k - 1, 0), 2 + int(math.log(k))), generator=gen, dtype=torch.float64))
+        first, draws = plusplus_draws(n, k, gen)
+        firsts.append(first)
+        uniforms.append(draws)
     return firsts, uniforms
 
 

@@ -127,11 +127,12 @@ def _silhouettes(x: torch.Tensor, fits: dict[int, KMeansResult], backend: str, s
     return dict(zip(ks, results)), "torch-all-k", halvings
 
 
-def _undefined_silhouette(labels: torch.Tensor) -> SilhouetteResult:
-    """A labelling with a single cluster (every point in one): its silhouette is undefined (a(i)
-    exists, b(i) does not), so NaN everywhere; choose_k never picks it over a defined one."""
-    ids = labels.unique().cpu().tolist()
-    return SilhouetteResult(mean=math.nan, samples=np.full(labels.shape[0], np.nan, dtype=np.float32),
+def _undefined_silhouette(sizes: list[int]) -> SilhouetteResult:
+    """A labelling with a single cluster (every point in one; `sizes`: points per id): its
+    silhouette is undefined (a(i) exists, b(i) does not), so NaN everywhere; choose_k never picks
+    it over a defined one."""
+    ids = [c for c, size in enumerate(sizes) if size]
+    return SilhouetteResult(mean=math.nan, samples=np.full(sum(sizes), np.nan, dtype=np.float32),
                             cluster_means={int(c): math.nan for c in ids}, fraction_negative=math.nan,
                             n_clusters=len(ids))
 
@@ -139,7 +140,7 @@ def _undefined_silhouette(labels: torch.Tensor) -> SilhouetteResult:
 def fit_kmeans_all(x: torch.Tensor, ks: Sequence[int], backend: str, n_init: int, max_iter: int, seed: int,
                    progress: Callable[[int], None] | None = None) -> dict[int, KMeansResult]:
     """{k: KMeansResult} for every K. The torch backend fits them all in one batched computation
-    (kmeans_all_k: the same results as one fit per K, a tenth of the kernel launches and syncs);
+    (kmeans_all_k: the same results as one fit per K, a twelfth of the tensor operations);
     the others one K at a time. progress(1) once per K."""
     if backend == "torch":
         return kmeans_all_k(x, ks, n_init=n_init, max_iter=max_iter, seed=seed, progress=progress)
@@ -190,7 +191,7 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     silhouettes, sil_backend, sil_halvings = (_silhouettes(x, {k: fits[k] for k in scorable}, backend, sample, seed,
                                                            notify) if scorable else ({}, "none", 0))
     for k in single:
-        silhouettes[k] = _undefined_silhouette(fits[k].labels)
+        silhouettes[k] = _undefined_silhouette(sizes[k])
     timings["silhouette"] = time.perf_counter() - t0
     if progress:
         progress(1)

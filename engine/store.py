@@ -15,10 +15,10 @@ removed one is simply never asked for. A different fingerprint (model, weights, 
 empties the cache and says so, and so does another `made_with` (the precision and the decoder:
 features from bf16 and fp32, or from nvJPEG and PIL pixels, differ by about 1 %, and one run's
 features must all come from one configuration; a manifest from before `made_with` was recorded
-is kept and given this run's, with a notice); so does a corrupt manifest. A damaged shard (truncated features,
-bad index, wrong width) is reported, deleted, and its images recomputed. Only files the store
-writes are ever deleted. `open(..., create=False)` is the read-only mode of `imgcluster cluster`:
-there a missing, corrupt or foreign cache is an InputError instead.
+is kept and given this run's, with a notice); so does a corrupt manifest. A damaged shard
+(truncated features, bad index, wrong width) is reported, deleted, and its images recomputed.
+Only files the store writes are ever deleted. `open(..., create=False)` is the read-only mode of
+`imgcluster cluster`: there a missing, corrupt or foreign cache is an InputError instead.
 """
 from __future__ import annotations
 

@@ -22,9 +22,9 @@ Robustness (DALI stops a whole pipeline run on one corrupt file):
     failures with the same reasons the PIL reference gives, without a full decode;
   * files DALI would decode differently from the reference, or not at all, go to the PIL path
     (`load_and_preprocess`, on the front end's fallback pool): GIF, TIFF, extended WebP,
-    palette/alpha/CMYK/16-bit modes, PNG with bit depth != 8, tRNS or eXIf, multi-frame files, JPEGs without an end-of-image
-    marker after the scan (truncated) and PNGs without IEND (so truncated files fail exactly as
-    they do in the reference);
+    palette/alpha/CMYK/16-bit modes, PNG with bit depth != 8, tRNS or eXIf, multi-frame files,
+    JPEGs without an end-of-image marker after the scan (truncated) and PNGs without IEND (so
+    truncated files fail exactly as they do in the reference);
   * if a pipeline run still raises, the pipeline is rebuilt and the batch retried file by file;
     a file DALI rejects alone is tried once more with PIL and reported as a failure
     ("decode failed (dali): ...") only if that fails too.

@@ -61,14 +61,13 @@ class FrontEnd:
                  finish: Callable[[ImageProbe], object] = lambda probe: Prepared(probe=probe),
                  io_threads: int | None = None, fallback_threads: int | None = None, name: str = "imgcluster"):
         self.fast_formats, self.max_pixels, self.finish = fast_formats, max_pixels, finish
-        self.auto = io_threads is None
         self.threads_in_use = max(1, io_threads or DEFAULT_IO_THREADS)
         self.fallback_threads = max(1, fallback_threads or default_fallback_threads())
         self._name = name
         self._io: ThreadPoolExecutor | None = None
         self._retired: list[ThreadPoolExecutor] = []  # the one-thread pool after an auto scale-up
         self._fallback: ThreadPoolExecutor | None = None
-        self._timing = self.auto  # time files until auto has decided
+        self._timing = io_threads is None  # "auto": time files until it has decided
         self._waited = self._worked = 0.0
         self._timed = 0
         self._generation = 0  # +1 when auto replaces the io pool
