@@ -7,7 +7,13 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test bench doctor clean
 
+# A new .venv holds the CUDA build of torch (about 6.5 GB installed): say so up front rather
+# than let pip fail half-way with 'No space left on device'.
+NEED_GB := 8
+
 $(VENV)/.run-installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; \
+	  sys.exit(0 if free >= $(NEED_GB) else f"make: {free:.1f} GB free here; a new $(VENV) needs about $(NEED_GB) GB (torch with CUDA). Free some space and rerun.")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -e .
