@@ -113,6 +113,6 @@ if search.exists():
 profile = out / "nvjpeg_profile.txt"
 if profile.exists():
     print("\n".join(ln for ln in profile.read_text().splitlines() if "img/s" in ln or "profile" in ln
-                    or "auto chose" in ln))
+                    or "auto chose" in ln or ln.startswith("launch tax")))
 PY
 tail -3 "$OUT/gpu_tests.txt"

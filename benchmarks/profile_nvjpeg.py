@@ -12,7 +12,8 @@ the time. Each row times one piece over the same files, after a warm-up, in imag
 - resize+crop: `batched_resize_crop` on the decoded images, per batch;
 - decode_batch: everything after the CPU stage (decode, EXIF, resize, normalize), per batch;
 - loader (N io): `NvJpegLoader.batches` end to end (what `bench` calls decode_resize) with N io
-  threads: the row that decides DEFAULT_IO_THREADS on a GPU machine.
+  threads: the row that decides DEFAULT_IO_THREADS on a GPU machine;
+- launch tax: the host time of a tiny op (a kernel launch) alone and while the loader runs.
 Dry run on a CPU machine: --device cpu (decode_jpeg then runs libjpeg; no loader row).
 """
 from __future__ import annotations
@@ -87,7 +88,47 @@ def main(argv=None) -> int:
             row(f"loader ({count or 'auto'} io)", lambda: [b.images.shape for b in loader.batches(paths, args.batch)])
             if count is None:
                 print(f"  (auto chose {loader.io_threads_used} io threads)", flush=True)
+
+    def whole_loader():  # the front end alone on the CPU (no nvJPEG there)
+        if device.type == "cuda":
+            return [b.images.shape for b in NvJpegLoader(device).batches(paths, args.batch)]
+        with FrontEnd(NVJPEG_FORMATS, DEFAULT_MAX_PIXELS, PreparedJpeg) as front:
+            return [len(r) for _, r in front.batches(paths, args.batch, 2)]
+
+    launch_tax(whole_loader, device)
     return 0
+
+
+def launch_tax(run_loader, device: torch.device, ops: int = 20000) -> None:
+    """Host time per tiny tensor op (a kernel launch on CUDA, what the model thread does ~670
+    times per bf16 ResNet-152 forward) alone and while the loader runs on other threads: every op
+    releases and retakes the GIL, which the loader's Python threads hold meanwhile. On the 2-core VM
+    with the front end alone: 1 io thread 1.9-6.8x slower ops, 16 io threads 11-34x."""
+    import threading
+
+    x = torch.zeros(4, device=device)
+
+    def per_op() -> float:
+        t0 = time.perf_counter()
+        for _ in range(ops):
+            x.add_(1)
+        return (time.perf_counter() - t0) / ops * 1e6
+
+    alone = min(per_op() for _ in range(3))
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            run_loader()
+
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    time.sleep(0.5)  # past the loader's start-up
+    during = min(per_op() for _ in range(3))
+    stop.set()
+    thread.join()
+    print(f"launch tax: a tiny op {alone:.1f} us alone, {during:.1f} us while the loader runs "
+          f"({during / alone:.1f}x)", flush=True)
 
 
 if __name__ == "__main__":
