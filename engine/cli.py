@@ -37,6 +37,8 @@ def user_errors(func):
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted; rerun the same command to resume from the feature cache", 130)
+        except OSError as exc:  # a file system problem the checks before the work could not foresee (disk full, ...)
+            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
     return wrapper
 
 
@@ -102,8 +104,11 @@ def run(
     """
     from .api import ImageClusterer
     from .cli_progress import RichReporter
+    from .report.outputs import check_out_file
     from .report.terminal import print_run_summary
 
+    if save_model is not None:  # checked now: the model is saved after the whole run
+        check_out_file(save_model, "--save-model")
     reporter = RichReporter(err_console, quiet=quiet)
     params = run_config(model=model, weights=weights, device=device, decoder=decoder, k=k, pca=parse_pca(pca),
                         select=select, cluster_backend=cluster_backend, n_init=n_init,
@@ -126,11 +131,11 @@ def demo(
     model: str = typer.Option("resnet152", "--model", "-m", help="Backbone; falls back to pixels when ImageNet weights are unavailable."),
     device: str = DeviceOpt,
     per_group: int = typer.Option(24, "--per-group", help="Sample images per group (6 groups)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
 ):
     """Generate the built-in sample set (6 groups of synthetic images) and cluster it. Works offline.
 
-    Example: [bold]imgcluster demo[/bold]  (results in ./imgcluster-demo/out/, report at out/report/index.html)
+    Example: [bold]imgcluster demo[/bold]  (results in ./imgcluster-demo/results/, report at results/report/index.html)
     """
     from .demo import run_demo
 
@@ -197,7 +202,8 @@ def report(
 
     if not (run_dir / "summary.json").is_file():
         fail(f"{run_dir} is not a finished run (no summary.json)")
-    index = build_report(run_dir, max_montage=max_montage)
+    index = build_report(run_dir, max_montage=max_montage,
+                         warn=lambda message: err_console.print(f"[yellow]Warning:[/yellow] {escape(message)}"))
     out_console.print(f"Report written to {escape(str(index))}")
 
 
@@ -233,7 +239,7 @@ def cluster(
 def predict(
     model_file: Path = typer.Argument(..., metavar="MODEL", help="A model file saved by `imgcluster run --save-model` or ImageClusterer.save."),
     paths: List[str] = typer.Argument(..., help="Folders (recursive), files, @list.txt files, or globs."),
-    out: Path = typer.Option(..., "--out", "-o", help="CSV to write: path,cluster,distance,confidence (skipped.csv goes beside it)."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV to write: path,cluster,distance,confidence (files not used go to OUT's name with .skipped.csv beside it)."),
     device: str = DeviceOpt,
     decoder: str = DecoderOpt,
     batch_size: Optional[int] = BatchOpt,

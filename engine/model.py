@@ -663,11 +663,13 @@ def predict_files(model: FittedModel, inputs: Sequence[str | os.PathLike], out: 
                   reporter=None) -> PredictFilesResult:
     """Discover images under `inputs` (folders, files, @lists, globs) as `run` does, assign them,
     and write `out` (CSV: path,cluster,distance,confidence; one row per assigned image, input
-    order) and skipped.csv (path,reason) beside it. reporter: an engine.progress.Reporter."""
+    order) and <out's stem>.skipped.csv (path,reason) beside it (named after `out`, so a predict
+    into a run's folder never replaces the run's skipped.csv). reporter: an engine.progress.Reporter."""
     from .progress import Reporter
     from .report import outputs
     from .sources import discover
 
+    out = outputs.check_out_file(out, "--out")  # before the work, not after it
     reporter = reporter or Reporter()
     found = discover(list(inputs))
     if not found.paths:
@@ -678,12 +680,11 @@ def predict_files(model: FittedModel, inputs: Sequence[str | os.PathLike], out: 
     ok = pred.ok
     good = [p for p, g in zip(found.paths, ok) if g]
     skipped = list(found.skipped) + [(p, e) for p, g, e in zip(found.paths, ok, pred.errors) if not g]
-    out = Path(out)
     idx = np.flatnonzero(ok)
     rows = ((outputs.path_to_text(p), int(pred.labels[i]), f"{float(pred.distances[i]):.6g}",
              f"{float(pred.confidences[i]):.6g}") for p, i in zip(good, idx))
     outputs.write_csv(out, ["path", "cluster", "distance", "confidence"], rows)
-    skipped_csv = outputs.write_skipped(out.parent, skipped)
+    skipped_csv = outputs.write_skipped(out.parent, skipped, name=f"{out.stem}.skipped.csv")
     part = Prediction(pred.labels[idx], pred.distances[idx], pred.confidences[idx], [None] * len(idx))
     return PredictFilesResult(good, part, skipped, out, skipped_csv)
 

@@ -135,6 +135,25 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
     return pca, reduced, search, timings
 
 
+def _outside(paths: list[Path], out_dir: Path, inputs) -> tuple[list[Path], int]:
+    """(paths not under out_dir/report/, how many were): a run written inside the folder it
+    clusters must not take its own report's PNGs as input the next time (the only images a run
+    writes). Only folder inputs that contain out_dir are looked at, by path prefix (no stat per file)."""
+    out_real = os.path.realpath(out_dir)
+    prefixes = []
+    for arg in inputs:
+        arg = os.fspath(arg)
+        if isinstance(arg, bytes) or arg.startswith("@") or not os.path.isdir(arg):
+            continue
+        in_real = os.path.realpath(arg)
+        if out_real == in_real or out_real.startswith(in_real.rstrip(os.sep) + os.sep):
+            prefixes.append(str(Path(arg) / os.path.relpath(out_real, in_real) / outputs.REPORT) + os.sep)
+    if not prefixes:
+        return paths, 0
+    kept = [p for p in paths if not str(p).startswith(tuple(prefixes))]
+    return kept, len(paths) - len(kept)
+
+
 def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: str | os.PathLike | None = None,
                  reporter: Reporter | None = None, save_features: bool = False, report: bool = False,
                  cache: bool = True) -> RunResult:
@@ -142,9 +161,15 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     reporter = reporter or Reporter()
     started = time.perf_counter()
     timings: dict[str, dict[str, float]] = {}
+    if out_dir is not None:  # before any work: a bad --out must not fail a long run at its end
+        out_dir = outputs.prepare_out_dir(out_dir)
 
     t0 = time.perf_counter()
     found = discover(list(inputs))
+    if out_dir is not None:
+        found.paths, own = _outside(found.paths, out_dir, inputs)
+        if own:
+            reporter.notify(f"Left out {own} image(s) of an earlier run's report in {Path(out_dir) / outputs.REPORT}")
     timings["discover"] = _stage(time.perf_counter() - t0, len(found.paths))
     if not found.paths:
         if out_dir is not None and found.skipped:
@@ -186,7 +211,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     if not good_paths:
         if out_dir is not None:
             outputs.write_skipped(out_dir, skipped)
-        raise InputError(f"none of the {len(found.paths)} files could be decoded (reasons in skipped.csv)")
+        raise InputError(f"none of the {len(found.paths)} files could be used (reasons in skipped.csv)")
     if skipped:
         reporter.notify(f"Skipped {len(skipped)} file(s): see skipped.csv")
 
@@ -281,11 +306,12 @@ def write_run(result: RunResult, out_dir, save_features: bool = False, report: b
     if save_features:
         outputs.write_npy(out / outputs.FEATURES, result.features.float().cpu().numpy())
     outputs.write_summary(out, result.summary)
+    outputs.remove_stale(out, features=not save_features, report=not report)
     if report:
         from .report import build_report
 
         t0 = time.perf_counter()
-        build_report(out)
+        build_report(out, warn=reporter.warn if reporter is not None else None)
         result.summary["timings"]["report"] = _stage(time.perf_counter() - t0, len(result.paths))
         outputs.write_summary(out, result.summary)
     return out

@@ -114,6 +114,7 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     summary, texts, previous_skipped = _read_run(run_dir)
     config = _config(summary, overrides)
+    outputs.prepare_out_dir(out_dir)  # before the work, as in `run`
     feat = summary["features"]
     cache_dir = _cache_folder(run_dir, summary)
 
@@ -167,7 +168,9 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
     result.summary["cache"]["dir"] = os.path.abspath(cache_dir)
     result.summary["reclustered_from"] = os.path.abspath(run_dir)
     if out_dir is not None:
-        write_run(result, out_dir, report=report, reporter=reporter)
+        # a features.npy the run saved is rewritten to match the new predictions.csv row for row
+        write_run(result, out_dir, save_features=(run_dir / outputs.FEATURES).is_file(), report=report,
+                  reporter=reporter)
     return result
 
 

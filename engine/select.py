@@ -59,11 +59,15 @@ class KSearch:
 
 def usable_ks(ks: Sequence[int], n: int, notify: Callable[[str], None] | None = None) -> list[int]:
     """Drop Ks that the data cannot support (silhouette needs 2 <= K <= n - 1)."""
+    if n < 3:
+        raise InputError(f"only {n} good image(s): clustering needs at least 3 (silhouette analysis needs "
+                         "2 <= K <= images - 1)")
     if n < min(ks):
         raise InputError(f"only {n} good image(s), fewer than the smallest K ({min(ks)}): add images or lower --k")
     kept = [k for k in ks if k <= n - 1]
     if not kept:
-        raise InputError(f"only {n} good image(s): silhouette analysis needs K <= {n - 1}; lower --k")
+        raise InputError(f"only {n} good image(s): silhouette analysis needs K <= {n - 1} (images - 1); "
+                         f"lower --k to {n - 1} or less")
     if len(kept) < len(ks) and notify:
         notify(f"K above {n - 1} dropped: only {n} good images")
     return kept

@@ -49,7 +49,7 @@ def test_all_bad_files_exit_2(runner, tmp_path):
         (data / f"x{i}.jpg").write_bytes(b"garbage" * i)
     result = runner.invoke(app, ["run", str(data), "--out", str(tmp_path / "o"), "--model", "pixels"])
     assert result.exit_code == 2
-    assert "could be decoded" in result.output
+    assert "could be used" in result.output
     assert (tmp_path / "o" / "skipped.csv").exists()
 
 
@@ -79,3 +79,140 @@ def test_error_text_is_not_eaten_as_markup(runner, tmp_path):
     result = runner.invoke(app, ["run", str(missing), "--out", str(tmp_path / "o"), "--model", "pixels"])
     assert result.exit_code == 2
     assert "photos[2020]" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Output locations are checked before the work; a run's folder describes one run
+
+
+def _one_error_line(result, code=2):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
+
+
+def test_out_that_is_a_file_is_one_line(three_groups, runner, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for extra in ([], ["--no-cache"]):
+        result = runner.invoke(app, ["run", str(three_groups), "--out", str(afile), "--model", "pixels", *extra])
+        _one_error_line(result)
+        assert "is a file, not a folder" in result.output
+    assert afile.read_text() == "x"
+
+
+def test_unwritable_out_is_one_line_before_any_work(three_groups, runner, tmp_path):
+    result = runner.invoke(app, ["run", str(three_groups), "--out", "/proc/imgcluster-out", "--model", "pixels"])
+    _one_error_line(result)
+    assert "--out /proc/imgcluster-out: cannot create the folder" in result.output
+    assert "Extracting" not in result.output
+
+
+def test_save_model_into_a_folder_fails_before_the_run(three_groups, runner, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels",
+                                 "--save-model", str(folder)])
+    _one_error_line(result)
+    assert "--save-model" in result.output and "is a folder" in result.output
+    assert not (out / "predictions.csv").exists()  # refused before the work, not after it
+
+
+def test_predict_out_folder_fails_before_predicting(three_groups, runner, tmp_path):
+    model = tmp_path / "m.imgc"
+    done = runner.invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "o"), "--model", "pixels",
+                               "--k", "3", "--no-report", "--save-model", str(model)])
+    assert done.exit_code == 0, done.output
+    result = runner.invoke(app, ["predict", str(model), str(three_groups), "--out", str(tmp_path / "o")])
+    _one_error_line(result)
+    assert "is a folder: give a file name" in result.output and "Predicting" not in result.output
+
+
+def test_report_of_a_corrupt_summary_is_one_line(three_groups, runner, tmp_path):
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3",
+                               "--no-report"]).exit_code == 0
+    (out / "summary.json").write_text("{bad")
+    result = runner.invoke(app, ["report", str(out)])
+    _one_error_line(result)
+    assert "cannot read" in result.output and "summary.json" in result.output
+
+
+def test_rerun_removes_what_it_did_not_write(three_groups, runner, tmp_path):
+    """A run without --save-features or without the report leaves no earlier run's features.npy
+    or report/ next to its own predictions.csv."""
+    out = tmp_path / "o"
+    first = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "2:3",
+                                "--save-features"])
+    assert first.exit_code == 0 and (out / "features.npy").exists() and (out / "report" / "index.html").exists()
+    (out / "report" / "mine.txt").write_text("not ours")  # a report folder is ours wholesale
+    again = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "4",
+                                "--no-report"])
+    assert again.exit_code == 0, again.output
+    assert not (out / "features.npy").exists() and not (out / "report").exists()
+    assert (out / "predictions.csv").exists()
+
+
+def test_recluster_keeps_a_saved_features_file_in_step(three_groups, runner, tmp_path):
+    import numpy as np
+    from tests.helpers import read_rows
+
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3",
+                               "--no-report", "--save-features"]).exit_code == 0
+    before = np.load(out / "features.npy")
+    victim = sorted(three_groups.glob("*/*.jpg"))[0]
+    moved = tmp_path / "moved.jpg"
+    victim.rename(moved)  # one image gone: the re-clustered run has one row fewer
+    try:
+        result = runner.invoke(app, ["cluster", str(out), "--k", "2:3", "--no-report"])
+    finally:
+        moved.rename(victim)
+    assert result.exit_code == 0, result.output
+    after = np.load(out / "features.npy")
+    assert after.shape == (before.shape[0] - 1, before.shape[1])
+    assert len(read_rows(out / "predictions.csv")) == after.shape[0]
+
+
+def test_out_inside_the_input_folder_does_not_cluster_its_own_report(three_groups, runner, tmp_path):
+    import shutil
+
+    from tests.helpers import read_rows
+
+    photos = tmp_path / "photos"
+    shutil.copytree(three_groups, photos)
+    n = len(list(photos.rglob("*.jpg")))
+    for _ in range(2):
+        result = runner.invoke(app, ["run", str(photos), "--out", str(photos / "results"), "--model", "pixels",
+                                     "--k", "3"])
+        assert result.exit_code == 0, result.output
+        rows = read_rows(photos / "results" / "predictions.csv")
+        assert len(rows) == n and not any("/results/" in r["path"] for r in rows)
+    assert list((photos / "results" / "report").rglob("*.png"))  # there was something to leave out
+    assert "earlier run's report" in " ".join(result.output.split())
+
+
+def test_two_good_images_say_three_are_needed(three_groups, runner, tmp_path):
+    files = sorted(three_groups.glob("*/*.jpg"))[:2]
+    result = runner.invoke(app, ["run", *map(str, files), "--out", str(tmp_path / "o"), "--model", "pixels"])
+    _one_error_line(result)
+    assert "clustering needs at least 3" in result.output
+
+
+def test_report_warns_when_images_moved_and_takes_a_small_montage(three_groups, runner, tmp_path):
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(three_groups, photos)
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["run", str(photos), "--out", str(out), "--model", "pixels", "--k", "3",
+                               "--no-report"]).exit_code == 0
+    small = runner.invoke(app, ["report", str(out), "--max-montage", "3"])  # fewer tiles than the 6 outliers
+    assert small.exit_code == 0, small.output
+    assert "Warning" not in small.output
+    photos.rename(tmp_path / "elsewhere")
+    moved = runner.invoke(app, ["report", str(out)])
+    assert moved.exit_code == 0, moved.output
+    text = " ".join(moved.output.split())
+    assert "Warning:" in text and "could not be read" in text and "Report written" in text

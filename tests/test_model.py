@@ -355,8 +355,9 @@ def test_cli_run_save_model_then_predict(three_groups, runner, tmp_path):
     for r in rows:
         assert r["cluster"] == trained[r["path"].split("/")[-1]]
         assert float(r["distance"]) >= 0 and 0 <= float(r["confidence"]) <= 1
-    skipped = read_rows(preds.parent / "skipped.csv")
+    skipped = read_rows(preds.parent / "new.skipped.csv")  # named after --out: a run's skipped.csv is never replaced
     assert [r["path"].split("/")[-1] for r in skipped] == ["zz-broken.jpg"] and skipped[0]["reason"]
+    assert not (preds.parent / "skipped.csv").exists()
 
 
 def test_cli_predict_bad_model_file_is_one_line(runner, tmp_path, three_groups):

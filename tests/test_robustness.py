@@ -230,7 +230,7 @@ def test_too_few_good_images_after_skips_exit_2(runner, tmp_path):
     (data / "bad.jpg").write_bytes(b"")
     result = runner.invoke(app, ["run", str(data), "--out", str(tmp_path / "o"), "--model", "pixels", "--k", "3"])
     assert result.exit_code == 2
-    assert "fewer than the smallest K" in result.output
+    assert "clustering needs at least 3" in result.output  # 2 good images, 1 bad
     assert "Traceback" not in result.output
 
 

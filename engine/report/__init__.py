@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def build_report(run_dir, *, max_montage: int = 36, n_outliers: int = 6, num_threads: int | None = None) -> Path:
+def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = None, num_threads: int | None = None,
+                 warn=None) -> Path:
     """Write run_dir/report/ and return the path of report/index.html. See engine.report.builder.build_report."""
     from .builder import build_report as _build
 
-    return _build(run_dir, max_montage=max_montage, n_outliers=n_outliers, num_threads=num_threads)
+    return _build(run_dir, max_montage=max_montage, n_outliers=n_outliers, num_threads=num_threads, warn=warn)
 
 
 def print_run_summary(summary: dict, console=None) -> None:

@@ -14,6 +14,7 @@ import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from matplotlib.colors import to_hex
@@ -134,14 +135,19 @@ def _write_cluster_csv(w: _Writer, cid: int, data: RunData, members: np.ndarray)
     return w.bytes(f"{CLUSTERS_DIR}/cluster_{cid}.csv", "".join(lines).encode("utf-8"))
 
 
-def build_report(run_dir, *, max_montage: int = 36, n_outliers: int = 6, num_threads: int | None = None) -> Path:
+def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = None, num_threads: int | None = None,
+                 warn: Callable[[str], None] | None = None) -> Path:
     """Write run_dir/report/ from the run's saved outputs and return the path of report/index.html.
 
     max_montage: images per cluster montage (1..); n_outliers: how many of those are the farthest
-    members, shown in a marked strip (0..max_montage-1); num_threads: thumbnail decode threads
-    (default: cores, at most 8). Only images that appear in a montage are decoded.
+    members, shown in a marked strip (0..max_montage-1; default a sixth of max_montage, at most 6);
+    num_threads: thumbnail decode threads (default: cores, at most 8). Only images that appear in
+    a montage are decoded. warn(message): told when montage images could not be read (drawn as
+    "unreadable").
     Raises ReportError (an ImgclusterError) when run_dir is not a finished run, ConfigError for bad limits.
     """
+    if n_outliers is None and isinstance(max_montage, (int, np.integer)):
+        n_outliers = min(6, max(0, int(max_montage)) // 6)
     montage.check_limits(max_montage, n_outliers)
     data = load_run(run_dir)
     root = Path(run_dir) / REPORT_DIR
@@ -184,6 +190,10 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int = 6, num_thr
     finally:  # on an error, do not wait for thumbnails nobody will draw
         pool.shutdown(wait=True, cancel_futures=True)
 
+    shown = [ok for entry in clusters for _, _, ok in (*entry.near, *entry.far)]
+    if warn is not None and not all(shown):
+        warn(f"{shown.count(False)} of {len(shown)} montage images could not be read (moved or deleted since "
+             "the run?): the report draws them as 'unreadable'")
     page = html.render_page(data, plot_entries, clusters, notes)
     w.remove_stale()  # before index.html: the new page never points at a removed file, the old one briefly might
     w.bytes(INDEX, page.encode("utf-8"))

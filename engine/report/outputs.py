@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,61 @@ from typing import Iterable
 
 import numpy as np
 
+from ..errors import ImgclusterError
+
 PREDICTIONS = "predictions.csv"
 SKIPPED = "skipped.csv"
 SUMMARY = "summary.json"
 ANALYSIS = "analysis.npz"
 FEATURES = "features.npy"
+REPORT = "report"
+
+
+class OutputPathError(ImgclusterError):
+    """An output location that cannot be written (a file where a folder is wanted, no permission,
+    a read-only file system). Raised before any work, so a long run does not fail at its end."""
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".imgcluster-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputPathError(f"{what}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
+def prepare_out_dir(path, flag: str = "--out") -> Path:
+    """Create the output folder `path` (with parents) and check a file can be written in it.
+    Raises OutputPathError naming `flag` when it is an existing file or not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a file, not a folder: give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    _probe_writable(path, f"{flag} {path}")
+    return path
+
+
+def check_out_file(path, flag: str) -> Path:
+    """Check that the file `path` can be written (its folder is created if missing) before the
+    work that produces it. Raises OutputPathError naming `flag` when `path` is a folder, or its
+    folder cannot be created or written."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a folder: give a file name, e.g. {path / 'model.imgc'}"
+                              if flag == "--save-model" else f"{flag} {path} is a folder: give a file name")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputPathError(f"{flag} {path}: {parent} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{flag} {path}: cannot create {parent} ({exc.strerror or exc})") from None
+    _probe_writable(parent, f"{flag} {path}")
+    return path
 
 
 def _umask_mode() -> int:
@@ -93,15 +144,26 @@ def read_csv(path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def remove_stale(out_dir, features: bool, report: bool) -> None:
+    """Remove what an earlier run wrote to `out_dir` and this one did not, so the folder describes
+    one run: features.npy (features=True) and the report folder (report=True; only when it holds
+    a report's index.html, i.e. one of ours)."""
+    out = Path(out_dir)
+    if features and (out / FEATURES).is_file():
+        (out / FEATURES).unlink()
+    if report and (out / REPORT / "index.html").is_file():
+        shutil.rmtree(out / REPORT)
+
+
 def write_predictions(out_dir, paths, labels) -> Path:
     """paths: n paths (str/Path); labels: (n,) int cluster ids."""
     return write_csv(Path(out_dir) / PREDICTIONS, ["path", "cluster"],
                      ((path_to_text(p), int(c)) for p, c in zip(paths, labels)))
 
 
-def write_skipped(out_dir, skipped) -> Path:
-    """skipped: [(path, reason)]."""
-    return write_csv(Path(out_dir) / SKIPPED, ["path", "reason"], ((path_to_text(p), r) for p, r in skipped))
+def write_skipped(out_dir, skipped, name: str = SKIPPED) -> Path:
+    """skipped: [(path, reason)]; written to out_dir/name."""
+    return write_csv(Path(out_dir) / name, ["path", "reason"], ((path_to_text(p), r) for p, r in skipped))
 
 
 def _json_default(obj):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +91,14 @@ def load_run(run_dir) -> RunData:
     for name in (outputs.SUMMARY, outputs.PREDICTIONS, outputs.ANALYSIS):
         if not (run_dir / name).is_file():
             raise ReportError(f"{run_dir} is not a finished run: {name} is missing")
-    summary = outputs.read_summary(run_dir)
-    analysis = outputs.read_analysis(run_dir)
+    try:
+        summary = outputs.read_summary(run_dir)
+    except (OSError, ValueError) as exc:  # ValueError: not JSON
+        raise ReportError(f"cannot read {run_dir / outputs.SUMMARY}: {exc}") from None
+    try:
+        analysis = outputs.read_analysis(run_dir)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a damaged or foreign .npz
+        raise ReportError(f"cannot read {run_dir / outputs.ANALYSIS}: {exc}") from None
     paths, labels = _read_predictions(run_dir / outputs.PREDICTIONS)
     n = len(paths)
 
