@@ -189,7 +189,8 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         from .store import FeatureStore
 
         store = FeatureStore.open(Path(out_dir) / "features", backbone.fingerprint, notify=reporter.notify,
-                                  made_with={"precision": backbone.precision, "decoder": backends.decoder},
+                                  made_with={"precision": backbone.precision, "decoder": backends.decoder,
+                                             "max_pixels": fc.max_pixels},
                                   dim=backbone.dim)
 
     streaming = None

@@ -1,7 +1,7 @@
 """Feature cache on disk, for resume: OUT/features/.
 
   manifest.json                 {"format": 1, "fingerprint": ..., "preprocess": ...,
-                                 "made_with": {"precision": ..., "decoder": ...}}
+                                 "made_with": {"precision": ..., "decoder": ..., "max_pixels": ...}}
   shard-000000.npy              (m, d) float32 features of m images
   shard-000000.index.json       {"rows": [[path, size, mtime_ns], ...] for those m rows,
                                  "failures": [[path, size, mtime_ns, reason], ...]} (bad files are not retried)
@@ -14,8 +14,9 @@ A file is identified by (path, size, mtime): a changed file misses the cache and
 removed one is simply never asked for. A different fingerprint (model, weights, preprocessing)
 empties the cache and says so, and so does another `made_with` (the precision and the decoder:
 features from bf16 and fp32, or from nvJPEG and PIL pixels, differ by about 1 %, and one run's
-features must all come from one configuration; a manifest from before `made_with` was recorded
-is kept and given this run's, with a notice); so does a corrupt manifest. A damaged shard
+features must all come from one configuration; max_pixels: which images are skipped as too large,
+cached successes and failures alike; a manifest from before a setting was recorded is kept and
+given this run's, with a notice); so does a corrupt manifest. A damaged shard
 (truncated features, bad index, wrong width) is reported, deleted, and its images recomputed.
 Only files the store writes are ever deleted. `open(..., create=False)` is the read-only mode of
 `imgcluster cluster`: there a missing, corrupt or foreign cache is an InputError instead.
@@ -167,13 +168,15 @@ class FeatureStore:
             self._reset("Feature cache in " + str(self.folder) + " was made with a different model, weights "
                         "or preprocessing: discarding it and extracting every image again")
             return
-        if self.made_with is not None and "made_with" not in manifest:
-            # written before the manifest recorded it: keep the shards (an interrupted long run
-            # would otherwise start again after an upgrade) and record this run's settings
-            manifest["made_with"] = self.made_with
+        recorded = manifest.get("made_with") if isinstance(manifest.get("made_with"), dict) else {}
+        unrecorded = {k: v for k, v in (self.made_with or {}).items() if k not in recorded}
+        if unrecorded:
+            # written before the manifest recorded these settings: keep the shards (an interrupted
+            # long run would otherwise start again after an upgrade) and record this run's
+            manifest["made_with"] = {**recorded, **unrecorded}
             atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
-            self.notify(f"Feature cache in {self.folder} predates recording precision and decoder: "
-                        f"kept, assumed made with {_describe(self.made_with)}")
+            self.notify(f"Feature cache in {self.folder} predates recording {', '.join(unrecorded)}: "
+                        f"kept, assumed made with {_describe(unrecorded)}")
         if self.made_with is not None and manifest.get("made_with") != self.made_with:
             before = manifest.get("made_with") or {}
             changed = ", ".join(f"{key} {before.get(key, 'unrecorded')} -> {value}"

@@ -188,7 +188,7 @@ def test_another_precision_does_not_mix_features(small_set, runner, tmp_path):
     assert "made with another precision fp32 -> bf16" in result.output
     assert _summary(out)["cache"]["resumed"] == 0 and _summary(out)["cache"]["extracted"] == 12
     manifest = json.loads((out / "features" / "manifest.json").read_text())
-    assert manifest["made_with"] == {"precision": "bf16", "decoder": "pil"}
+    assert manifest["made_with"] == {"precision": "bf16", "decoder": "pil", "max_pixels": 178956970}
     assert "Resumed 12 of 12" in _run(runner, small_set, out, "--precision", "bf16").output
 
 
@@ -211,9 +211,38 @@ def test_a_cache_from_before_made_with_is_kept(small_set, runner, tmp_path):
     del manifest["made_with"]
     manifest_path.write_text(json.dumps(manifest))
     result = _run(runner, small_set, out)
-    assert "predates recording precision and decoder: kept" in " ".join(result.output.split())
+    assert "predates recording precision, decoder, max_pixels: kept" in " ".join(result.output.split())
     assert "Resumed 12 of 12" in result.output
-    assert json.loads(manifest_path.read_text())["made_with"] == {"precision": "fp32", "decoder": "pil"}
+    assert json.loads(manifest_path.read_text())["made_with"] == {"precision": "fp32", "decoder": "pil",
+                                                                  "max_pixels": 178956970}
+
+
+def test_a_cache_from_before_max_pixels_was_recorded_is_kept(small_set, runner, tmp_path):
+    """A manifest that records some settings (precision, decoder) but not a newer one keeps its
+    shards and gains the new setting; the recorded ones are still compared."""
+    out = tmp_path / "out"
+    _run(runner, small_set, out)
+    manifest_path = out / "features" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["made_with"]["max_pixels"]
+    manifest_path.write_text(json.dumps(manifest))
+    result = _run(runner, small_set, out)
+    assert "predates recording max_pixels: kept" in " ".join(result.output.split())
+    assert "Resumed 12 of 12" in result.output
+    assert json.loads(manifest_path.read_text())["made_with"]["max_pixels"] == 178956970
+
+
+def test_another_max_pixels_does_not_reuse_the_cache(small_set, runner, tmp_path):
+    """--max-pixels decides which images are skipped as too large: cached features (and cached
+    failures) from another limit would give another answer than a fresh run, so the cache restarts."""
+    out = tmp_path / "out"
+    _run(runner, small_set, out)
+    args = ["--model", "pixels", "--k", "2:4", "--no-report", "--max-pixels", "100"]
+    fresh = runner.invoke(app, ["run", str(small_set), "--out", str(tmp_path / "fresh"), *args])
+    assert fresh.exit_code == 2  # at this limit a fresh run finds every image too large ...
+    again = runner.invoke(app, ["run", str(small_set), "--out", str(out), *args])
+    assert "made with another max_pixels 178956970 -> 100" in " ".join(again.output.split())
+    assert again.exit_code == 2 and "too large" in (out / "skipped.csv").read_text()  # ... and so does a rerun
 
 
 def test_corrupt_manifest_is_rebuilt_with_a_message(small_set, runner, tmp_path):
