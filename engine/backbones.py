@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,11 @@ def _fingerprint(model: str, weights_identity: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _plain(text: str) -> str:
+    """text without terminal colour codes (torch's messages carry some)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A local state dict: .safetensors, or a torch file loaded with weights_only=True (no pickle code)."""
     if not path.is_file():
@@ -119,8 +126,13 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+            # a whole pickled model (torch.save(model)): loading it would run its pickled code
+            raise WeightsUnavailable(f"--weights {path}: holds pickled Python objects (a whole model?), not a plain "
+                                     "state dict; save one with torch.save(model.state_dict(), path) and pass "
+                                     "that") from None
         raise WeightsUnavailable(f"--weights {path}: not a readable state dict ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+                                 f"{_plain(str(exc).splitlines()[0])[:160] if str(exc) else ''})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -198,9 +210,9 @@ def load_backbone(model: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto
                                          f"{str(exc).splitlines()[-1].strip()[:200]}") from None
             missing = [k for k in missing if not k.startswith("fc.")]
             if missing or unexpected:
-                raise WeightsUnavailable(
-                    f"weights {description} do not fit {model}: {len(missing)} missing keys "
-                    f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+                parts = [f"{len(keys)} {what} keys (e.g. {', '.join(keys[:2])})"
+                         for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+                raise WeightsUnavailable(f"weights {description} do not fit {model}: {'; '.join(parts)}")
         module.fc = nn.Identity()
     if warning:
         (warn or (lambda m: warnings.warn(m, stacklevel=2)))(warning)

@@ -145,3 +145,31 @@ def test_cpu_precision_and_layout(monkeypatch):
         memory_format=torch.channels_last)
     images = _images(2)
     torch.testing.assert_close(nhwc(images), nchw(images), rtol=1e-4, atol=1e-4)
+
+
+def test_a_pickled_whole_model_gets_a_state_dict_hint(tmp_path):
+    import torchvision
+
+    from engine.backbones import load_backbone
+    from engine.errors import WeightsUnavailable
+
+    path = tmp_path / "full.pt"
+    torch.save(torchvision.models.resnet18(), path)  # the whole module, not its state dict
+    with pytest.raises(WeightsUnavailable, match=r"pickled Python objects \(a whole model\?\), not a plain state dict.*model\.state_dict\(\)"):
+        load_backbone("resnet18", weights=path, device="cpu")
+
+
+def test_missing_keys_are_named_and_an_empty_list_is_not_printed(tmp_path):
+    import torchvision
+
+    from engine.backbones import load_backbone
+    from engine.errors import WeightsUnavailable
+
+    state = torchvision.models.resnet18().state_dict()
+    del state["layer1.0.conv1.weight"]
+    path = tmp_path / "partial.pt"
+    torch.save(state, path)
+    with pytest.raises(WeightsUnavailable) as info:
+        load_backbone("resnet18", weights=path, device="cpu")
+    assert "1 missing keys (e.g. layer1.0.conv1.weight)" in str(info.value)
+    assert "unexpected" not in str(info.value) and "[]" not in str(info.value)
