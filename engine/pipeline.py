@@ -124,6 +124,10 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
     timings["pca"] = _stage(time.perf_counter() - t0, n)
     if pca.mode == "sampled":
         reporter.notify(f"PCA fitted on a seeded sample of {pca.fit_rows} of {n} images")
+    requested = config.reduce.pca
+    if isinstance(requested, int) and not isinstance(requested, bool) and requested > pca.n_components > 0:
+        reporter.notify(f"PCA: {pca.n_components} components, not {requested} (at most min(images, feature "
+                        "width) exist)")
     with reporter.task("K search", len(config.cluster.k) + 1) as advance:
         search = search_k(reduced, config.cluster.k, backend, n_init=config.cluster.n_init,
                           max_iter=config.cluster.max_iter, seed=config.cluster.seed,

@@ -216,3 +216,10 @@ def test_report_warns_when_images_moved_and_takes_a_small_montage(three_groups, 
     assert moved.exit_code == 0, moved.output
     text = " ".join(moved.output.split())
     assert "Warning:" in text and "could not be read" in text and "Report written" in text
+
+
+def test_fewer_pca_components_than_asked_are_announced(three_groups, runner, tmp_path):
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "o"), "--model", "pixels",
+                                 "--k", "3", "--no-report", "--pca", "500"])
+    assert result.exit_code == 0, result.output
+    assert "PCA: 60 components, not 500" in " ".join(result.output.split())
