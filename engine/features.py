@@ -100,6 +100,20 @@ class Extraction:
     shards_written: int = 0
     pca: object | None = None  # engine.reduce.PCAResult when features were reduced while streaming
 
+    def drop_non_finite(self) -> int:
+        """Move rows with NaN or inf features to `failures` (a damaged cache shard, a numeric
+        overflow) so PCA and KMeans never see them; returns how many. One device reduction."""
+        finite = torch.isfinite(self.features).all(dim=1)
+        if bool(finite.all()):
+            return 0
+        keep = finite.cpu().numpy()
+        reason = ("features are not finite (NaN or inf): a damaged feature cache, or an fp16 overflow "
+                  "(rerun with --no-cache, or --precision bf16 / fp32)")
+        self.failures = sorted(self.failures + [(int(p), reason) for p in self.good[~keep]])
+        self.features = self.features[finite]
+        self.good = self.good[keep]
+        return int((~keep).sum())
+
 
 @dataclass
 class StreamingPCA:

@@ -211,6 +211,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     if extraction.resumed:
         reporter.notify(f"Resumed {extraction.resumed} of {len(found.paths)} images from the feature cache")
     timings["extract"] = _stage(extraction.seconds, len(found.paths))
+    extraction.drop_non_finite()  # before PCA and KMeans, which a NaN row would fail or poison
     skipped = list(found.skipped) + [(found.paths[i], reason) for i, reason in extraction.failures]
     good_paths = [found.paths[i] for i in extraction.good]
     if not good_paths:

@@ -145,6 +145,14 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
     features = torch.from_numpy(features_np).to(device)
     del features_np
     load_seconds = time.perf_counter() - t0
+    checked = Extraction(features, positions, [], load_seconds)
+    if checked.drop_non_finite():  # a damaged cache: skipped, not fed to PCA
+        skipped += [(paths[p], reason) for p, reason in checked.failures]
+        reporter.notify(f"{len(checked.failures)} cached feature row(s) are not finite: left out (see skipped.csv)")
+        features, positions = checked.features, checked.good
+        if not len(positions):
+            raise InputError(f"every cached feature row of {run_dir} is NaN or inf: the cache in {cache_dir} "
+                             "is damaged; rerun `imgcluster run`")
     reporter.notify(f"Re-clustering {len(positions)} images from the feature cache (nothing decoded)")
 
     timings = {"load_features": _stage(load_seconds, len(positions))}

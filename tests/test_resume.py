@@ -394,3 +394,21 @@ def test_recluster_api_rejects_feature_parameters(small_set, runner, tmp_path):
     assert result.k == 3 and result.extraction.extracted == 0
     assert result.features.shape == (12, 192) and result.features.dtype.is_floating_point
     assert np.array_equal(np.sort(result.extraction.good), np.arange(12))
+
+
+def test_nan_rows_in_the_cache_are_skipped_not_fed_to_pca(small_set, runner, tmp_path, monkeypatch):
+    """A shard of the right shape full of NaN (a damaged disk, a bad copy): `run` and `cluster`
+    list those images in skipped.csv and cluster the rest instead of failing in PCA."""
+    monkeypatch.setenv("IMGCLUSTER_SHARD_SIZE", "4")
+    out = tmp_path / "out"
+    _run(runner, small_set, out)
+    shard = out / "features" / "shard-000001.npy"
+    data = np.load(shard)
+    np.save(shard, np.full_like(data, np.nan))
+    for args in (["cluster", str(out), "--k", "2:4", "--no-report"],  # the run's 12 rows, 4 now NaN
+                 ["run", str(small_set), "--out", str(out), "--model", "pixels", "--k", "2:4", "--no-report"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        reasons = [r["reason"] for r in read_rows(out / "skipped.csv")]
+        assert len(reasons) == 4 and all("not finite" in r for r in reasons)
+        assert len(read_rows(out / "predictions.csv")) == 12 - 4
