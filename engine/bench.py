@@ -4,10 +4,15 @@ The seed-like configuration is the 2019 method as first written: PIL decode in a
 an fp32 model, scikit-learn PCA / KMeans / silhouette_score one K at a time. It is measured in
 the same run, on the same files, so the ratio is meaningful on a noisy machine. Throughput does
 not depend on the weights, so the backbone uses seeded random weights (no download).
+
+Every stage's figures ({"seconds", "images_per_s", "images"}) are for the same n images. The
+backbone alone is timed on whole batches of random tensors and its seconds scaled to n; the
+timed run itself is kept as "measured": {"seconds", "images"}.
 """
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -28,6 +33,7 @@ from .progress import Reporter
 from .select import usable_ks
 
 UNIQUE_IMAGES = 256  # distinct JPEGs generated; larger sets hard-link them (decode work is the same)
+BENCH_NAME = re.compile(r"bench_\d{5,}\.jpg")  # the files make_bench_set writes (and nothing else)
 
 
 def _imagenet_like(rng: np.random.Generator, h: int = 400, w: int = 500) -> Image.Image:
@@ -40,8 +46,18 @@ def _imagenet_like(rng: np.random.Generator, h: int = 400, w: int = 500) -> Imag
 
 
 def make_bench_set(folder, n: int, seed: int = 0) -> list[Path]:
-    """Ensure `folder` holds n ImageNet-like JPEGs (bench_00000.jpg ...); returns their paths."""
+    """Ensure `folder` holds n ImageNet-like JPEGs (bench_00000.jpg ...); returns their paths.
+
+    Raises ConfigError when `folder` holds anything else: the bench writes its own images there
+    (hundreds to thousands of them), never into a folder of the user's photos."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--folder {folder} is a file: give a new or empty folder for the bench images")
+    others = sorted(e.name for e in folder.iterdir() if not BENCH_NAME.fullmatch(e.name)) if folder.exists() else []
+    if others:
+        raise ConfigError(f"--folder {folder} holds {len(others)} other file(s) (e.g. {others[0]}): the bench "
+                          "generates its own ImageNet-like JPEGs (bench_NNNNN.jpg) there; give a new or empty "
+                          "folder, or leave --folder out")
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"bench_{i:05d}.jpg" for i in range(n)]
     unique = min(n, UNIQUE_IMAGES)
@@ -163,7 +179,13 @@ def _measure_extraction(table: dict, paths, loader, backbone, batch_size: int, d
     n = len(paths)
     _drain(loader, paths[: min(n, batch_size)], batch_size, device)  # warm-up: pipeline build, thread pools
     _record(table, Stage("decode_resize", _timed(lambda: _drain(loader, paths, batch_size, device), device), n))
-    _record(table, _backbone_rate(backbone, batch_size, device, iters=max(2, min(20, n // batch_size))))
+    # The backbone alone is timed on whole batches of random tensors, repeated (2 to 20 times) for
+    # a stable figure. Its seconds are scaled to the n images so that every row of a table counts
+    # the same images (unscaled, 4 x 16 of them took longer than the whole extract of 24); what was
+    # timed is kept under "measured".
+    measured = _backbone_rate(backbone, batch_size, device, iters=max(2, min(20, n // batch_size)))
+    _record(table, Stage("backbone", measured.seconds * n / measured.images, n))
+    table["backbone"]["measured"] = {"seconds": round(measured.seconds, 4), "images": measured.images}
     t0 = time.perf_counter()
     extraction = extract_features(paths, loader, backbone, batch_size)
     _sync(device)
@@ -198,11 +220,13 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
               compile: bool = False, seed_like: bool = True, reporter: Reporter | None = None,
               io_threads: int | None = None) -> BenchResult:
     """Measure every stage on `n` ImageNet-like JPEGs (generated into `folder` when missing)."""
+    # Checked before the default is applied: `n or default` turned --n 0 into the default.
+    if n is not None and n < 3:
+        raise ConfigError(f"--n {n}: the bench needs at least 3 images (the silhouette needs 2 <= K <= n - 1)")
     reporter = reporter or Reporter()
     dev = resolve_device(device, reporter.notify)
-    n = n or (4096 if dev.type == "cuda" else 96)
-    if n < 3:
-        raise ConfigError(f"--n {n}: the bench needs at least 3 images (the silhouette needs 2 <= K <= n - 1)")
+    if n is None:
+        n = 4096 if dev.type == "cuda" else 96
     config = Config.from_kwargs(model=model, weights="random", device=device, decoder=decoder, k=k, pca=pca,
                                 compile=compile, batch_size=batch_size)
     # Both configurations cluster the same Ks: those n images can support (K <= n - 1).
@@ -267,6 +291,10 @@ def print_bench(result: BenchResult, console) -> None:
                       f"{ours['images_per_s']:,.1f}" if ours else "—", f"{ours['seconds']:.3f}" if ours else "—",
                       f"{seed['images_per_s']:,.1f}" if seed else "—", f"{seed['seconds']:.3f}" if seed else "—")
     console.print(table)
+    measured = result.ours.get("backbone", {}).get("measured")
+    if measured and measured["images"] != result.n_images:
+        console.print(f"backbone row: the model alone on {measured['images']:,} random 224x224 images "
+                      f"({measured['seconds']:.3f} s), scaled to {result.n_images:,}", highlight=False)
     console.print("Backends: " + ", ".join(f"{k}={v}" for k, v in result.backends.items()), highlight=False)
     if result.seed_like:
         console.print(f"End to end: ours is [bold]{result.ratio:.2f}×[/bold] the seed-like configuration "

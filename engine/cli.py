@@ -127,10 +127,10 @@ def run(
 @app.command()
 @user_errors
 def demo(
-    out: Path = typer.Option(Path("imgcluster-demo"), "--out", "-o", help="Folder for the sample images and the results."),
+    out: Path = typer.Option(Path("imgcluster-demo"), "--out", "-o", help="Folder for the sample images and the results; a rerun replaces the demo's earlier images and results there."),
     model: str = typer.Option("resnet152", "--model", "-m", help="Backbone; falls back to pixels when ImageNet weights are unavailable."),
     device: str = DeviceOpt,
-    per_group: int = typer.Option(24, "--per-group", help="Sample images per group (6 groups)."),
+    per_group: int = typer.Option(24, "--per-group", help="Sample images per group (6 groups), at least 1."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
 ):
     """Generate the built-in sample set (6 groups of synthetic images) and cluster it. Works offline.
@@ -158,8 +158,8 @@ def doctor():
 @app.command()
 @user_errors
 def bench(
-    folder: Optional[Path] = typer.Option(None, "--folder", help="Folder of bench JPEGs (generated there when missing; default $TMPDIR/imgcluster-bench)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Images (default: 4096 on CUDA, 96 on the CPU)."),
+    folder: Optional[Path] = typer.Option(None, "--folder", help="Folder for the bench's own generated JPEGs (bench_NNNNN.jpg): new, empty, or from an earlier bench; default $TMPDIR/imgcluster-bench."),
+    n: Optional[int] = typer.Option(None, "--n", help="Images, at least 3 (default: 4096 on CUDA, 96 on the CPU)."),
     model: str = typer.Option("resnet152", "--model", "-m", help="Backbone (random weights: speed does not depend on them)."),
     device: str = DeviceOpt,
     decoder: str = DecoderOpt,

@@ -1,13 +1,14 @@
 """`imgcluster demo`: the built-in sample set, clustered end to end, offline."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import WeightsUnavailable
-from .sample_data import GROUPS, generate_sample_set
+from .errors import ConfigError, WeightsUnavailable
+from .sample_data import GROUPS, generate_sample_set, sample_set_files
 
 DEMO_K = "2:10"
 MODEL_FILE = "model.imgc"
@@ -21,7 +22,13 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
 
     ImageNet weights are used when torchvision has them cached (or can download them); otherwise
     the demo says so and uses the weight-free `pixels` features. Returns the fitted ImageClusterer.
+
+    A rerun replaces the previous run's images, held-out images and results, so each folder holds
+    exactly this run's. Raises ConfigError (before writing anything) for per_group < 1, or when
+    out/images or out/held-out holds image files the demo did not generate.
     """
+    if per_group < 1:
+        raise ConfigError(f"--per-group must be at least 1 (got {per_group})")
     from .api import ImageClusterer
     from .cli_progress import RichReporter
     from .report.terminal import print_run_summary
@@ -29,10 +36,15 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
     console = console or Console()
     reporter = RichReporter(err_console or Console(stderr=True), quiet=quiet)
     out = Path(out)
-    images = out / "images"
+    images, held_out, results = out / "images", out / HELD_OUT, out / "results"
+    # An earlier run's images would be clustered with this run's (and its held-out images could
+    # be this run's training images): remove them. Both folders are checked before either is touched.
+    stale = sample_set_files(images) + sample_set_files(held_out)
+    for path in stale:
+        path.unlink()
+    _remove_previous_results(results)
     generate_sample_set(images, per_group=per_group)
     reporter.notify(f"Sample set: {per_group * len(GROUPS)} images in {len(GROUPS)} groups under {images}/")
-    results = out / "results"
     clusterer = ImageClusterer(model=model, device=device, k=DEMO_K, pca=0.9)
     try:
         clusterer.fit([images], out_dir=results, reporter=reporter, report=True)
@@ -48,7 +60,6 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
                   f"results in {escape(str(results))}/, report at {escape(str(results / 'report' / 'index.html'))}")
     # A model to ship, and new images of the same groups (never seen in training) to try it on.
     model_file = clusterer.save(out / MODEL_FILE)
-    held_out = out / HELD_OUT
     per_held_out = held_out_size(per_group)
     generate_sample_set(held_out, per_group=per_held_out, start_index=per_group)
     command = escape(f"imgcluster predict {model_file} {held_out} --out {out / 'held-out-predictions.csv'}")
@@ -61,3 +72,20 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
 def held_out_size(per_group: int) -> int:
     """Held-out images per group: a third of the training set, at least 4."""
     return max(4, per_group // 3)
+
+
+def _remove_previous_results(results: Path) -> None:
+    """Delete what an earlier demo run wrote to results/ (only the names the pipeline writes), so
+    that if this run fails the folder is empty rather than describing older images."""
+    from .report import outputs
+    from .store import MANIFEST
+
+    for name in (outputs.SUMMARY, outputs.PREDICTIONS, outputs.SKIPPED, outputs.ANALYSIS, outputs.FEATURES):
+        (results / name).unlink(missing_ok=True)
+    # The feature cache: every image is rewritten (new mtime), so none of its rows can be used again
+    # and it would only grow. Manifest first, as engine.store does (shards without one are never trusted).
+    cache = results / "features"
+    for path in [cache / MANIFEST, *cache.glob("shard-*.npy"), *cache.glob("shard-*.index.json")]:
+        path.unlink(missing_ok=True)
+    if (results / "report" / "index.html").is_file():  # a report folder of ours
+        shutil.rmtree(results / "report")

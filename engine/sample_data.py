@@ -1,16 +1,22 @@
 """The built-in sample set: deterministic synthetic images in visually distinct groups.
 
 Generated on demand (nothing is shipped): `generate_sample_set(folder)` writes
-folder/<group>/<group>_NNN.jpg. Each group has its own colour palette and structure (stripes,
-circles, checkerboards, gradients, noise), with per-image jitter in size, phase, position and
-noise, so the groups are clear to the eye and to plain pixel features alike.
+folder/<group>/<group>_NNN.jpg (`sample_set_files(folder)` finds them again, to replace a set).
+Each group has its own colour palette and structure (stripes, circles, checkerboards, gradients,
+noise), with per-image jitter in size, phase, position and noise, so the groups are clear to the
+eye and to plain pixel features alike.
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .errors import ConfigError
+from .loaders.decode import has_image_extension
 
 GROUPS = ("red_stripes", "blue_columns", "green_disc", "checkerboard", "sunset_gradient", "purple_noise")
 
@@ -82,3 +88,26 @@ def generate_sample_set(folder, per_group: int = 24, groups=GROUPS, seed: int = 
             written.append(path)
     return sorted(written)
 
+
+def sample_set_files(folder, groups=GROUPS) -> list[Path]:
+    """The files generate_sample_set wrote under `folder` (folder/<group>/<group>_NNN.jpg), to
+    delete before writing a new set, so that a smaller set does not keep an older one's images.
+
+    Raises ConfigError when `folder` holds any other image file (anywhere below it): it would be
+    clustered with the sample set, and it is not the demo's to delete. Other files are ignored.
+    """
+    folder = Path(folder)
+    ours, others = [], []
+    for root, _dirs, files in os.walk(folder):
+        rel = Path(root).relative_to(folder).parts
+        group = rel[0] if len(rel) == 1 and rel[0] in groups else None
+        for name in files:
+            if group is not None and re.fullmatch(rf"{re.escape(group)}_\d{{3,}}\.jpg", name):
+                ours.append(Path(root) / name)
+            elif has_image_extension(name):
+                others.append(Path(root) / name)
+    if others:
+        raise ConfigError(f"{folder} holds {len(others)} image file(s) the demo did not generate (e.g. "
+                          f"{sorted(others)[0]}): it is the demo's own folder, rewritten on every run; "
+                          "move them out or give the demo another --out")
+    return sorted(ours)
