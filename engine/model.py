@@ -667,14 +667,13 @@ def predict_files(model: FittedModel, inputs: Sequence[str | os.PathLike], out: 
     into a run's folder never replaces the run's skipped.csv). reporter: an engine.progress.Reporter."""
     from .progress import Reporter
     from .report import outputs
-    from .sources import discover
+    from .sources import discover, no_images_message
 
     out = outputs.check_out_file(out, "--out")  # before the work, not after it
     reporter = reporter or Reporter()
     found = discover(list(inputs))
     if not found.paths:
-        raise InputError("no image files found in " + ", ".join(map(os.fspath, inputs))
-                         + (f" ({len(found.skipped)} unusable)" if found.skipped else ""))
+        raise InputError(no_images_message(inputs, found))
     with reporter.task("Predicting", len(found.paths)) as advance:
         pred = model.predict_paths(found.paths, progress=advance)
     ok = pred.ok

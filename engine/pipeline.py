@@ -26,7 +26,7 @@ from .progress import Reporter
 from .reduce import PCAResult, fit_pca
 from .report import outputs
 from .select import KSearch, search_k
-from .sources import discover
+from .sources import discover, no_images_message
 from .versions import imgcluster_version, versions
 
 
@@ -175,11 +175,12 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         if own:
             reporter.notify(f"Left out {own} image(s) of an earlier run's report in {Path(out_dir) / outputs.REPORT}")
     timings["discover"] = _stage(time.perf_counter() - t0, len(found.paths))
+    if found.ignored and found.paths:
+        reporter.notify(found.ignored_note())
     if not found.paths:
         if out_dir is not None and found.skipped:
             outputs.write_skipped(out_dir, found.skipped)
-        raise InputError("no image files found in " + ", ".join(map(str, inputs))
-                         + (f" ({len(found.skipped)} unusable: see skipped.csv)" if found.skipped else ""))
+        raise InputError(no_images_message(inputs, found, skipped_csv="skipped.csv" if out_dir is not None else None))
 
     backends = resolve_backends(config, reporter)
     fc = config.features

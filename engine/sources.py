@@ -4,7 +4,15 @@ Order is deterministic: each argument's files are sorted, arguments are taken in
 and a file reached twice (same real file through another path, a symlink, a hard link, or a
 repeated argument: same device and inode) is kept once and the repeat is reported as skipped.
 Broken symlinks, symlink loops, unreadable entries and things that are not regular files (a FIFO
-named x.jpg would block a reader forever) are skipped with a reason. Nothing is dropped silently.
+named x.jpg would block a reader forever) are skipped with a reason.
+
+Folders and globs take files by name (an image extension: scanning the content of every file in a
+10-million-photo tree costs too much); the files they pass over are counted per extension in
+Discovery.ignored (not listed: a photo folder can hold thousands of sidecar files). A file named
+explicitly, or in an @list, is taken whatever its name: its content decides.
+
+A recursive glob (`**`) is expanded by recursive_glob.py, which does not follow symlink loops
+(glob.glob does, 40 levels deep).
 """
 from __future__ import annotations
 
@@ -12,30 +20,90 @@ import errno
 import glob
 import os
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from .errors import InputError
-from .loaders.decode import has_image_extension, is_probably_image_path
+from .loaders.decode import has_image_extension
+from .recursive_glob import is_recursive, recursive_glob
+
+INCLUDE_HINT = "pass files explicitly or via an @list.txt to have their content checked"
 
 
 @dataclass
 class Discovery:
-    """paths: image files to process, in order. skipped: [(path, reason)] found but not usable."""
+    """paths: image files to process, in order. skipped: [(path, reason)] found but not usable.
+    ignored: files that folders and globs passed over because their name is not an image's
+    (a Counter: lower-case extension as pathlib gives it, "" for none -> how many files)."""
 
     paths: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)
+
+    @property
+    def n_ignored(self) -> int:
+        """How many files folders and globs passed over (not named like images)."""
+        return sum(self.ignored.values())
+
+    def ignored_extensions(self, limit: int = 6) -> str:
+        """The ignored files' extensions, most frequent first: ".dat, .txt, (none)" (at most
+        `limit`, then "and N more")."""
+        ranked = sorted(self.ignored.items(), key=lambda kv: (-kv[1], kv[0]))
+        names = [ext or "(none)" for ext, _ in ranked[:limit]]
+        if len(ranked) > limit:
+            names.append(f"and {len(ranked) - limit} more")
+        return ", ".join(names)
+
+    def ignored_note(self) -> str:
+        """'36 files ignored (not named like images: .dat, (none))', or '' when none were."""
+        if not self.ignored:
+            return ""
+        n = self.n_ignored
+        return f"{n} file{'s' if n != 1 else ''} ignored (not named like images: {self.ignored_extensions()})"
 
 
-def _walk(folder: Path, skipped: list) -> list[Path]:
+def no_images_message(inputs: Sequence[str | bytes | os.PathLike], found: Discovery,
+                      skipped_csv: str | None = None) -> str:
+    """The one-line error for a discovery that found no image: what was there instead.
+
+    'no image files found in in/dat (36 other files, not named like images: .dat, (none); pass
+    files explicitly or via an @list.txt to have their content checked)'. skipped_csv: the file
+    the unusable ones are listed in, if one is written ("2 unusable: see skipped.csv")."""
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        inputs = [inputs]
+    notes = []
+    if found.skipped:
+        notes.append(f"{len(found.skipped)} unusable" + (f": see {skipped_csv}" if skipped_csv else ""))
+    if found.ignored:
+        n = found.n_ignored
+        notes.append(f"{n} other file{'s' if n != 1 else ''}, not named like images: "
+                     f"{found.ignored_extensions()}; {INCLUDE_HINT}")
+    where = ", ".join(os.fsdecode(arg) for arg in inputs)
+    return f"no image files found in {where}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _suffix(name: str) -> str:
+    """The lower-case extension as has_image_extension (and pathlib) takes it; "" for none."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
+
+
+def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
+          avoid: frozenset = frozenset()) -> list[Path]:
     """All image-extension files under `folder`, following symlinked folders once (no loops),
-    sorted as Path objects sort (component by component).
+    sorted as Path objects sort (component by component). The other files are counted in
+    `ignored` by extension (from the names os.walk gives: no stat). avoid: (device, inode) of
+    folders not to enter (a glob's folder above this one: a link back up to it is a loop).
 
     Strings until the end: a Path per file before filtering and sorting cost 21.6 us a file
     (100,000 files on the VM), which is 3.6 minutes for 10 million."""
     found: list[str] = []
-    seen_dirs: set[tuple[int, int]] = set()
+    seen_dirs: set[tuple[int, int]] = set(avoid)
+    if ignored is None:
+        ignored = Counter()
+    join = os.path.join
 
     def onerror(exc: OSError):
         skipped.append((Path(exc.filename or folder), f"unreadable folder: {exc.strerror}"))
@@ -52,7 +120,11 @@ def _walk(folder: Path, skipped: list) -> list[Path]:
             continue
         seen_dirs.add(key)
         dirs.sort()
-        found.extend(os.path.join(root, name) for name in files if has_image_extension(name))
+        for name in files:
+            if has_image_extension(name):
+                found.append(join(root, name))
+            else:
+                ignored[_suffix(name)] += 1
     # os.walk's roots are normalised (folder is a Path), so splitting on the separator gives
     # Path's own parts and the same order as sorting the Paths
     found.sort(key=lambda text: text.split(os.sep))
@@ -75,7 +147,7 @@ def _read_list(list_file: Path, skipped: list) -> list[Path]:
     return out
 
 
-def _expand(arg: str | bytes | os.PathLike, skipped: list) -> list[Path]:
+def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter) -> list[Path]:
     text = os.fsdecode(arg)  # bytes names (not UTF-8) become str with surrogate escapes, as os.listdir gives
     if isinstance(text, str) and text.startswith("@"):
         list_file = Path(text[1:])
@@ -83,38 +155,64 @@ def _expand(arg: str | bytes | os.PathLike, skipped: list) -> list[Path]:
             raise InputError(f"path list not found: {list_file}")
         items = []
         for entry in _read_list(list_file, skipped):
-            items.extend(_expand_path(entry, skipped, explicit=True))
+            items.extend(_expand_path(entry, skipped, ignored, explicit=True))
         return items
-    return _expand_path(Path(text), skipped, explicit=False)
+    return _expand_path(Path(text), skipped, ignored, explicit=False)
 
 
-def _expand_path(path: Path, skipped: list, explicit: bool) -> list[Path]:
+def _expand_path(path: Path, skipped: list, ignored: Counter, explicit: bool) -> list[Path]:
     if path.is_dir():
-        return _walk(path, skipped)
+        return _walk(path, skipped, ignored)
     if path.exists():
         return [path]  # an explicit file is taken whatever its extension; content decides
     if path.is_symlink():
         return [path]  # broken or looping: discover() says which
     text = os.fspath(path)
     if glob.has_magic(text):
-        matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-        files = []
-        for m in matches:
-            files.extend(_walk(m, skipped) if m.is_dir() else [m] if is_probably_image_path(m) else [])
-        if not matches:
-            raise InputError(f"no files match {text}")
-        return files
+        return _expand_glob(text, skipped, ignored)
     if explicit:
         skipped.append((path, "listed file not found"))
         return []
     raise InputError(f"path not found: {text}")
 
 
+def _expand_glob(text: str, skipped: list, ignored: Counter) -> list[Path]:
+    """The files a glob names, sorted as Paths; a matching folder is walked in its place."""
+    entries: list[tuple[Path, frozenset | None]] = []  # (path, None for a file or the ids to avoid in a folder)
+    if is_recursive(text):
+        files, folders, matched = recursive_glob(text, skipped)
+        for f in files:
+            if has_image_extension(os.path.basename(f)):
+                entries.append((Path(f), None))
+            else:
+                ignored[_suffix(os.path.basename(f))] += 1
+        entries += [(Path(d), avoid) for d, avoid in folders]
+    else:  # no recursion, so no loop: glob.glob as it is
+        matches = glob.glob(text)
+        matched = bool(matches)
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                entries.append((p, frozenset()))
+            elif has_image_extension(p.name):
+                entries.append((p, None))
+            else:
+                ignored[_suffix(p.name)] += 1
+    if not matched:
+        raise InputError(f"no files match {text}")
+    entries.sort(key=lambda entry: entry[0])
+    out: list[Path] = []
+    for p, avoid in entries:
+        out.extend([p] if avoid is None else _walk(p, skipped, ignored, avoid))
+    return out
+
+
 def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> Discovery:
     """Expand `inputs` into a deterministic list of image files.
 
     Raises InputError for a missing path or empty glob (a user mistake). Files that exist but
-    cannot be used at this stage (broken symlink, duplicate) go to `skipped` with a reason.
+    cannot be used at this stage (broken symlink, duplicate) go to `skipped` with a reason; files
+    that folders and globs pass over by name are counted in `ignored`.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -123,7 +221,7 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> Discove
     result = Discovery()
     seen: dict[tuple[int, int], Path] = {}
     for arg in inputs:
-        for path in _expand(arg, result.skipped):
+        for path in _expand(arg, result.skipped, result.ignored):
             try:
                 st = os.stat(path)
             except OSError as exc:

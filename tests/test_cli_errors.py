@@ -223,3 +223,20 @@ def test_fewer_pca_components_than_asked_are_announced(three_groups, runner, tmp
                                  "--k", "3", "--no-report", "--pca", "500"])
     assert result.exit_code == 0, result.output
     assert "PCA: 60 components, not 500" in " ".join(result.output.split())
+
+
+def test_a_folder_of_images_not_named_like_images_says_so(three_groups, runner, tmp_path):
+    import shutil
+
+    data = tmp_path / "dat"
+    data.mkdir()
+    for i, src in enumerate(sorted(three_groups.glob("*/*.jpg"))[:4]):
+        shutil.copy(src, data / f"img{i}.dat")
+    result = runner.invoke(app, ["run", str(data), "--out", str(tmp_path / "o"), "--model", "pixels"])
+    _one_error_line(result)
+    text = " ".join(result.output.split())
+    assert "4 other files, not named like images: .dat" in text and "@list.txt" in text
+    listed = tmp_path / "list.txt"
+    listed.write_text("\n".join(str(p) for p in sorted(data.iterdir())) + "\n")
+    assert runner.invoke(app, ["run", f"@{listed}", "--out", str(tmp_path / "o2"), "--model", "pixels",
+                               "--k", "2", "--no-report"]).exit_code == 0  # by name, content decides
