@@ -117,11 +117,15 @@ def run(
                         io_threads=io_threads)
     clusterer = ImageClusterer(**params)
     clusterer.fit(paths, out_dir=out, reporter=reporter, save_features=save_features, report=report, cache=cache)
-    if save_model is not None:
-        clusterer.save(save_model)
-        reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
-    print_run_summary(clusterer.result_.summary, out_console)
-    out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/")
+    try:
+        if save_model is not None:
+            clusterer.save(save_model)
+            reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
+        print_run_summary(clusterer.result_.summary, out_console)
+        out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/")
+    except KeyboardInterrupt:  # the results are written: say so rather than "rerun to resume"
+        fail(f"interrupted after the run: its results are in {out}/"
+             + (f" (the model file {save_model} may not be saved)" if save_model is not None else ""), 130)
 
 
 @app.command()
