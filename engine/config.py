@@ -86,11 +86,14 @@ class FeatureConfig:
             raise ConfigError(f"max_pixels={self.max_pixels} must be >= 1")
 
 
+DEFAULT_PCA = 200  # components, the 2019 method's "about 200"
+
+
 @dataclass
 class ReduceConfig:
     """PCA: a component count, a variance fraction in (0, 1], or 0 for off."""
 
-    pca: float | int = 200
+    pca: float | int = DEFAULT_PCA
     pca_fit_limit: int | None = 200_000  # above this many images PCA is fitted on a seeded sample
 
     def validate(self) -> None:

@@ -1,7 +1,7 @@
 """`imgcluster demo`: the built-in sample set, clustered end to end, offline."""
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -40,9 +40,9 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
     # An earlier run's images would be clustered with this run's (and its held-out images could
     # be this run's training images): remove them. Both folders are checked before either is touched.
     stale = sample_set_files(images) + sample_set_files(held_out)
+    _remove_previous_results(results, images)  # checked (and refused) before any image is deleted
     for path in stale:
         path.unlink()
-    _remove_previous_results(results)
     generate_sample_set(images, per_group=per_group)
     reporter.notify(f"Sample set: {per_group * len(GROUPS)} images in {len(GROUPS)} groups under {images}/")
     clusterer = ImageClusterer(model=model, device=device, k=DEMO_K, pca=0.9)
@@ -74,18 +74,30 @@ def held_out_size(per_group: int) -> int:
     return max(4, per_group // 3)
 
 
-def _remove_previous_results(results: Path) -> None:
-    """Delete what an earlier demo run wrote to results/ (only the names the pipeline writes), so
-    that if this run fails the folder is empty rather than describing older images."""
+def _remove_previous_results(results: Path, images: Path) -> None:
+    """Delete what an earlier demo run wrote to results/ (only the names the pipeline and the
+    feature store write), so that if this run fails the folder is empty rather than describing
+    older images. Raises ConfigError when results/ holds anything and is not a demo run's
+    (its summary.json clustered another folder than `images`): it is not the demo's to delete."""
     from .report import outputs
     from .store import MANIFEST
 
-    for name in (outputs.SUMMARY, outputs.PREDICTIONS, outputs.SKIPPED, outputs.ANALYSIS, outputs.FEATURES):
+    if not results.is_dir() or not any(results.iterdir()):
+        return
+    try:
+        summary = outputs.read_summary(results)
+        inputs = [os.path.join(summary.get("cwd") or "", i) for i in summary.get("inputs") or []]
+        ours = [os.path.realpath(i) for i in inputs] == [os.path.realpath(images)]
+    except (OSError, ValueError, AttributeError, TypeError):
+        ours = False
+    if not ours:
+        raise ConfigError(f"{results} holds files an earlier demo did not write: the demo replaces that folder "
+                          "on every run; move them out or give the demo another --out")
+    for name in (outputs.SUMMARY, outputs.PREDICTIONS, outputs.SKIPPED, outputs.ANALYSIS):
         (results / name).unlink(missing_ok=True)
+    outputs.remove_stale(results, features=True, report=True)
     # The feature cache: every image is rewritten (new mtime), so none of its rows can be used again
     # and it would only grow. Manifest first, as engine.store does (shards without one are never trusted).
     cache = results / "features"
     for path in [cache / MANIFEST, *cache.glob("shard-*.npy"), *cache.glob("shard-*.index.json")]:
         path.unlink(missing_ok=True)
-    if (results / "report" / "index.html").is_file():  # a report folder of ours
-        shutil.rmtree(results / "report")

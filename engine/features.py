@@ -236,8 +236,11 @@ def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_
         raw = torch.empty((m, backbone.dim), dtype=torch.float32, device=device)
         ex.run(everything[:m], writer(raw))
         fit_on = raw[torch.as_tensor(np.flatnonzero(ex.ok[:m]), device=device)]
+        # a NaN row (a damaged cache shard) would make the whole fit NaN; its own projection stays
+        # NaN and Extraction.drop_non_finite moves it to the failures afterwards
+        fit_on = fit_on[torch.isfinite(fit_on).all(dim=1)]
         if fit_on.shape[0] < 2:
-            raise InputError(f"fewer than 2 of the first {m} images could be decoded: cannot fit PCA on them")
+            raise InputError(f"fewer than 2 of the first {m} images could be used: cannot fit PCA on them")
         pca = fit_pca(fit_on, streaming.request, streaming.backend, seed=streaming.seed)
         pca.mode = "streamed"
         del fit_on

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone, load_backbone
-from .config import Config
+from .config import DEFAULT_PCA, Config
 from .device import resolve_cluster_backend, resolve_compile, resolve_decoder, resolve_device
 from .errors import InputError
 from .features import Extraction, StreamingPCA, auto_batch_size, extract_features
@@ -125,7 +125,8 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
     if pca.mode == "sampled":
         reporter.notify(f"PCA fitted on a seeded sample of {pca.fit_rows} of {n} images")
     requested = config.reduce.pca
-    if isinstance(requested, int) and not isinstance(requested, bool) and requested > pca.n_components > 0:
+    if isinstance(requested, int) and requested != DEFAULT_PCA and requested > pca.n_components > 0:
+        # (not for the default: a run of fewer than 200 images, or a narrow backbone, would always say so)
         reporter.notify(f"PCA: {pca.n_components} components, not {requested} (at most min(images, feature "
                         "width) exist)")
     with reporter.task("K search", len(config.cluster.k) + 1) as advance:
@@ -140,9 +141,10 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
 
 
 def _outside(paths: list[Path], out_dir: Path, inputs) -> tuple[list[Path], int]:
-    """(paths not under out_dir/report/, how many were): a run written inside the folder it
-    clusters must not take its own report's PNGs as input the next time (the only images a run
-    writes). Only folder inputs that contain out_dir are looked at, by path prefix (no stat per file)."""
+    """(paths not in out_dir/report's plots/, montages/ or clusters/, how many were): a run written
+    inside the folder it clusters must not take its own report's PNGs as input the next time (the
+    only images a run writes). Only folder inputs that contain out_dir are looked at, by path
+    prefix (no stat per file); a glob input or a symlinked --out is not recognised."""
     out_real = os.path.realpath(out_dir)
     prefixes = []
     for arg in inputs:
@@ -151,7 +153,8 @@ def _outside(paths: list[Path], out_dir: Path, inputs) -> tuple[list[Path], int]
             continue
         in_real = os.path.realpath(arg)
         if out_real == in_real or out_real.startswith(in_real.rstrip(os.sep) + os.sep):
-            prefixes.append(str(Path(arg) / os.path.relpath(out_real, in_real) / outputs.REPORT) + os.sep)
+            report = Path(arg) / os.path.relpath(out_real, in_real) / outputs.REPORT
+            prefixes += [str(report / sub) + os.sep for sub in outputs.REPORT_SUBDIRS]
     if not prefixes:
         return paths, 0
     kept = [p for p in paths if not str(p).startswith(tuple(prefixes))]
@@ -165,8 +168,6 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     reporter = reporter or Reporter()
     started = time.perf_counter()
     timings: dict[str, dict[str, float]] = {}
-    if out_dir is not None:  # before any work: a bad --out must not fail a long run at its end
-        out_dir = outputs.prepare_out_dir(out_dir)
 
     t0 = time.perf_counter()
     found = discover(list(inputs))
@@ -179,8 +180,10 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         reporter.notify(found.ignored_note())
     if not found.paths:
         if out_dir is not None and found.skipped:
-            outputs.write_skipped(out_dir, found.skipped)
+            outputs.write_skipped(outputs.prepare_out_dir(out_dir), found.skipped)
         raise InputError(no_images_message(inputs, found, skipped_csv="skipped.csv" if out_dir is not None else None))
+    if out_dir is not None:  # before the heavy work (a mistyped input path leaves no empty folder)
+        out_dir = outputs.prepare_out_dir(out_dir)
 
     backends = resolve_backends(config, reporter)
     fc = config.features
@@ -307,13 +310,15 @@ def write_run(result: RunResult, out_dir, save_features: bool = False, report: b
               reporter: Reporter | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    earlier_run = outputs.is_run_folder(out)  # before this run's summary replaces it
     outputs.write_predictions(out, result.paths, result.labels)
     outputs.write_skipped(out, result.skipped)
     outputs.write_analysis(out, run_analysis(result))
     if save_features:
         outputs.write_npy(out / outputs.FEATURES, result.features.float().cpu().numpy())
     outputs.write_summary(out, result.summary)
-    outputs.remove_stale(out, features=not save_features, report=not report)
+    if earlier_run:
+        outputs.remove_stale(out, features=not save_features, report=not report)
     if report:
         from .report import build_report
 

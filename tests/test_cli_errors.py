@@ -33,6 +33,7 @@ def test_missing_path_exit_2(runner, tmp_path):
     result = runner.invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--model", "pixels"])
     assert result.exit_code == 2
     assert "path not found" in result.output
+    assert not (tmp_path / "o").exists()  # a mistyped input leaves no empty --out behind
 
 
 def test_empty_folder_exit_2(runner, tmp_path):
@@ -146,12 +147,27 @@ def test_rerun_removes_what_it_did_not_write(three_groups, runner, tmp_path):
     first = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "2:3",
                                 "--save-features"])
     assert first.exit_code == 0 and (out / "features.npy").exists() and (out / "report" / "index.html").exists()
-    (out / "report" / "mine.txt").write_text("not ours")  # a report folder is ours wholesale
+    (out / "report" / "mine.txt").write_text("not ours")  # only the report's own files are removed
     again = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "4",
                                 "--no-report"])
     assert again.exit_code == 0, again.output
-    assert not (out / "features.npy").exists() and not (out / "report").exists()
+    assert not (out / "features.npy").exists() and not (out / "report" / "index.html").exists()
+    assert not list((out / "report").rglob("*.png"))
+    assert (out / "report" / "mine.txt").read_text() == "not ours"
     assert (out / "predictions.csv").exists()
+
+
+def test_a_first_run_deletes_nothing_it_did_not_write(three_groups, runner, tmp_path):
+    """A folder that never held a run may hold a features.npy or a report/ of the user's."""
+    out = tmp_path / "analysis"
+    (out / "report").mkdir(parents=True)
+    (out / "features.npy").write_bytes(b"user's")
+    (out / "report" / "index.html").write_text("user's report")
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3",
+                                 "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert (out / "features.npy").read_bytes() == b"user's"
+    assert (out / "report" / "index.html").read_text() == "user's report"
 
 
 def test_recluster_keeps_a_saved_features_file_in_step(three_groups, runner, tmp_path):
@@ -240,3 +256,10 @@ def test_a_folder_of_images_not_named_like_images_says_so(three_groups, runner, 
     listed.write_text("\n".join(str(p) for p in sorted(data.iterdir())) + "\n")
     assert runner.invoke(app, ["run", f"@{listed}", "--out", str(tmp_path / "o2"), "--model", "pixels",
                                "--k", "2", "--no-report"]).exit_code == 0  # by name, content decides
+
+
+def test_the_default_pca_is_cut_without_a_notice(three_groups, runner, tmp_path):
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "o"), "--model", "pixels",
+                                 "--k", "3", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "components, not 200" not in " ".join(result.output.split())

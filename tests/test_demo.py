@@ -70,3 +70,21 @@ def test_demo_rejects_per_group_below_one(runner, tmp_path, per_group):
     assert result.exit_code == 2
     assert result.output.strip() == f"Error: --per-group must be at least 1 (got {per_group})"
     assert not out.exists()  # rejected before anything is written
+
+
+def test_demo_refuses_to_clear_a_results_folder_it_did_not_write(tmp_path):
+    """`demo --out .` in a project that has its own results/: nothing there is deleted."""
+    from engine.demo import run_demo
+    from engine.errors import ConfigError
+
+    out = tmp_path / "project"
+    results = out / "results"
+    (results / "report").mkdir(parents=True)
+    (results / "report" / "index.html").write_text("the project's report")
+    (results / "summary.json").write_text('{"inputs": ["elsewhere"], "features": {}}')
+    (results / "predictions.csv").write_text("theirs")
+    with pytest.raises(ConfigError, match="holds files an earlier demo did not write"):
+        run_demo(out, model="pixels", device="cpu", per_group=1, quiet=True)
+    assert (results / "report" / "index.html").read_text() == "the project's report"
+    assert (results / "predictions.csv").read_text() == "theirs"
+    assert not (out / "images").exists()  # refused before generating anything

@@ -412,3 +412,9 @@ def test_nan_rows_in_the_cache_are_skipped_not_fed_to_pca(small_set, runner, tmp
         reasons = [r["reason"] for r in read_rows(out / "skipped.csv")]
         assert len(reasons) == 4 and all("not finite" in r for r in reasons)
         assert len(read_rows(out / "predictions.csv")) == 12 - 4
+    # the same with PCA fitted while streaming (above --pca-fit-limit): the NaN rows are in its sample
+    result = runner.invoke(app, ["run", str(small_set), "--out", str(out), "--model", "pixels", "--k", "2:4",
+                                 "--no-report", "--pca-fit-limit", "8"])
+    assert result.exit_code == 0, result.output
+    assert len(read_rows(out / "predictions.csv")) == 12 - 4
+    assert _summary(out)["pca"]["mode"] == "streamed"

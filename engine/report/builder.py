@@ -22,9 +22,9 @@ from matplotlib.colors import to_hex
 from . import html, montage, outputs, plots
 from .rundata import RunData, load_run
 
-REPORT_DIR = "report"
-INDEX = "index.html"
-PLOTS_DIR, MONTAGES_DIR, CLUSTERS_DIR = "plots", "montages", "clusters"
+REPORT_DIR = outputs.REPORT
+INDEX = outputs.REPORT_INDEX
+PLOTS_DIR, MONTAGES_DIR, CLUSTERS_DIR = outputs.REPORT_SUBDIRS
 SCATTER_MAX_POINTS = 20_000
 
 

@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,8 @@ SUMMARY = "summary.json"
 ANALYSIS = "analysis.npz"
 FEATURES = "features.npy"
 REPORT = "report"
+REPORT_INDEX = "index.html"
+REPORT_SUBDIRS = ("plots", "montages", "clusters")  # what engine.report.builder writes there
 
 
 class OutputPathError(ImgclusterError):
@@ -144,15 +145,39 @@ def read_csv(path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def is_run_folder(out_dir) -> bool:
+    """Whether `out_dir` holds a run's summary.json (an imgcluster run wrote there before)."""
+    try:
+        summary = read_summary(out_dir)
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and isinstance(summary.get("features"), dict)
+
+
 def remove_stale(out_dir, features: bool, report: bool) -> None:
     """Remove what an earlier run wrote to `out_dir` and this one did not, so the folder describes
-    one run: features.npy (features=True) and the report folder (report=True; only when it holds
-    a report's index.html, i.e. one of ours)."""
+    one run: features.npy (features=True) and the report's own files (report=True: index.html
+    and the files in plots/, montages/ and clusters/; the folders only when left empty). Call it
+    only when is_run_folder(out_dir) was true before this run wrote there: a folder that never
+    held a run may hold a user's own features.npy or report/."""
     out = Path(out_dir)
     if features and (out / FEATURES).is_file():
         (out / FEATURES).unlink()
-    if report and (out / REPORT / "index.html").is_file():
-        shutil.rmtree(out / REPORT)
+    root = out / REPORT
+    if not report or root.is_symlink() or not (root / REPORT_INDEX).is_file():
+        return
+    (root / REPORT_INDEX).unlink()
+    for sub in REPORT_SUBDIRS:
+        folder = root / sub
+        if folder.is_dir() and not folder.is_symlink():
+            for entry in folder.iterdir():
+                if entry.is_file() and not entry.is_symlink():
+                    entry.unlink()
+    for folder in (*(root / sub for sub in REPORT_SUBDIRS), root):
+        try:
+            folder.rmdir()  # only when empty: anything else there is not ours
+        except OSError:
+            pass
 
 
 def write_predictions(out_dir, paths, labels) -> Path:
