@@ -105,7 +105,7 @@ def test_out_that_is_a_file_is_one_line(three_groups, runner, tmp_path):
 def test_unwritable_out_is_one_line_before_any_work(three_groups, runner, tmp_path):
     result = runner.invoke(app, ["run", str(three_groups), "--out", "/proc/imgcluster-out", "--model", "pixels"])
     _one_error_line(result)
-    assert "--out /proc/imgcluster-out: cannot create the folder" in result.output
+    assert "--out /proc/imgcluster-out: cannot create or write in" in result.output
     assert "Extracting" not in result.output
 
 

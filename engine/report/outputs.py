@@ -40,13 +40,18 @@ class OutputPathError(ImgclusterError):
     a read-only file system). Raised before any work, so a long run does not fail at its end."""
 
 
-def _probe_writable(folder: Path, what: str) -> None:
+def _writable_folder(folder: Path, what: str) -> None:
+    """Create `folder` (with parents) and write and remove a file in it; OutputPathError
+    starting with `what` when either fails."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"{what}: {folder} is a file, not a folder")
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".imgcluster-write-check.", dir=folder)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise OutputPathError(f"{what}: cannot write in {folder} ({exc.strerror or exc})") from None
+        raise OutputPathError(f"{what}: cannot create or write in {folder} ({exc.strerror or exc})") from None
 
 
 def prepare_out_dir(path, flag: str = "--out") -> Path:
@@ -55,11 +60,7 @@ def prepare_out_dir(path, flag: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{flag} {path} is a file, not a folder: give a folder (it is created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputPathError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc})") from None
-    _probe_writable(path, f"{flag} {path}")
+    _writable_folder(path, f"{flag} {path}")
     return path
 
 
@@ -71,14 +72,7 @@ def check_out_file(path, flag: str) -> Path:
     if path.is_dir():
         raise OutputPathError(f"{flag} {path} is a folder: give a file name, e.g. {path / 'model.imgc'}"
                               if flag == "--save-model" else f"{flag} {path} is a folder: give a file name")
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise OutputPathError(f"{flag} {path}: {parent} is a file, not a folder")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputPathError(f"{flag} {path}: cannot create {parent} ({exc.strerror or exc})") from None
-    _probe_writable(parent, f"{flag} {path}")
+    _writable_folder(path.parent, f"{flag} {path}")
     return path
 
 
