@@ -8,7 +8,9 @@
 """
 from __future__ import annotations
 
+import glob
 import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -66,6 +68,8 @@ class ImageClusterer:
         """paths: folders, files, @lists or globs. With out_dir, the run's files are written there."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        if out_dir is None and (report or save_features):
+            raise ConfigError("report=True and save_features=True write into out_dir: pass out_dir=FOLDER")
         config = self._config()
         result = run_pipeline(list(paths), config, out_dir=out_dir, reporter=reporter,
                               save_features=save_features, report=report, cache=cache)
@@ -94,19 +98,35 @@ class ImageClusterer:
     @property
     def model_(self) -> FittedModel:
         """The fitted model (engine.model.FittedModel): predict_bytes / predict_arrays / predict_tensors /
-        predict_paths with distances and confidences, and save(). Built on first use from result_."""
+        predict_paths with distances and confidences, and save(). Built on first use from result_
+        (once, under a lock: concurrent first requests share one model and its device lock)."""
         self._check_fitted()
         if getattr(self, "_model", None) is None:
-            self._model = FittedModel.from_result(self.result_)
+            with _MODEL_BUILD_LOCK:
+                if getattr(self, "_model", None) is None:
+                    self._model = FittedModel.from_result(self.result_)
         return self._model
 
+    def __getstate__(self) -> dict:
+        # the predictor holds a thread pool and locks: pickle the fitted results, rebuild it on use
+        state = dict(self.__dict__)
+        if "result_" in state:
+            state["_model"] = None
+        return state
+
     def predict(self, paths) -> np.ndarray:
-        """Assign new images to the fitted clusters: (m,) int64 labels, one per image found in `paths`
-        (input order); an image that cannot be decoded gets -1. Same code path as
-        engine.model.FittedModel.predict_paths (model_ has distances and confidences too)."""
+        """Assign new images to the fitted clusters: (m,) int64 labels in input order. A file given
+        by name gets exactly one label (-1 when it is missing or cannot be decoded), so the labels
+        line up with a list of files; a folder, glob or @list contributes one label per image it
+        holds (prediction_paths(paths) lists them). Same code path as
+        engine.model.FittedModel.predict_paths (model_ has distances, confidences and the reasons for -1)."""
         self._check_fitted()
-        found = discover(paths if not isinstance(paths, (str, os.PathLike)) else [paths])
-        return self.model_.predict_paths(found.paths).labels
+        return self.model_.predict_paths(self.prediction_paths(paths)).labels
+
+    @staticmethod
+    def prediction_paths(paths) -> list[Path]:
+        """The files predict(paths) labels, in its order (see predict)."""
+        return _prediction_paths(paths)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the fitted model to ONE file (safetensors arrays + JSON metadata, no pickle; see
@@ -141,6 +161,30 @@ class ImageClusterer:
         self.cluster_centers_ = model.state.centroids.float().numpy().copy()
         self.pca_ = model.pca
         self.backbone_ = model.backbone
+
+
+_MODEL_BUILD_LOCK = threading.Lock()
+
+
+def _prediction_paths(inputs) -> list[Path]:
+    """The files `ImageClusterer.predict` labels, in order: a named file (existing or not) as
+    itself, a folder, glob or @list expanded as `run` does. TypeError for things that are not
+    paths (encoded bytes, arrays, images), which have their own FittedModel methods."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    elif isinstance(inputs, np.ndarray):
+        inputs = inputs.tolist()
+    out: list[Path] = []
+    for item in inputs:
+        if isinstance(item, bytes) and b"\0" in item or not isinstance(item, (str, bytes, os.PathLike)):
+            raise TypeError(f"predict takes paths, got {type(item).__name__}: for encoded images use "
+                            "model_.predict_bytes, for arrays or PIL images model_.predict_arrays")
+        text = os.fsdecode(item)
+        if text.startswith("@") or os.path.isdir(text) or (glob.has_magic(text) and not os.path.lexists(text)):
+            out += discover([item]).paths
+        else:
+            out.append(Path(text))
+    return out
 
 
 def cluster_images(paths, out_dir=None, **config) -> RunResult:

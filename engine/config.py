@@ -6,7 +6,11 @@ parameter and the allowed values.
 """
 from __future__ import annotations
 
+import numbers
+import os
 from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
 
 from .backbones import DEFAULT_MODEL, validate_model
 from .device import CLUSTER_BACKENDS, DECODERS, DEVICES
@@ -18,21 +22,50 @@ SELECT_METRICS = ("silhouette", "calinski", "davies")
 DEFAULT_K = (2, 20)
 
 
+def _integer(name: str, value, minimum: int, optional: bool = False) -> int | None:
+    """value as an int (Python or NumPy integer) >= minimum; None when optional. ConfigError otherwise,
+    naming the parameter (a float or a string would otherwise fail deep inside a run)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}" + (" or None" if optional else ""))
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return int(value)
+
+
+def _text(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}={value!r} must be a string")
+    return value
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name}={value!r} must be True or False")
+    return bool(value)
+
+
 def parse_k(value) -> tuple[int, ...]:
     """'2:20' -> (2, ..., 20); '11' or 11 -> (11,); '3,5,8' or [3, 5, 8] -> (3, 5, 8); (a, b) tuple = range a..b.
 
     Every K must be >= 2; a range must not be reversed.
     """
+    def integer(v) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
     if isinstance(value, bool):
         raise ConfigError("k must be a number, a range like 2:20, or a list like 3,5,8")
-    if isinstance(value, int):
-        ks = (value,)
-    elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        lo, hi = value
+    if integer(value):
+        ks = (int(value),)
+    elif isinstance(value, tuple) and len(value) == 2 and all(integer(v) for v in value):
+        lo, hi = int(value[0]), int(value[1])
         if lo > hi:
             raise ConfigError(f"k range {lo}:{hi} is reversed: write it as {hi}:{lo}")
         ks = tuple(range(lo, hi + 1))
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, (list, tuple, range, np.ndarray)):
+        if not all(integer(v) for v in value):
+            raise ConfigError(f"k={value!r}: every K must be an integer")
         ks = tuple(int(v) for v in value)
     elif isinstance(value, str):
         text = value.strip()
@@ -70,20 +103,21 @@ class FeatureConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def validate(self) -> None:
+        for name in ("model", "weights", "device", "decoder", "precision"):
+            setattr(self, name, _text(name, os.fspath(getattr(self, name)) if name == "weights"
+                                      and isinstance(getattr(self, name), os.PathLike) else getattr(self, name)))
         validate_model(self.model)
+        self.compile = _flag("compile", self.compile)
+        self.batch_size = _integer("batch_size", self.batch_size, 1, optional=True)
+        self.num_threads = _integer("num_threads", self.num_threads, 1, optional=True)
+        self.io_threads = _integer("io_threads", self.io_threads, 1, optional=True)
+        self.max_pixels = _integer("max_pixels", self.max_pixels, 1, optional=True)
         if self.device.split(":")[0] not in DEVICES:
             raise ConfigError(f"device={self.device!r} is not one of: {', '.join(DEVICES)} (or cuda:N)")
         if self.decoder not in DECODERS:
             raise ConfigError(f"decoder={self.decoder!r} is not one of: {', '.join(DECODERS)}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision={self.precision!r} is not one of: auto, fp32, bf16, fp16")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
-        for name in ("num_threads", "io_threads"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise ConfigError(f"max_pixels={self.max_pixels} must be >= 1")
 
 
 DEFAULT_PCA = 200  # components, the 2019 method's "about 200"
@@ -97,9 +131,15 @@ class ReduceConfig:
     pca_fit_limit: int | None = 200_000  # above this many images PCA is fitted on a seeded sample
 
     def validate(self) -> None:
-        self.pca = validate_pca(self.pca)
-        if self.pca_fit_limit is not None and self.pca_fit_limit < 2:
-            raise ConfigError(f"pca_fit_limit={self.pca_fit_limit} must be >= 2")
+        pca = self.pca
+        if isinstance(pca, numbers.Integral) and not isinstance(pca, bool):
+            pca = int(pca)  # a NumPy integer is a component count, not a fraction
+        elif isinstance(pca, numbers.Real) and not isinstance(pca, bool):
+            pca = float(pca)
+        elif not isinstance(pca, bool):
+            raise ConfigError(f"pca={pca!r} must be a component count (200), a variance fraction (0.9) or 0")
+        self.pca = validate_pca(pca)
+        self.pca_fit_limit = _integer("pca_fit_limit", self.pca_fit_limit, 2, optional=True)
 
 
 @dataclass
@@ -116,16 +156,16 @@ class ClusterConfig:
 
     def validate(self) -> None:
         self.k = parse_k(self.k)
-        if self.n_init < 1:
-            raise ConfigError(f"n_init={self.n_init} must be >= 1")
-        if self.max_iter < 1:
-            raise ConfigError(f"max_iter={self.max_iter} must be >= 1")
+        self.n_init = _integer("n_init", self.n_init, 1)
+        self.max_iter = _integer("max_iter", self.max_iter, 1)
+        self.seed = _integer("seed", self.seed, 0)
+        self.silhouette_sample = _integer("silhouette_sample", self.silhouette_sample, 2, optional=True)
+        for name in ("cluster_backend", "select"):
+            setattr(self, name, _text(name, getattr(self, name)))
         if self.cluster_backend not in CLUSTER_BACKENDS:
             raise ConfigError(f"cluster_backend={self.cluster_backend!r} is not one of: {', '.join(CLUSTER_BACKENDS)}")
         if self.select not in SELECT_METRICS:
             raise ConfigError(f"select={self.select!r} is not one of: {', '.join(SELECT_METRICS)}")
-        if self.silhouette_sample is not None and self.silhouette_sample < 2:
-            raise ConfigError(f"silhouette_sample={self.silhouette_sample} must be >= 2")
 
 
 @dataclass

@@ -515,6 +515,8 @@ class FittedModel:
     def predict_bytes(self, blobs: Sequence[bytes]) -> Prediction:
         """blobs: n encoded images (JPEG, PNG, WebP, BMP, TIFF, GIF bytes) -> Prediction with n items.
         Decoded on the CPU in the model's thread pool; an undecodable item fails alone."""
+        if isinstance(blobs, (bytes, bytearray, memoryview)):  # one image, not a list of byte values
+            raise TypeError("predict_bytes takes a list of encoded images: predict_bytes([data])")
         return self._predict_uint8(self._map(self._prepare_bytes, list(blobs)))
 
     def predict_paths(self, paths: Sequence[str | os.PathLike], progress: Callable[[int], None] | None = None
@@ -523,6 +525,8 @@ class FittedModel:
         model's decoder through the same loaders as `imgcluster run`. progress(n) after each batch."""
         from .loaders import make_loader
 
+        if isinstance(paths, (str, bytes, os.PathLike)):  # one path, not a list of its characters
+            raise TypeError("predict_paths takes a list of paths: predict_paths([path])")
         paths = [Path(p) for p in paths]
         out = Prediction.empty(len(paths))
         loader = make_loader(self.decoder, self.device, max_pixels=self.max_pixels, num_threads=self.num_threads,

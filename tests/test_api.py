@@ -1,0 +1,97 @@
+"""The Python API's contract with a caller (from an API audit): predict lines up with its inputs,
+parameters are checked by type before any work, and a fitted clusterer is safe to share."""
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+from engine import ImageClusterer
+from engine.config import Config
+from engine.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def fitted(three_groups):
+    return ImageClusterer(model="pixels", device="cpu", pca=20, k="2:4").fit([three_groups])
+
+
+def test_predict_gives_one_label_per_named_file_in_order(fitted, three_groups, tmp_path):
+    a, b = sorted(three_groups.glob("*/*.jpg"))[:: 20][:2]
+    one_a, one_b = fitted.predict([a])[0], fitted.predict([b])[0]
+    os.symlink(tmp_path / "nowhere.jpg", tmp_path / "broken.jpg")
+    labels = fitted.predict([a, b, a, tmp_path / "missing.jpg", tmp_path / "broken.jpg", str(a)])
+    # duplicates kept, missing and broken files are -1 in place (not dropped, not an exception)
+    assert labels.tolist() == [one_a, one_b, one_a, -1, -1, one_a]
+
+
+def test_predict_expands_folders_and_says_which_files(fitted, three_groups):
+    files = fitted.prediction_paths([three_groups])
+    assert len(files) == 60 and len(fitted.predict([three_groups])) == 60
+    assert fitted.predict(np.array([str(files[0])])).tolist() == fitted.predict([files[0]]).tolist()
+
+
+@pytest.mark.parametrize("item", [b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", object(), np.zeros((4, 4, 3))])
+def test_predict_rejects_what_is_not_a_path(fitted, item):
+    with pytest.raises(TypeError, match="predict takes paths"):
+        fitted.predict([item])
+
+
+def test_model_methods_reject_a_single_item_for_a_list(fitted, three_groups):
+    path = sorted(three_groups.glob("*/*.jpg"))[0]
+    with pytest.raises(TypeError, match=r"predict_paths\(\[path\]\)"):
+        fitted.model_.predict_paths(str(path))
+    with pytest.raises(TypeError, match=r"predict_bytes\(\[data\]\)"):
+        fitted.model_.predict_bytes(path.read_bytes())
+
+
+@pytest.mark.parametrize("params, needle", [
+    (dict(seed=None), "seed=None must be an integer"),
+    (dict(seed=1.5), "seed=1.5 must be an integer"),
+    (dict(n_init="3"), "n_init='3' must be an integer"),
+    (dict(batch_size="8"), "batch_size='8' must be an integer"),
+    (dict(device=None), "device=None must be a string"),
+    (dict(compile="yes"), "compile='yes' must be True or False"),
+    (dict(k=["x"]), "every K must be an integer"),
+    (dict(pca="a"), "pca='a' must be a component count"),
+])
+def test_parameters_of_the_wrong_type_are_config_errors(params, needle):
+    with pytest.raises(ConfigError, match=needle):
+        Config.from_kwargs(**params)
+
+
+def test_numpy_numbers_mean_what_python_numbers_mean():
+    flat = Config.from_kwargs(seed=np.int64(3), pca=np.int64(5), k=(np.int64(2), np.int64(4))).flat()
+    assert flat["seed"] == 3 and flat["pca"] == 5 and flat["k"] == [2, 3, 4]
+    assert Config.from_kwargs(k=range(2, 5)).flat()["k"] == [2, 3, 4]
+
+
+def test_concurrent_first_requests_share_one_model(three_groups):
+    clusterer = ImageClusterer(model="pixels", device="cpu", pca=20, k="2:4").fit([three_groups])
+    seen, start = [], threading.Barrier(8)
+
+    def first_use():
+        start.wait()
+        seen.append(id(clusterer.model_))
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == 1
+
+
+def test_a_clusterer_pickles_after_predicting(fitted, three_groups):
+    path = sorted(three_groups.glob("*/*.jpg"))[0]
+    before = fitted.predict([path])
+    again = pickle.loads(pickle.dumps(fitted))
+    assert again.predict([path]).tolist() == before.tolist()
+
+
+def test_report_without_out_dir_is_an_error(three_groups):
+    with pytest.raises(ConfigError, match="pass out_dir"):
+        ImageClusterer(model="pixels", device="cpu").fit([three_groups], report=True)
