@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, NotFittedError
 from .model import FittedModel, ModelState
 from .pipeline import RunResult, run_pipeline
 from .progress import Reporter
@@ -93,7 +93,7 @@ class ImageClusterer:
 
     def _check_fitted(self) -> None:
         if getattr(self, "_model", None) is None and not hasattr(self, "result_"):
-            raise ConfigError("this ImageClusterer is not fitted yet: call fit(paths) first (or ImageClusterer.load(path))")
+            raise NotFittedError("this ImageClusterer is not fitted yet: call fit(paths) first (or ImageClusterer.load(path))")
 
     @property
     def model_(self) -> FittedModel:

@@ -12,6 +12,11 @@ class ConfigError(ImgclusterError, ValueError):
     """A parameter is outside its allowed values; the message names the parameter and the values."""
 
 
+class NotFittedError(ConfigError, AttributeError):
+    """A fitted attribute or predict was asked of an ImageClusterer before fit (or load). An
+    AttributeError too, as scikit-learn's, so hasattr(clusterer, "model_") is False before fit."""
+
+
 class BackendUnavailable(ImgclusterError):
     """A backend asked for by name is not installed or cannot run here; the message has the install hint."""
 

@@ -459,9 +459,12 @@ class FittedModel:
         out.labels[finite] = labels[finite]
         out.distances[finite] = d1[finite]
         out.confidences[finite] = conf[finite]
+        half = getattr(self.backbone, "precision", "fp32") != "fp32"
+        reason = ("non-finite features (the backbone overflowed in " + self.backbone.precision
+                  + "; load the model with precision='fp32')" if half
+                  else "non-finite features (NaN or inf in the input, or in the weights)")
         for i in np.flatnonzero(~finite):
-            out.errors[i] = ("non-finite features (the backbone overflowed; "
-                             "load the model with precision='fp32')")
+            out.errors[i] = reason
         return out
 
     def _predict_uint8(self, items: list[tuple[np.ndarray | None, str | None]]) -> Prediction:
@@ -488,12 +491,20 @@ class FittedModel:
     def _map(self, fn: Callable[[Any], tuple], items: Sequence) -> list[tuple]:
         if len(items) <= 1:  # no pool hop for single-image requests (latency)
             return [fn(x) for x in items]
-        with self._pool_lock:
-            if self._pool is None:
-                workers = self.num_threads or min(8, os.cpu_count() or 1)
-                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="imgcluster-predict")
-            pool = self._pool
-        return list(pool.map(fn, items))
+        while True:
+            with self._pool_lock:
+                if self._pool is None:
+                    workers = self.num_threads or min(8, os.cpu_count() or 1)
+                    self._pool = ThreadPoolExecutor(workers, thread_name_prefix="imgcluster-predict")
+                pool = self._pool
+            try:
+                futures = [pool.submit(fn, x) for x in items]
+            except RuntimeError:  # close() shut this pool down after we took it: a new one serves us
+                with self._pool_lock:
+                    if self._pool is pool:
+                        self._pool = None
+                continue
+            return [f.result() for f in futures]
 
     # -- public predict API --------------------------------------------------------------------
     def predict_tensors(self, images: torch.Tensor) -> Prediction:

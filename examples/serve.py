@@ -94,8 +94,13 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", default=None, help="backbone weights file, if not the recorded one")
+    # A request is untrusted: a 0.5 MB PNG that claims 13000 x 13000 took 3 s and ~650 MB to
+    # decode under the batch tool's limit (179 MP). 40 MP covers any phone or DSLR photo.
+    parser.add_argument("--max-pixels", type=int, default=40_000_000,
+                        help="refuse images with more pixels than this (default 40,000,000)")
     args = parser.parse_args(argv)
-    model = load_model(args.model, device=args.device, weights=args.weights)  # once: the backbone stays resident
+    model = load_model(args.model, device=args.device, weights=args.weights,  # once: the backbone stays resident
+                       max_pixels=args.max_pixels)
     server = make_server(model, args.host, args.port)
     print(f"Serving {model} on http://{args.host}:{server.server_port}/predict", flush=True)
     try:

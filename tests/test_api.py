@@ -95,3 +95,39 @@ def test_a_clusterer_pickles_after_predicting(fitted, three_groups):
 def test_report_without_out_dir_is_an_error(three_groups):
     with pytest.raises(ConfigError, match="pass out_dir"):
         ImageClusterer(model="pixels", device="cpu").fit([three_groups], report=True)
+
+
+def test_not_fitted_is_an_attribute_error_too():
+    from engine.errors import NotFittedError
+
+    clusterer = ImageClusterer(model="pixels")
+    assert not hasattr(clusterer, "model_")
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        clusterer.predict(["x.jpg"])
+
+
+def test_close_while_requests_run_never_fails_a_request(fitted, three_groups):
+    import sys
+
+    blobs = [p.read_bytes() for p in sorted(three_groups.glob("*/*.jpg"))[:3]]
+    model, errors, done = fitted.model_, [], threading.Event()
+
+    def requests():
+        try:
+            for _ in range(40):
+                assert len(model.predict_bytes(blobs).labels) == 3
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # interleave the threads as much as possible
+    try:
+        threads = [threading.Thread(target=requests) for _ in range(4)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            model.close()
+        done.set()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
