@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import InputError
-from .loaders.decode import has_image_extension
+from .loaders.decode import has_image_extension, name_suffix
 from .recursive_glob import is_recursive, recursive_glob
 
 INCLUDE_HINT = "pass files explicitly or via an @list.txt to have their content checked"
@@ -84,12 +84,6 @@ def no_images_message(inputs: Sequence[str | bytes | os.PathLike], found: Discov
     return f"no image files found in {where}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _suffix(name: str) -> str:
-    """The lower-case extension as has_image_extension (and pathlib) takes it; "" for none."""
-    dot = name.rfind(".")
-    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
-
-
 def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
           avoid: frozenset = frozenset()) -> list[Path]:
     """All image-extension files under `folder`, following symlinked folders once (no loops),
@@ -124,7 +118,7 @@ def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
             if has_image_extension(name):
                 found.append(join(root, name))
             else:
-                ignored[_suffix(name)] += 1
+                ignored[name_suffix(name)] += 1
     # os.walk's roots are normalised (folder is a Path), so splitting on the separator gives
     # Path's own parts and the same order as sorting the Paths
     found.sort(key=lambda text: text.split(os.sep))
@@ -185,7 +179,7 @@ def _expand_glob(text: str, skipped: list, ignored: Counter) -> list[Path]:
             if has_image_extension(os.path.basename(f)):
                 entries.append((Path(f), None))
             else:
-                ignored[_suffix(os.path.basename(f))] += 1
+                ignored[name_suffix(os.path.basename(f))] += 1
         entries += [(Path(d), avoid) for d, avoid in folders]
     else:  # no recursion, so no loop: glob.glob as it is
         matches = glob.glob(text)
@@ -197,7 +191,7 @@ def _expand_glob(text: str, skipped: list, ignored: Counter) -> list[Path]:
             elif has_image_extension(p.name):
                 entries.append((p, None))
             else:
-                ignored[_suffix(p.name)] += 1
+                ignored[name_suffix(p.name)] += 1
     if not matched:
         raise InputError(f"no files match {text}")
     entries.sort(key=lambda entry: entry[0])

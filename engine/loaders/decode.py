@@ -10,7 +10,6 @@ import contextlib
 import io
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -167,14 +166,14 @@ def load_and_preprocess(source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
         raise DecodeError(f"could not resize: {exc}") from None
 
 
-def is_probably_image_path(path: Path) -> bool:
-    """Folder discovery filter: by extension (case-insensitive)."""
-    return has_image_extension(path.name)
+def name_suffix(name: str) -> str:
+    """A file name's lower-case suffix as pathlib takes it ("..jpg" has ".jpg"; ".jpg" and "a."
+    have none: ""), not as os.path.splitext does (which gives "..jpg" none). A string, no Path:
+    discovery calls it per file."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
 def has_image_extension(name: str) -> bool:
-    """is_probably_image_path on a file name string (no Path object: discovery calls it per file).
-    The suffix as pathlib takes it ("..jpg" has ".jpg"; ".jpg" and "a." have none), not as
-    os.path.splitext does (which gives "..jpg" none)."""
-    dot = name.rfind(".")
-    return 0 < dot < len(name) - 1 and name[dot:].lower() in EXTENSIONS
+    """Folder and glob discovery's filter: the file name has an image suffix (case-insensitive)."""
+    return name_suffix(name) in EXTENSIONS
