@@ -170,7 +170,7 @@ def _prediction_paths(inputs) -> list[Path]:
     """The files `ImageClusterer.predict` labels, in order: a named file (existing or not) as
     itself, a folder, glob or @list expanded as `run` does. TypeError for things that are not
     paths (encoded bytes, arrays, images), which have their own FittedModel methods."""
-    if isinstance(inputs, (str, os.PathLike)):
+    if isinstance(inputs, (str, bytes, os.PathLike)):
         inputs = [inputs]
     elif isinstance(inputs, np.ndarray):
         inputs = inputs.tolist()
@@ -180,7 +180,9 @@ def _prediction_paths(inputs) -> list[Path]:
             raise TypeError(f"predict takes paths, got {type(item).__name__}: for encoded images use "
                             "model_.predict_bytes, for arrays or PIL images model_.predict_arrays")
         text = os.fsdecode(item)
-        if text.startswith("@") or os.path.isdir(text) or (glob.has_magic(text) and not os.path.lexists(text)):
+        if os.path.lexists(text) and not os.path.isdir(text):
+            out.append(Path(text))  # a file, even one named like a glob or an @list
+        elif text.startswith("@") or os.path.isdir(text) or glob.glob(text):
             out += discover([item]).paths
         else:
             out.append(Path(text))

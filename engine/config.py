@@ -22,14 +22,16 @@ SELECT_METRICS = ("silhouette", "calinski", "davies")
 DEFAULT_K = (2, 20)
 
 
-def _integer(name: str, value, minimum: int, optional: bool = False) -> int | None:
-    """value as an int (Python or NumPy integer) >= minimum; None when optional. ConfigError otherwise,
-    naming the parameter (a float or a string would otherwise fail deep inside a run)."""
+def check_integer(name: str, value, minimum: int | None, optional: bool = False) -> int | None:
+    """value as an int (Python or NumPy integer) >= minimum (None: any); None when optional.
+    ConfigError otherwise, naming the parameter (a float or a string would otherwise fail deep
+    inside a run)."""
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}" + (" or None" if optional else ""))
-    if value < minimum:
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ConfigError(f"{name}={value!r} must be an integer{bound}" + (" or None" if optional else ""))
+    if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={value} must be >= {minimum}")
     return int(value)
 
@@ -108,10 +110,10 @@ class FeatureConfig:
                                       and isinstance(getattr(self, name), os.PathLike) else getattr(self, name)))
         validate_model(self.model)
         self.compile = _flag("compile", self.compile)
-        self.batch_size = _integer("batch_size", self.batch_size, 1, optional=True)
-        self.num_threads = _integer("num_threads", self.num_threads, 1, optional=True)
-        self.io_threads = _integer("io_threads", self.io_threads, 1, optional=True)
-        self.max_pixels = _integer("max_pixels", self.max_pixels, 1, optional=True)
+        self.batch_size = check_integer("batch_size", self.batch_size, 1, optional=True)
+        self.num_threads = check_integer("num_threads", self.num_threads, 1, optional=True)
+        self.io_threads = check_integer("io_threads", self.io_threads, 1, optional=True)
+        self.max_pixels = check_integer("max_pixels", self.max_pixels, 1, optional=True)
         if self.device.split(":")[0] not in DEVICES:
             raise ConfigError(f"device={self.device!r} is not one of: {', '.join(DEVICES)} (or cuda:N)")
         if self.decoder not in DECODERS:
@@ -139,7 +141,7 @@ class ReduceConfig:
         elif not isinstance(pca, bool):
             raise ConfigError(f"pca={pca!r} must be a component count (200), a variance fraction (0.9) or 0")
         self.pca = validate_pca(pca)
-        self.pca_fit_limit = _integer("pca_fit_limit", self.pca_fit_limit, 2, optional=True)
+        self.pca_fit_limit = check_integer("pca_fit_limit", self.pca_fit_limit, 2, optional=True)
 
 
 @dataclass
@@ -156,10 +158,10 @@ class ClusterConfig:
 
     def validate(self) -> None:
         self.k = parse_k(self.k)
-        self.n_init = _integer("n_init", self.n_init, 1)
-        self.max_iter = _integer("max_iter", self.max_iter, 1)
-        self.seed = _integer("seed", self.seed, 0)
-        self.silhouette_sample = _integer("silhouette_sample", self.silhouette_sample, 2, optional=True)
+        self.n_init = check_integer("n_init", self.n_init, 1)
+        self.max_iter = check_integer("max_iter", self.max_iter, 1)
+        self.seed = check_integer("seed", self.seed, None)  # any integer (runs with seed=-1 exist)
+        self.silhouette_sample = check_integer("silhouette_sample", self.silhouette_sample, 2, optional=True)
         for name in ("cluster_backend", "select"):
             setattr(self, name, _text(name, getattr(self, name)))
         if self.cluster_backend not in CLUSTER_BACKENDS:

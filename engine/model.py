@@ -421,6 +421,19 @@ class FittedModel:
         return (f"FittedModel(k={self.k}, backbone={self.backbone.name} ({self.backbone.weights}), "
                 f"pca={self.state.pca['mode']}:{self.state.n_components}, device={self.device})")
 
+    def __getstate__(self) -> dict:
+        # locks and the thread pool are per process: dropped here, made again on unpickling
+        state = dict(self.__dict__)
+        for name in ("_lock", "_pool_lock", "_pool"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self._pool = None
+
     def close(self) -> None:
         """Stop the decode thread pool once no request is running (a later call starts a new one)."""
         with self._pool_lock:
@@ -499,11 +512,11 @@ class FittedModel:
                 pool = self._pool
             try:
                 futures = [pool.submit(fn, x) for x in items]
-            except RuntimeError:  # close() shut this pool down after we took it: a new one serves us
+            except RuntimeError:
                 with self._pool_lock:
-                    if self._pool is pool:
-                        self._pool = None
-                continue
+                    if self._pool is pool:  # not close(): interpreter shutdown, no threads left, ...
+                        raise
+                continue  # close() shut this pool down after we took it: a new one serves us
             return [f.result() for f in futures]
 
     # -- public predict API --------------------------------------------------------------------
@@ -646,9 +659,12 @@ def load_model(path: str | os.PathLike, device: str = "auto", weights: str | os.
     """
     from .device import resolve_decoder, resolve_device
 
-    for name, value in (("batch_size", batch_size), ("io_threads", io_threads)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{name}={value} must be >= 1")
+    from .config import check_integer
+
+    batch_size, num_threads, io_threads, max_pixels = (
+        check_integer(name, value, 1, optional=True) for name, value in
+        (("batch_size", batch_size), ("num_threads", num_threads), ("io_threads", io_threads),
+         ("max_pixels", max_pixels)))
     state = read_model_file(path)
     dev = resolve_device(device, notify)
     resolved_decoder = resolve_decoder(decoder, dev, notify)

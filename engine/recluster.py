@@ -82,8 +82,6 @@ def _config(summary: dict, overrides: dict) -> Config:
                           f"(changeable: {', '.join(OVERRIDABLE)}); run `imgcluster run` again for a new model")
     known = set(Config.parameter_names())
     flat = {k: v for k, v in (summary.get("config") or {}).items() if k in known}
-    if isinstance(flat.get("k"), list):
-        flat["k"] = tuple(flat["k"])
     flat.update({k: v for k, v in overrides.items() if v is not None})
     return Config.from_kwargs(**flat)
 

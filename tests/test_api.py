@@ -131,3 +131,33 @@ def test_close_while_requests_run_never_fails_a_request(fitted, three_groups):
     finally:
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+def test_predict_never_blocks_on_a_fifo_and_labels_odd_names(fitted, three_groups, tmp_path):
+    import shutil
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    real = sorted(three_groups.glob("*/*.jpg"))[0]
+    globby = tmp_path / "x[1].jpg"  # an existing file named like a glob is that file
+    shutil.copy(real, globby)
+    labels = fitted.predict([fifo, globby, tmp_path / "y[1].jpg", "/dev/zero"])
+    assert labels.tolist() == [-1, fitted.predict([real])[0], -1, -1]
+    assert fitted.model_.predict_paths([fifo]).errors[0] == "not a regular file"
+
+
+def test_a_loaded_clusterer_pickles_and_load_options_are_checked(fitted, three_groups, tmp_path):
+    from engine import load_model
+
+    path = fitted.save(tmp_path / "m.imgc")
+    loaded = ImageClusterer.load(path, device="cpu")
+    image = sorted(three_groups.glob("*/*.jpg"))[0]
+    assert pickle.loads(pickle.dumps(loaded)).predict([image]).tolist() == loaded.predict([image]).tolist()
+    with pytest.raises(ConfigError, match="batch_size='8' must be an integer"):
+        load_model(path, device="cpu", batch_size="8")
+    with pytest.raises(ConfigError, match="max_pixels=0 must be >= 1"):
+        load_model(path, device="cpu", max_pixels=0)
+
+
+def test_a_negative_seed_is_still_a_seed():
+    assert Config.from_kwargs(seed=-1).flat()["seed"] == -1  # runs and model files with seed=-1 exist

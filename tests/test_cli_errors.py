@@ -263,3 +263,15 @@ def test_the_default_pca_is_cut_without_a_notice(three_groups, runner, tmp_path)
                                  "--k", "3", "--no-report"])
     assert result.exit_code == 0, result.output
     assert "components, not 200" not in " ".join(result.output.split())
+
+
+def test_cluster_keeps_a_recorded_list_of_two_ks(three_groups, runner, tmp_path):
+    import json
+
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "2,5",
+                               "--no-report"]).exit_code == 0
+    result = runner.invoke(app, ["cluster", str(out), "--seed", "1", "--no-report"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "summary.json").read_text())["scores"]
+    assert [s["k"] for s in scores] == [2, 5]  # two values, not the range 2..5

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -33,8 +34,14 @@ def read_bytes(path: str | os.PathLike) -> bytearray:
     torch.frombuffer without a copy (which needs a writable buffer); everything else reads it
     like bytes. A file that changes size while being read gets what a plain read() would get."""
     try:
-        with open(path, "rb", buffering=0) as handle:
-            data = bytearray(os.fstat(handle.fileno()).st_size)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; then only regular files are read
+        # (a FIFO would block, /dev/zero would never end)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb", buffering=0) as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise DecodeError("not a regular file")
+            data = bytearray(info.st_size)
             got = handle.readinto(data)
             if got < len(data):  # shrank meanwhile
                 del data[got:]
