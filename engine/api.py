@@ -47,6 +47,13 @@ class ImageClusterer:
         for name in _PARAMS:
             setattr(self, name, params.get(name, defaults[name]))
 
+    def __repr__(self) -> str:
+        """ImageClusterer(model='pixels', k='2:8'): the parameters that differ from the defaults."""
+        defaults = Config().flat()
+        changed = [f"{name}={value!r}" for name, value in self.get_params().items()
+                   if not _same(value, defaults[name])]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
     # scikit-learn estimator protocol
     def get_params(self, deep: bool = True) -> dict:
         return {name: getattr(self, name) for name in _PARAMS}
@@ -164,6 +171,14 @@ class ImageClusterer:
 
 
 _MODEL_BUILD_LOCK = threading.Lock()
+
+
+def _same(value, default) -> bool:
+    """A parameter equal to its default ("2:20" and (2, 20) are not compared as equal: shown)."""
+    try:
+        return bool(value == default)
+    except Exception:  # noqa: BLE001 - arrays and odd objects: show them
+        return False
 
 
 def _prediction_paths(inputs) -> list[Path]:

@@ -161,3 +161,9 @@ def test_a_loaded_clusterer_pickles_and_load_options_are_checked(fitted, three_g
 
 def test_a_negative_seed_is_still_a_seed():
     assert Config.from_kwargs(seed=-1).flat()["seed"] == -1  # runs and model files with seed=-1 exist
+
+
+def test_repr_shows_the_parameters_that_differ_from_the_defaults():
+    assert repr(ImageClusterer()) == "ImageClusterer()"
+    assert repr(ImageClusterer(model="pixels", k="2:8")) == "ImageClusterer(model='pixels', k='2:8')"
+    assert repr(ImageClusterer(k=np.arange(2, 5))).startswith("ImageClusterer(k=array(")
