@@ -80,7 +80,7 @@ def _remove_previous_results(results: Path, images: Path) -> None:
     older images. Raises ConfigError when results/ holds anything and is not a demo run's
     (its summary.json clustered another folder than `images`): it is not the demo's to delete."""
     from .report import outputs
-    from .store import MANIFEST
+    from .store import remove_store_files
 
     if not results.is_dir() or not any(results.iterdir()):
         return
@@ -97,7 +97,5 @@ def _remove_previous_results(results: Path, images: Path) -> None:
         (results / name).unlink(missing_ok=True)
     outputs.remove_stale(results, features=True, report=True)
     # The feature cache: every image is rewritten (new mtime), so none of its rows can be used again
-    # and it would only grow. Manifest first, as engine.store does (shards without one are never trusted).
-    cache = results / "features"
-    for path in [cache / MANIFEST, *cache.glob("shard-*.npy"), *cache.glob("shard-*.index.json")]:
-        path.unlink(missing_ok=True)
+    # and it would only grow.
+    remove_store_files(results / "features")

@@ -48,6 +48,15 @@ def _entry_key(entry) -> tuple[str, int, int]:
     return path, int(size), int(mtime)
 
 
+def remove_store_files(folder: Path) -> None:
+    """Delete a cache's files from `folder`: only the names a FeatureStore writes (never rmtree a
+    folder the user pointed us at). The manifest goes first: a kill midway leaves no manifest, so
+    the leftovers are never trusted."""
+    ours = [folder / MANIFEST, *folder.glob("shard-*.npy"), *folder.glob("shard-*.index.json"), *folder.glob(".*.tmp")]
+    for path in ours:
+        path.unlink(missing_ok=True)
+
+
 def _describe(settings: dict[str, str]) -> str:
     return ", ".join(f"{key} {value}" for key, value in settings.items())
 
@@ -131,15 +140,7 @@ class FeatureStore:
         if why:
             self.notify(why)
         self.folder.mkdir(parents=True, exist_ok=True)
-        # Delete only files this store writes (never rmtree a folder the user pointed us at).
-        # The manifest goes first: a kill midway leaves no manifest, so leftovers are never trusted.
-        ours = [self.folder / MANIFEST, *self.folder.glob("shard-*.npy"), *self.folder.glob("shard-*.index.json"),
-                *self.folder.glob(".*.tmp")]
-        for path in ours:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+        remove_store_files(self.folder)
         manifest = {"format": FORMAT, "fingerprint": self.fingerprint, "preprocess": describe_preprocess(),
                     "made_with": self.made_with}
         atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=2))
