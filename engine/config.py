@@ -22,13 +22,18 @@ SELECT_METRICS = ("silhouette", "calinski", "davies")
 DEFAULT_K = (2, 20)
 
 
+def _is_integer(value) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_integer(name: str, value, minimum: int | None, optional: bool = False) -> int | None:
     """value as an int (Python or NumPy integer) >= minimum (None: any); None when optional.
     ConfigError otherwise, naming the parameter (a float or a string would otherwise fail deep
     inside a run)."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not _is_integer(value):
         bound = f" >= {minimum}" if minimum is not None else ""
         raise ConfigError(f"{name}={value!r} must be an integer{bound}" + (" or None" if optional else ""))
     if minimum is not None and value < minimum:
@@ -36,10 +41,9 @@ def check_integer(name: str, value, minimum: int | None, optional: bool = False)
     return int(value)
 
 
-def _text(name: str, value) -> str:
+def _text(name: str, value) -> None:
     if not isinstance(value, str):
         raise ConfigError(f"{name}={value!r} must be a string")
-    return value
 
 
 def _flag(name: str, value) -> bool:
@@ -53,20 +57,17 @@ def parse_k(value) -> tuple[int, ...]:
 
     Every K must be >= 2; a range must not be reversed.
     """
-    def integer(v) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
     if isinstance(value, bool):
         raise ConfigError("k must be a number, a range like 2:20, or a list like 3,5,8")
-    if integer(value):
+    if _is_integer(value):
         ks = (int(value),)
-    elif isinstance(value, tuple) and len(value) == 2 and all(integer(v) for v in value):
+    elif isinstance(value, tuple) and len(value) == 2 and all(_is_integer(v) for v in value):
         lo, hi = int(value[0]), int(value[1])
         if lo > hi:
             raise ConfigError(f"k range {lo}:{hi} is reversed: write it as {hi}:{lo}")
         ks = tuple(range(lo, hi + 1))
     elif isinstance(value, (list, tuple, range, np.ndarray)):
-        if not all(integer(v) for v in value):
+        if not all(_is_integer(v) for v in value):
             raise ConfigError(f"k={value!r}: every K must be an integer")
         ks = tuple(int(v) for v in value)
     elif isinstance(value, str):
@@ -105,9 +106,10 @@ class FeatureConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def validate(self) -> None:
+        if isinstance(self.weights, os.PathLike):
+            self.weights = os.fspath(self.weights)
         for name in ("model", "weights", "device", "decoder", "precision"):
-            setattr(self, name, _text(name, os.fspath(getattr(self, name)) if name == "weights"
-                                      and isinstance(getattr(self, name), os.PathLike) else getattr(self, name)))
+            _text(name, getattr(self, name))
         validate_model(self.model)
         self.compile = _flag("compile", self.compile)
         self.batch_size = check_integer("batch_size", self.batch_size, 1, optional=True)
@@ -133,14 +135,7 @@ class ReduceConfig:
     pca_fit_limit: int | None = 200_000  # above this many images PCA is fitted on a seeded sample
 
     def validate(self) -> None:
-        pca = self.pca
-        if isinstance(pca, numbers.Integral) and not isinstance(pca, bool):
-            pca = int(pca)  # a NumPy integer is a component count, not a fraction
-        elif isinstance(pca, numbers.Real) and not isinstance(pca, bool):
-            pca = float(pca)
-        elif not isinstance(pca, bool):
-            raise ConfigError(f"pca={pca!r} must be a component count (200), a variance fraction (0.9) or 0")
-        self.pca = validate_pca(pca)
+        self.pca = validate_pca(self.pca)
         self.pca_fit_limit = check_integer("pca_fit_limit", self.pca_fit_limit, 2, optional=True)
 
 
@@ -163,7 +158,7 @@ class ClusterConfig:
         self.seed = check_integer("seed", self.seed, None)  # any integer (runs with seed=-1 exist)
         self.silhouette_sample = check_integer("silhouette_sample", self.silhouette_sample, 2, optional=True)
         for name in ("cluster_backend", "select"):
-            setattr(self, name, _text(name, getattr(self, name)))
+            _text(name, getattr(self, name))
         if self.cluster_backend not in CLUSTER_BACKENDS:
             raise ConfigError(f"cluster_backend={self.cluster_backend!r} is not one of: {', '.join(CLUSTER_BACKENDS)}")
         if self.select not in SELECT_METRICS:

@@ -7,6 +7,8 @@ backend gives the same signs.
 """
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,9 +50,11 @@ class PCAResult:
 
 
 def validate_pca(value: float | int) -> float | int:
-    """int >= 0 components (0 = off), or a fraction in (0, 1] of variance to keep."""
-    if isinstance(value, bool):
-        raise ConfigError("pca must be a number")
+    """int >= 0 components (0 = off), or a fraction in (0, 1] of variance to keep. NumPy numbers
+    count as Python ones (np.int64(5) is 5 components, not a fraction)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"pca={value!r} must be a component count (200), a variance fraction (0.9) or 0")
+    value = int(value) if isinstance(value, numbers.Integral) else float(value)
     if isinstance(value, float) and value.is_integer() and value > 1:
         value = int(value)
     if isinstance(value, int):
