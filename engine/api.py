@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import glob
+import inspect
 import os
 import threading
 from pathlib import Path
@@ -16,8 +17,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import Config
+from sklearn.base import BaseEstimator, ClusterMixin
+
+from .backbones import DEFAULT_MODEL
+from .config import DEFAULT_K, DEFAULT_PCA, DEFAULT_PCA_FIT_LIMIT, Config
 from .errors import ConfigError, NotFittedError
+from .loaders.decode import DEFAULT_MAX_PIXELS
 from .model import FittedModel, ModelState
 from .pipeline import RunResult, run_pipeline
 from .progress import Reporter
@@ -26,12 +31,26 @@ from .sources import discover
 _PARAMS = Config.parameter_names()
 
 
-class ImageClusterer:
+class ImageClusterer(ClusterMixin, BaseEstimator):
     """Cluster image files: backbone features -> PCA -> KMeans over K -> best K by silhouette.
 
-    Parameters (all keyword; validated in fit): see engine.config — model, weights, device,
-    decoder, precision, compile, batch_size, num_threads, io_threads, max_pixels, pca, pca_fit_limit, k,
-    n_init, max_iter, cluster_backend, select, silhouette_sample, seed.
+    A scikit-learn estimator: get_params/set_params, sklearn.base.clone and
+    sklearn.utils.validation.check_is_fitted work. Parameters are stored as given and validated
+    (type and range, see engine.config) when fit runs.
+
+    Parameters
+        model, weights: backbone name (resnet152, resnet50, ..., pixels) and its weights
+            ("auto": ImageNet from torchvision's cache or download; "random"; or a state-dict file).
+        device ("auto" | "cpu" | "cuda" | "cuda:N"), decoder ("auto" | "dali" | "nvjpeg" | "pil"),
+        precision ("auto" | "fp32" | "bf16" | "fp16"), compile (torch.compile the backbone).
+        batch_size, num_threads, io_threads: None chooses from the device.
+        max_pixels: larger images are skipped (decompression-bomb guard); None: no limit.
+        pca: components (int), a variance fraction in (0, 1], or 0 for off.
+        pca_fit_limit: above this many images PCA is fitted on a seeded sample.
+        k: "2:20", 11, "3,5,8", [3, 5, 8] (values) or (2, 20) (a range).
+        n_init, max_iter, cluster_backend ("auto" | "torch" | "cuml" | "sklearn"),
+        select ("silhouette" | "calinski" | "davies"), silhouette_sample (None: exact up to the
+        device's limit), seed.
 
     Fitted attributes: labels_ (n,) int64, k_, scores_ (list of per-K dicts), paths_ (n good
     image paths, input order), skipped_ [(path, reason)], cluster_centers_ (k, n_components)
@@ -39,31 +58,43 @@ class ImageClusterer:
     predictor; save() writes it to one file, ImageClusterer.load reads it back).
     """
 
-    def __init__(self, **params):
-        unknown = set(params) - set(_PARAMS)
-        if unknown:
-            raise ConfigError(f"unknown parameter(s) {sorted(unknown)}; known: {', '.join(sorted(_PARAMS))}")
-        defaults = Config().flat()
-        for name in _PARAMS:
-            setattr(self, name, params.get(name, defaults[name]))
+    # The defaults are engine.config's (a test holds them equal); keyword-only, as in scikit-learn.
+    def __init__(self, *, model: str = DEFAULT_MODEL, weights: str = "auto", device: str = "auto",
+                 decoder: str = "auto", precision: str = "auto", compile: bool = False,
+                 batch_size: int | None = None, num_threads: int | None = None,
+                 io_threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 pca: float | int = DEFAULT_PCA, pca_fit_limit: int | None = DEFAULT_PCA_FIT_LIMIT,
+                 k=DEFAULT_K, n_init: int = 3, max_iter: int = 100, cluster_backend: str = "auto",
+                 select: str = "silhouette", silhouette_sample: int | None = None, seed: int = 0):
+        self.model = model
+        self.weights = weights
+        self.device = device
+        self.decoder = decoder
+        self.precision = precision
+        self.compile = compile
+        self.batch_size = batch_size
+        self.num_threads = num_threads
+        self.io_threads = io_threads
+        self.max_pixels = max_pixels
+        self.pca = pca
+        self.pca_fit_limit = pca_fit_limit
+        self.k = k
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.cluster_backend = cluster_backend
+        self.select = select
+        self.silhouette_sample = silhouette_sample
+        self.seed = seed
 
-    def __repr__(self) -> str:
-        """ImageClusterer(model='pixels', k='2:8'): the parameters that differ from the defaults."""
-        defaults = Config().flat()
-        changed = [f"{name}={value!r}" for name, value in self.get_params().items()
-                   if not _same(value, defaults[name])]
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:
+        """ImageClusterer(model='pixels', k='2:8'): the parameters that differ from the defaults,
+        in signature order (scikit-learn's repr sorts them)."""
+        changed = [f"{name}={getattr(self, name)!r}" for name, default in _signature_defaults().items()
+                   if not _same(getattr(self, name), default)]
         return f"{type(self).__name__}({', '.join(changed)})"
 
-    # scikit-learn estimator protocol
-    def get_params(self, deep: bool = True) -> dict:
-        return {name: getattr(self, name) for name in _PARAMS}
-
-    def set_params(self, **params) -> "ImageClusterer":
-        for name, value in params.items():
-            if name not in _PARAMS:
-                raise ConfigError(f"unknown parameter {name!r}")
-            setattr(self, name, value)
-        return self
+    def __sklearn_is_fitted__(self) -> bool:
+        return getattr(self, "_model", None) is not None or hasattr(self, "result_")
 
     def _config(self) -> Config:
         # k: "2:20", 11, [3, 5, 8] (explicit values) or (2, 20) (a range); see config.parse_k
@@ -99,7 +130,7 @@ class ImageClusterer:
         return self.fit(paths, **kwargs).labels_
 
     def _check_fitted(self) -> None:
-        if getattr(self, "_model", None) is None and not hasattr(self, "result_"):
+        if not self.__sklearn_is_fitted__():
             raise NotFittedError("this ImageClusterer is not fitted yet: call fit(paths) first (or ImageClusterer.load(path))")
 
     @property
@@ -171,6 +202,11 @@ class ImageClusterer:
 
 
 _MODEL_BUILD_LOCK = threading.Lock()
+
+
+def _signature_defaults() -> dict:
+    return {name: p.default for name, p in inspect.signature(ImageClusterer.__init__).parameters.items()
+            if name != "self"}
 
 
 def _same(value, default) -> bool:

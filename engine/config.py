@@ -125,6 +125,7 @@ class FeatureConfig:
 
 
 DEFAULT_PCA = 200  # components, the 2019 method's "about 200"
+DEFAULT_PCA_FIT_LIMIT = 200_000  # above this many images PCA is fitted on a seeded sample
 
 
 @dataclass
@@ -132,7 +133,7 @@ class ReduceConfig:
     """PCA: a component count, a variance fraction in (0, 1], or 0 for off."""
 
     pca: float | int = DEFAULT_PCA
-    pca_fit_limit: int | None = 200_000  # above this many images PCA is fitted on a seeded sample
+    pca_fit_limit: int | None = DEFAULT_PCA_FIT_LIMIT
 
     def validate(self) -> None:
         self.pca = validate_pca(self.pca)

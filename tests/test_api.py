@@ -167,3 +167,32 @@ def test_repr_shows_the_parameters_that_differ_from_the_defaults():
     assert repr(ImageClusterer()) == "ImageClusterer()"
     assert repr(ImageClusterer(model="pixels", k="2:8")) == "ImageClusterer(model='pixels', k='2:8')"
     assert repr(ImageClusterer(k=np.arange(2, 5))).startswith("ImageClusterer(k=array(")
+
+
+def test_the_constructor_defaults_are_the_configs():
+    import inspect
+
+    signature = inspect.signature(ImageClusterer.__init__).parameters
+    from_signature = Config.from_kwargs(**{name: p.default for name, p in signature.items() if name != "self"})
+    assert from_signature.flat() == Config().flat()
+    assert sorted(name for name in signature if name != "self") == sorted(Config.parameter_names())
+
+
+def test_scikit_learn_tools_work_on_a_clusterer(fitted):
+    from sklearn.base import clone, is_clusterer
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    unfitted = ImageClusterer(model="pixels", k="2:4")
+    copy = clone(unfitted)
+    assert copy is not unfitted and copy.get_params() == unfitted.get_params()
+    assert is_clusterer(unfitted)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(unfitted)
+    check_is_fitted(fitted)  # no exception once fitted
+    assert clone(fitted).get_params() == fitted.get_params() and not hasattr(clone(fitted), "labels_")
+    assert unfitted.set_params(k="2:6").k == "2:6"
+    with pytest.raises(ValueError, match="Invalid parameter 'kk'"):
+        unfitted.set_params(kk=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'kk'"):
+        ImageClusterer(kk=3)
