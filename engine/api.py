@@ -168,7 +168,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the fitted model to ONE file (safetensors arrays + JSON metadata, no pickle; see
-        engine.model), atomically. Load it with ImageClusterer.load or engine.load_model."""
+        engine.model_file), atomically. Load it with ImageClusterer.load or engine.load_model."""
         self._check_fitted()
         if getattr(self, "_model", None) is None:  # no backbone needed just to write the file
             return ModelState.from_result(self.result_).save(path)

@@ -19,7 +19,7 @@ from engine.cli import app
 from engine.errors import ConfigError, ModelFileError, WeightsUnavailable
 from engine.loaders.decode import decode_image, load_and_preprocess
 from engine.loaders.preprocess import normalize_uint8
-from engine.model import FORMAT_VERSION, METADATA_KEY, read_model_file
+from engine.model_file import FORMAT_VERSION, METADATA_KEY, read_model_file
 from engine.sample_data import generate_sample_set
 from tests.helpers import group_labels, read_rows
 
