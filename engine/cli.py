@@ -271,6 +271,27 @@ def predict(
     out_console.print(f"Assigned {len(done.paths)} image(s) to K = {fitted.k} clusters: {escape(str(out) + skipped)}")
 
 
+@app.command()
+@user_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A finished run's --out folder (its predictions.csv is read)."),
+    to: Path = typer.Option(..., "--to", help="New or empty folder to write cluster_00/, cluster_01/, ... into."),
+    mode: str = typer.Option("symlink", "--mode", help="symlink (nothing copied) | hardlink (same file system) | copy (self-contained)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Write one folder per cluster holding the run's images (links or copies), to browse a result in any file manager.
+
+    Example: [bold]imgcluster export results/ --to results-by-cluster/[/bold]
+    """
+    from .cli_progress import RichReporter
+    from .export import export_clusters
+
+    done = export_clusters(run_dir, to, mode=mode, reporter=RichReporter(err_console, quiet=quiet))
+    missing = f"; {len(done.missing)} missing image(s) listed in {done.folder / 'missing.csv'}" if done.missing else ""
+    out_console.print(f"Exported {done.written} image(s) into {done.clusters} cluster folder(s) under "
+                      f"{escape(str(done.folder))}/ ({mode}){escape(missing)}")
+
+
 def main():  # console-script entry point
     app()
 

@@ -1,0 +1,95 @@
+"""`imgcluster export`: a run's clusters as folders of links or copies, never overwriting anything."""
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+
+from engine.cli import app
+from engine.errors import ConfigError, InputError
+from engine.export import cluster_folder_name, export_clusters
+
+
+@pytest.fixture(scope="module")
+def run_dir(three_groups, tmp_path_factory):
+    from engine import ImageClusterer
+
+    out = tmp_path_factory.mktemp("export-run")
+    ImageClusterer(model="pixels", device="cpu", pca=20, k="2:4").fit([three_groups], out_dir=out)
+    return out
+
+
+def _predictions(run_dir) -> dict[str, int]:
+    with open(run_dir / "predictions.csv", newline="") as handle:
+        return {row["path"]: int(row["cluster"]) for row in csv.DictReader(handle)}
+
+
+@pytest.mark.parametrize("mode", ["symlink", "hardlink", "copy"])
+def test_every_image_lands_in_its_clusters_folder(run_dir, tmp_path, mode):
+    done = export_clusters(run_dir, tmp_path / "by-cluster", mode=mode)
+    expected = _predictions(run_dir)
+    found = {}
+    for folder in sorted((tmp_path / "by-cluster").iterdir()):
+        for entry in folder.iterdir():
+            source = os.path.realpath(entry) if mode == "symlink" else next(
+                p for p in expected if os.path.basename(p) == entry.name)
+            found[source] = int(folder.name.removeprefix("cluster_"))
+            if mode == "hardlink":
+                assert os.path.samefile(entry, source)
+            else:
+                assert entry.read_bytes() == open(source, "rb").read()
+    assert found == expected
+    assert (done.written, done.clusters, done.missing) == (len(expected), len(set(expected.values())), [])
+
+
+def test_same_names_from_different_folders_do_not_collide(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rows = []
+    for folder, text in (("a", b"one"), ("b", b"two")):
+        (tmp_path / folder / "IMG_0001.JPG").write_bytes(text)
+        rows.append(f"{tmp_path / folder / 'IMG_0001.JPG'},0")
+    (tmp_path / "b" / "img_0001.jpg").write_bytes(b"three")  # differs only by case
+    rows.append(f"{tmp_path / 'b' / 'img_0001.jpg'},0")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "predictions.csv").write_text("path,cluster\n" + "\n".join(rows) + "\n")
+    export_clusters(run, tmp_path / "out", mode="copy")
+    folder = tmp_path / "out" / "cluster_00"
+    assert sorted(p.name for p in folder.iterdir()) == ["IMG_0001.JPG", "IMG_0001~2.JPG", "img_0001~3.jpg"]
+    assert sorted(p.read_bytes() for p in folder.iterdir()) == [b"one", b"three", b"two"]
+
+
+def test_moved_images_are_listed_not_fatal(run_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = (run_dir / "predictions.csv").read_text().splitlines()
+    gone = str(tmp_path / "gone.jpg")
+    (run / "predictions.csv").write_text("\n".join(lines + [f"{gone},1"]) + "\n")
+    done = export_clusters(run, tmp_path / "out")
+    assert done.missing == [gone] and done.written == len(lines) - 1
+    assert (tmp_path / "out" / "missing.csv").read_text().splitlines() == ["path", gone]
+
+
+def test_nothing_is_overwritten_and_bad_arguments_are_one_line_errors(run_dir, tmp_path, runner):
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "mine.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="is not empty"):
+        export_clusters(run_dir, target)
+    assert [p.name for p in target.iterdir()] == ["mine.txt"]
+    with pytest.raises(ConfigError, match="mode='move' is not one of"):
+        export_clusters(run_dir, tmp_path / "new", mode="move")
+    with pytest.raises(InputError, match="not a finished run"):
+        export_clusters(tmp_path, tmp_path / "new")
+    result = runner.invoke(app, ["export", str(run_dir), "--to", str(target)])
+    assert result.exit_code == 2 and "is not empty" in result.output
+    result = runner.invoke(app, ["export", str(run_dir), "--to", str(tmp_path / "fresh"), "-q"])
+    assert result.exit_code == 0 and "Exported 60 image(s)" in result.output
+
+
+def test_folder_names_sort_by_cluster_id():
+    names = [cluster_folder_name(c, 120) for c in (0, 9, 10, 120)]
+    assert names == ["cluster_000", "cluster_009", "cluster_010", "cluster_120"] == sorted(names)
+    assert cluster_folder_name(3, 5) == "cluster_03"
