@@ -1,11 +1,11 @@
 """imgcluster: cluster large unlabeled image collections (ResNet features -> PCA -> KMeans -> silhouette).
 
-Public API: ImageClusterer, cluster_images, load_model. Heavy modules import lazily so that
+Public API: ImageClusterer, cluster_images, load_model, export_clusters. Heavy modules import lazily so that
 `import engine` is cheap and creates no CUDA context.
 """
 from __future__ import annotations
 
-__all__ = ["ImageClusterer", "cluster_images", "load_model", "__version__"]
+__all__ = ["ImageClusterer", "cluster_images", "load_model", "export_clusters", "__version__"]
 
 
 def __getattr__(name):
@@ -17,6 +17,10 @@ def __getattr__(name):
         from .model import load_model
 
         return load_model
+    if name == "export_clusters":
+        from .export import export_clusters
+
+        return export_clusters
     if name == "__version__":
         from .versions import imgcluster_version
 
