@@ -42,7 +42,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         model, weights: backbone name (resnet152, resnet50, ..., pixels) and its weights
             ("auto": ImageNet from torchvision's cache or download; "random"; or a state-dict file).
         device ("auto" | "cpu" | "cuda" | "cuda:N"), decoder ("auto" | "dali" | "nvjpeg" | "pil"),
-        precision ("auto" | "fp32" | "bf16" | "fp16"), compile (torch.compile the backbone).
+        precision ("auto" | "fp32" | "bf16" | "fp16"), compile (torch.compile the backbone),
+        cuda_graphs (replay the backbone from CUDA graphs; CUDA only).
         batch_size, num_threads, io_threads: None chooses from the device.
         max_pixels: larger images are skipped (decompression-bomb guard); None: no limit.
         pca: components (int), a variance fraction in (0, 1], or 0 for off.
@@ -61,7 +62,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
     # The defaults are engine.config's (a test holds them equal); keyword-only, as in scikit-learn.
     def __init__(self, *, model: str = DEFAULT_MODEL, weights: str = "auto", device: str = "auto",
                  decoder: str = "auto", precision: str = "auto", compile: bool = False,
-                 batch_size: int | None = None, num_threads: int | None = None,
+                 cuda_graphs: bool = False, batch_size: int | None = None, num_threads: int | None = None,
                  io_threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  pca: float | int = DEFAULT_PCA, pca_fit_limit: int | None = DEFAULT_PCA_FIT_LIMIT,
                  k=DEFAULT_K, n_init: int = 3, max_iter: int = 100, cluster_backend: str = "auto",
@@ -72,6 +73,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self.decoder = decoder
         self.precision = precision
         self.compile = compile
+        self.cuda_graphs = cuda_graphs
         self.batch_size = batch_size
         self.num_threads = num_threads
         self.io_threads = io_threads

@@ -18,16 +18,19 @@ import os
 import pickle
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from .device import resolve_precision
-from .errors import ConfigError, WeightsUnavailable
+from .errors import BackendUnavailable, ConfigError, WeightsUnavailable
 from .loaders import preprocess
+
+if TYPE_CHECKING:
+    from .cuda_graphs import GraphedForward
 
 RESNETS = {
     "resnet18": ("resnet18", "ResNet18_Weights", 512),
@@ -68,31 +71,51 @@ class Backbone:
     warning: str | None = None
     compiled: bool = False
     channels_last: bool = True  # the layout the module's weights are in; inputs are converted to it
+    cuda_graphs: bool = False  # replay the forward from CUDA graphs (engine.cuda_graphs)
+    _graphed: "GraphedForward | None" = field(default=None, init=False, repr=False)
+
+    @property
+    def static_shapes(self) -> bool:
+        """Whether every new batch size costs a compile or a graph capture: callers then pad
+        their batches to one size (see pad_to)."""
+        return self.compiled or self.cuda_graphs
+
+    def _forward(self, images: torch.Tensor, cache_casts: bool = True) -> torch.Tensor:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        if dtype == torch.float32:
+            return self.module(images)
+        # cache_casts=False while capturing a graph: cached weight casts are freed when the
+        # autocast block ends, and the graph would keep reading their memory
+        with torch.autocast(self.device.type, dtype=dtype, cache_enabled=cache_casts):
+            return self.module(images)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
         """images: (b, 3, 224, 224) normalized on self.device -> (b, dim) float32 on self.device.
 
-        pad_to: for a compiled model, the batch size to pad a smaller batch up to (the size the
-        caller runs full batches at), so the graph compiled for full batches serves the rest too.
-        Without it a smaller batch is padded to the next power of two. Ignored when not compiled.
+        pad_to: for a compiled or graphed model, the batch size to pad a smaller batch up to (the
+        size the caller runs full batches at), so the graph compiled for full batches serves the
+        rest too. Without it a smaller batch is padded to the next power of two. Ignored otherwise.
         """
         b = images.shape[0]
-        padded = (pad_to if pad_to and pad_to >= b else 1 << max(0, b - 1).bit_length()) if self.compiled else b
+        padded = (pad_to if pad_to and pad_to >= b else 1 << max(0, b - 1).bit_length()) if self.static_shapes else b
         if b and padded > b:
             # A compiled (static-shape) model recompiles for every new batch size (tens of seconds
-            # for ResNet-152): the last partial batch, a batch with skipped files, OOM halvings,
-            # request sizes. Padding keeps the shapes to a few; the padding rows are dropped below.
+            # for ResNet-152), and a graph is captured per size: the last partial batch, a batch
+            # with skipped files, OOM halvings, request sizes. Padding keeps the shapes to a few;
+            # the padding rows are dropped below.
             images = torch.cat([images, images.new_zeros((padded - b, *images.shape[1:]))])
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         images = images.to(dtype=dtype, memory_format=layout)  # one copy, not two
-        if dtype != torch.float32:
-            with torch.autocast(self.device.type, dtype=dtype):
-                out = self.module(images)
-        else:
-            out = self.module(images)
-        return out[:b].float()
+        if self.cuda_graphs and b:
+            if self._graphed is None:
+                from .cuda_graphs import GraphedForward
+
+                self._graphed = GraphedForward(lambda x: self._forward(x, cache_casts=False))
+            # the graph's output buffer is overwritten by the next replay: always copy it out
+            return self._graphed(images)[:b].to(torch.float32, copy=True)
+        return self._forward(images)[:b].float()
 
 
 def _sha256_file(path: Path) -> str:
@@ -164,16 +187,20 @@ def validate_model(model: str) -> str:
 
 def load_backbone(model: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto", device: torch.device | str = "cpu",
                   seed: int = 0, precision: str = "auto", compile: bool = False,
-                  warn: Callable[[str], None] | None = None, channels_last: bool = True) -> Backbone:
+                  warn: Callable[[str], None] | None = None, channels_last: bool = True,
+                  cuda_graphs: bool = False) -> Backbone:
     """Build `model` with `weights` on `device`.
 
     precision 'auto' -> bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     (engine.device.resolve_precision). channels_last: the NHWC layout cuDNN and oneDNN run fastest
     (ResNet-152 fp32 on the 2-core development VM: 6.5 img/s against 4.5 NCHW). compile ->
-    torch.compile(module).
+    torch.compile(module). cuda_graphs -> the forward is replayed from CUDA graphs
+    (engine.cuda_graphs; CUDA only, BackendUnavailable elsewhere).
     """
     validate_model(model)
     device = torch.device(device)
+    if cuda_graphs and device.type != "cuda":
+        raise BackendUnavailable(f"--cuda-graphs needs a CUDA device, got {str(device)!r}")
     # pixels is an average pool: bf16 would only round its features
     precision = "fp32" if model == "pixels" and precision == "auto" else resolve_precision(precision, device)
     warning = None
@@ -224,4 +251,4 @@ def load_backbone(model: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto
     if compile:
         module = torch.compile(module, dynamic=False)
     return Backbone(model, module, dim, description, _fingerprint(model, identity), device, precision, warning,
-                    compiled=compile, channels_last=channels_last)
+                    compiled=compile, channels_last=channels_last, cuda_graphs=cuda_graphs)

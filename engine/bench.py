@@ -24,7 +24,7 @@ from PIL import Image
 
 from .backbones import load_backbone
 from .config import Config
-from .device import resolve_cluster_backend, resolve_decoder, resolve_device
+from .device import resolve_cluster_backend, resolve_cuda_graphs, resolve_decoder, resolve_device
 from .errors import ConfigError
 from .features import auto_batch_size, extract_features
 from .loaders import make_loader
@@ -218,7 +218,7 @@ def _warm_up_clustering(features: torch.Tensor, config: Config, backend: str) ->
 def run_bench(folder=None, n: int | None = None, model: str = "resnet152", device: str = "auto",
               decoder: str = "auto", k: str = "2:20", pca=200, batch_size: int | None = None,
               compile: bool = False, seed_like: bool = True, reporter: Reporter | None = None,
-              io_threads: int | None = None) -> BenchResult:
+              io_threads: int | None = None, cuda_graphs: bool = False) -> BenchResult:
     """Measure every stage on `n` ImageNet-like JPEGs (generated into `folder` when missing)."""
     # Checked before the default is applied: `n or default` turned --n 0 into the default.
     if n is not None and n < 3:
@@ -228,13 +228,14 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
     if n is None:
         n = 4096 if dev.type == "cuda" else 96
     config = Config.from_kwargs(model=model, weights="random", device=device, decoder=decoder, k=k, pca=pca,
-                                compile=compile, batch_size=batch_size)
+                                compile=compile, batch_size=batch_size, cuda_graphs=cuda_graphs)
     # Both configurations cluster the same Ks: those n images can support (K <= n - 1).
     config = config.replace(k=",".join(map(str, usable_ks(config.cluster.k, n, reporter.notify))))
     folder = Path(folder) if folder else Path(os.environ.get("TMPDIR", "/tmp")) / "imgcluster-bench"
     reporter.notify(f"Bench set: {n} ImageNet-like JPEGs (400x500, q90) in {folder}")
     paths = make_bench_set(folder, n)
     dec = resolve_decoder(decoder, dev, reporter.notify)
+    resolve_cuda_graphs(cuda_graphs, dev)
     cluster_backend = resolve_cluster_backend("auto", dev)
     bs = batch_size or auto_batch_size(dev, model)
     result = BenchResult(str(dev), model, n, list(config.cluster.k),
@@ -244,10 +245,11 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights are intended here
-        ours_bb = load_backbone(model, "random", dev, compile=compile)
+        ours_bb = load_backbone(model, "random", dev, compile=compile, cuda_graphs=cuda_graphs)
         # the 2019 method as written: an fp32 model in the default (NCHW) layout
         seed_bb = load_backbone(model, "random", dev, precision="fp32", channels_last=False) if seed_like else None
-    result.backends["backbone"] = f"{model} {ours_bb.precision}" + (" compiled" if compile else "")
+    result.backends["backbone"] = (f"{model} {ours_bb.precision}" + (" compiled" if compile else "")
+                                   + (" cuda-graphs" if cuda_graphs else ""))
 
     # Ours, stage by stage.
     _record(result.ours, Stage("read", _timed(lambda: _read_all(paths), dev), n))

@@ -60,6 +60,7 @@ DeviceOpt = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu.")
 DecoderOpt = typer.Option("auto", "--decoder", help="auto | dali | nvjpeg | pil.")
 BatchOpt = typer.Option(None, "--batch-size", help="Images per batch (default: chosen from the device).")
 IoThreadsOpt = typer.Option(None, "--io-threads", help="GPU decoders: threads that read files (default auto: one, more when reads wait on storage).")
+CudaGraphsOpt = typer.Option(False, "--cuda-graphs", help="Replay the backbone from CUDA graphs: one launch per batch instead of ~670 (CUDA only; not yet measured, see README).")
 SeedOpt = typer.Option(0, "--seed", help="Random seed (KMeans init, random weights, samples).")
 
 
@@ -85,12 +86,13 @@ def run(
     silhouette_sample: Optional[int] = typer.Option(None, "--silhouette-sample", help="Score K on a stratified sample of this many images (default: exact up to a size limit)."),
     # Defaults repeat ReduceConfig.pca_fit_limit and decode.DEFAULT_MAX_PIXELS (a test checks they
     # agree): importing those modules here would load torch for every `--help`.
-    pca_fit_limit: int = typer.Option(200_000, "--pca-fit-limit", help="Above this many images, fit PCA on the first ones and reduce the rest as they stream in."),
+    pca_fit_limit: int = typer.Option(200_000, "--pca-fit-limit", help="Above this many images, fit PCA on a seeded sample of this many (extracted first) and reduce the rest as they stream in."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", help="Skip images with more pixels than this (decompression-bomb guard)."),
     batch_size: Optional[int] = BatchOpt,
     io_threads: Optional[int] = IoThreadsOpt,
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (faster on GPUs after a warm-up)."),
+    cuda_graphs: bool = CudaGraphsOpt,
     seed: int = SeedOpt,
     save_features: bool = typer.Option(False, "--save-features", help="Also write features.npy (n × d float32)."),
     save_model: Optional[Path] = typer.Option(None, "--save-model", help="Also save the fitted model to this file (e.g. model.imgc) for `imgcluster predict`."),
@@ -114,7 +116,7 @@ def run(
                         select=select, cluster_backend=cluster_backend, n_init=n_init,
                         silhouette_sample=silhouette_sample, batch_size=batch_size, precision=precision,
                         compile=compile, seed=seed, pca_fit_limit=pca_fit_limit, max_pixels=max_pixels,
-                        io_threads=io_threads)
+                        io_threads=io_threads, cuda_graphs=cuda_graphs)
     clusterer = ImageClusterer(**params)
     clusterer.fit(paths, out_dir=out, reporter=reporter, save_features=save_features, report=report, cache=cache)
     try:
@@ -172,6 +174,7 @@ def bench(
     batch_size: Optional[int] = BatchOpt,
     io_threads: Optional[int] = IoThreadsOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone."),
+    cuda_graphs: bool = CudaGraphsOpt,
     seed_like: bool = typer.Option(True, "--seed-like/--no-seed-like", help="Also measure the seed-like configuration (PIL + fp32 + scikit-learn) and print the ratio."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
 ):
@@ -185,6 +188,7 @@ def bench(
 
     result = run_bench(folder, n, model=model, device=device, decoder=decoder, k=k, pca=parse_pca(pca),
                        batch_size=batch_size, compile=compile, seed_like=seed_like, io_threads=io_threads,
+                       cuda_graphs=cuda_graphs,
                        reporter=RichReporter(err_console))
     print_bench(result, out_console)
     if json_out:

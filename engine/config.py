@@ -100,6 +100,7 @@ class FeatureConfig:
     decoder: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    cuda_graphs: bool = False  # replay the backbone from CUDA graphs (engine.cuda_graphs); CUDA only
     batch_size: int | None = None  # None: chosen from the device (and free memory on CUDA)
     num_threads: int | None = None  # CPU decode threads; None: all cores
     io_threads: int | None = None  # GPU decoders: threads reading + probing files; None: loaders.frontend default
@@ -112,6 +113,7 @@ class FeatureConfig:
             _text(name, getattr(self, name))
         validate_model(self.model)
         self.compile = _flag("compile", self.compile)
+        self.cuda_graphs = _flag("cuda_graphs", self.cuda_graphs)
         self.batch_size = check_integer("batch_size", self.batch_size, 1, optional=True)
         self.num_threads = check_integer("num_threads", self.num_threads, 1, optional=True)
         self.io_threads = check_integer("io_threads", self.io_threads, 1, optional=True)

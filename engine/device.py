@@ -257,6 +257,13 @@ def resolve_cluster_backend(requested: str, device, notify=None) -> str:
     return "torch"
 
 
+def resolve_cuda_graphs(requested: bool, device) -> bool:
+    """--cuda-graphs asked for on a device without CUDA is an error (it was asked for by name)."""
+    if requested and not str(device).startswith("cuda"):
+        raise BackendUnavailable(f"--cuda-graphs needs --device cuda (CUDA graphs replay GPU work), got {device}")
+    return bool(requested)
+
+
 def resolve_compile(requested: bool, notify=None) -> bool:
     """--compile asked for but unavailable is an error (it was asked for by name)."""
     if not requested:

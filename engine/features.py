@@ -44,7 +44,7 @@ class OOMBackoff:
         self.micro_batch = max(1, micro_batch)
         self.notify = notify
         self.halvings = 0
-        # For a compiled backbone: call it with pad_to=micro_batch, so every chunk (a short last
+        # For a compiled or graphed backbone: call it with pad_to=micro_batch, so every chunk (a short last
         # batch, a batch with skipped files) runs at the one compiled size instead of compiling more.
         self.pad_to_micro_batch = pad_to_micro_batch
 
@@ -119,9 +119,12 @@ class Extraction:
 class StreamingPCA:
     """Reduce features as they stream in, for collections too large to hold at full width.
 
-    The first `fit_rows` images (in input order) are kept at full width and PCA is fitted on the
-    good ones; then they and every later batch are projected, so the device holds only
-    n x n_components. request / backend / seed are fit_pca's.
+    A seeded sample of `fit_rows` images, spread over the whole input (the rows fit_pca's
+    'sampled' mode would take: engine.reduce._sample_rows), is extracted first and kept at full
+    width; PCA is fitted on the good ones; then they and every other batch are projected, so the
+    device holds only n x n_components. Not the first images: inputs are sorted by folder, and
+    the first 200,000 of a photo tree are often one folder (one event, one camera), whose
+    principal axes miss what tells the folders apart. request / backend / seed are fit_pca's.
     """
 
     request: float | int
@@ -140,7 +143,7 @@ class _Extractor:
         self.ok = np.zeros(len(paths), dtype=bool)
         self.failures: dict[int, str] = {}
         self.resumed = self.extracted = 0
-        self.runner = OOMBackoff(backbone, batch_size, notify, pad_to_micro_batch=getattr(backbone, "compiled", False))
+        self.runner = OOMBackoff(backbone, batch_size, notify, pad_to_micro_batch=getattr(backbone, "static_shapes", False))
         # Test-only hook (tests/test_resume.py): sleep this long per batch so a kill lands mid-extraction.
         self.slow = float(os.environ.get("IMGCLUSTER_TEST_SLOW_BATCH_S", "0") or 0)
 
@@ -232,24 +235,34 @@ def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_
         buffer = torch.empty((n, backbone.dim), dtype=torch.float32, device=device)
         ex.run(everything, writer(buffer))
     else:
+        from .reduce import _sample_rows
+
         m = streaming.fit_rows
+        sample = _sample_rows(n, m, streaming.seed)  # (m,) ascending positions over the whole input
         raw = torch.empty((m, backbone.dim), dtype=torch.float32, device=device)
-        ex.run(everything[:m], writer(raw))
-        fit_on = raw[torch.as_tensor(np.flatnonzero(ex.ok[:m]), device=device)]
+
+        def write_raw(positions, feats):  # position in the input -> row of `raw`
+            raw[index_on(np.searchsorted(sample, positions), device)] = feats
+
+        ex.run(sample, write_raw)
+        fit_on = raw[torch.as_tensor(np.flatnonzero(ex.ok[sample]), device=device)]
         # a NaN row (a damaged cache shard) would make the whole fit NaN; its own projection stays
         # NaN and Extraction.drop_non_finite moves it to the failures afterwards
         fit_on = fit_on[torch.isfinite(fit_on).all(dim=1)]
         if fit_on.shape[0] < 2:
-            raise InputError(f"fewer than 2 of the first {m} images could be used: cannot fit PCA on them")
+            raise InputError(f"fewer than 2 of the {m} images sampled to fit PCA could be used: cannot fit PCA on them")
         pca = fit_pca(fit_on, streaming.request, streaming.backend, seed=streaming.seed)
         pca.mode = "streamed"
         del fit_on
         buffer = torch.empty((n, pca.n_components), dtype=torch.float32, device=device)
-        buffer[:m] = pca.transform(raw)
+        buffer[index_on(sample, device)] = pca.transform(raw)
         del raw
         if notify:
-            notify(f"PCA fitted on the first {m} images; the other {n - m} are reduced as they stream in")
-        ex.run(everything[m:], writer(buffer, pca.transform))
+            notify(f"PCA fitted on a seeded sample of {m} of the {n} images (extracted first); the other "
+                   f"{n - m} are reduced as they stream in")
+        rest = np.ones(n, dtype=bool)
+        rest[sample] = False
+        ex.run(everything[rest], writer(buffer, pca.transform))
     if store is not None:
         store.flush()
     good = np.flatnonzero(ex.ok)

@@ -12,6 +12,7 @@ the nearest and second-nearest centroid distances (silhouette-style, in [0, 1]; 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -92,6 +93,10 @@ class FittedModel:
                  num_threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  io_threads: int | None = None):
         self.state = state
+        if getattr(backbone, "cuda_graphs", False):
+            # a run's graphed backbone, reused: requests come in every size, and a graph per size
+            # (captured, evicted, captured again) would cost more than the launches it saves
+            backbone = dataclasses.replace(backbone, cuda_graphs=False)
         self.backbone = backbone
         self.device = backbone.device
         self.decoder = decoder

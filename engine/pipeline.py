@@ -17,7 +17,7 @@ import torch
 
 from .backbones import Backbone, load_backbone
 from .config import DEFAULT_PCA, Config
-from .device import resolve_cluster_backend, resolve_compile, resolve_decoder, resolve_device
+from .device import resolve_cluster_backend, resolve_compile, resolve_cuda_graphs, resolve_decoder, resolve_device
 from .errors import InputError
 from .features import Extraction, StreamingPCA, auto_batch_size, extract_features
 from .loaders import make_loader
@@ -98,6 +98,7 @@ def resolve_backends(config: Config, reporter: Reporter) -> Backends:
     decoder = resolve_decoder(config.features.decoder, device, reporter.notify)
     cluster = resolve_cluster_backend(config.cluster.cluster_backend, device, reporter.notify)
     resolve_compile(config.features.compile)
+    resolve_cuda_graphs(config.features.cuda_graphs, device)
     return Backends(device, decoder, cluster)
 
 
@@ -182,13 +183,14 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         if out_dir is not None and found.skipped:
             outputs.write_skipped(outputs.prepare_out_dir(out_dir), found.skipped)
         raise InputError(no_images_message(inputs, found, skipped_csv="skipped.csv" if out_dir is not None else None))
+    backends = resolve_backends(config, reporter)  # a backend that cannot run leaves no empty folder either
     if out_dir is not None:  # before the heavy work (a mistyped input path leaves no empty folder)
         out_dir = outputs.prepare_out_dir(out_dir)
 
-    backends = resolve_backends(config, reporter)
     fc = config.features
     backbone = load_backbone(fc.model, fc.weights, backends.device, seed=config.cluster.seed,
-                             precision=fc.precision, compile=fc.compile, warn=reporter.warn)
+                             precision=fc.precision, compile=fc.compile, cuda_graphs=fc.cuda_graphs,
+                             warn=reporter.warn)
     loader = make_loader(backends.decoder, backends.device, max_pixels=fc.max_pixels, num_threads=fc.num_threads,
                          io_threads=fc.io_threads)
     batch_size = fc.batch_size or auto_batch_size(backends.device, fc.model)
@@ -203,7 +205,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
 
     streaming = None
     if config.reduce.pca and config.reduce.pca_fit_limit and len(found.paths) > config.reduce.pca_fit_limit:
-        # Too many images to hold at full width: fit PCA on the first pca_fit_limit, reduce the rest as they come.
+        # Too many images to hold at full width: fit PCA on a seeded sample of pca_fit_limit, reduce the rest as they come.
         streaming = StreamingPCA(config.reduce.pca, config.reduce.pca_fit_limit,
                                  "sklearn" if backends.cluster == "sklearn" else backends.cluster,
                                  config.cluster.seed)

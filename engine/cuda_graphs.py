@@ -1,0 +1,97 @@
+"""CUDA graphs for the backbone's forward: capture it once per input shape, then replay it.
+
+Why: an eager bf16 ResNet-152 forward is 672 kernel launches, each one Python -> dispatcher ->
+driver on the thread that runs the model, which must win the GIL back from the loader's threads
+for every one of them (benchmarks/RESULTS.md, "The front end's GIL tax"). A replayed graph is one
+launch per batch, so the model's host time no longer grows with the loader's load.
+
+Rules a graph imposes, and how GraphedForward meets them:
+- fixed shapes and addresses: one graph per (shape, dtype, layout) of the input, with a static
+  input buffer the caller's batch is copied into; callers pad batches to a few sizes (Backbone does);
+- the output is a static buffer that the next replay overwrites: `__call__` returns it, and the
+  caller must copy it before calling again (Backbone converts it to float32, a copy);
+- no allocation or host sync inside: warm-up runs first (cuDNN's autotuning, cuBLAS handles,
+  the caching allocator) on the capture stream, and autocast's weight-cast cache is off while
+  capturing (cached casts would be freed when the autocast block ends, under the graph's feet);
+- the loader keeps running CUDA work on its own threads: capture_error_mode="thread_local", so
+  only this thread's calls are checked during capture.
+Not measured on a GPU yet: `imgcluster bench --cuda-graphs` and the GPU tests have the figures.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+
+# Graphs kept at once, most recent first out. Each holds its own activation memory; a run uses one
+# size (plus the last batch's, and the halved size after an out-of-memory back-off).
+MAX_GRAPHS = 2
+WARMUP_RUNS = 2
+
+
+class _Captured:
+    __slots__ = ("graph", "static_in", "static_out")
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, static_in: torch.Tensor, static_out: torch.Tensor):
+        self.graph, self.static_in, self.static_out = graph, static_in, static_out
+
+
+def _key(x: torch.Tensor) -> tuple:
+    layout = "channels_last" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else "contiguous"
+    return (tuple(x.shape), x.dtype, layout, x.device)
+
+
+class GraphedForward:
+    """forward(x) -> y, replayed from a CUDA graph captured for x's shape on first use.
+
+    forward: a function of one CUDA tensor that returns one tensor and does no host sync
+    (a module under inference mode, autocast inside it). __call__(x) returns the graph's static
+    output: valid until the next call (copy it). Not thread-safe: callers serialize (the
+    backbone runs on one thread, FittedModel holds a lock).
+    """
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], max_graphs: int = MAX_GRAPHS,
+                 warmup_runs: int = WARMUP_RUNS):
+        self.forward = forward
+        self.max_graphs = max(1, max_graphs)
+        self.warmup_runs = max(1, warmup_runs)
+        self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self.captures = 0  # graphs captured so far (tests and the bench read it)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = _key(x)
+        captured = self._graphs.get(key)
+        if captured is None:
+            captured = self._capture(x)
+            self.captures += 1
+            self._graphs[key] = captured
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)  # frees that graph's memory pool
+        else:
+            self._graphs.move_to_end(key)
+        captured.static_in.copy_(x)
+        captured.graph.replay()
+        return captured.static_out
+
+    def _capture(self, x: torch.Tensor) -> _Captured:
+        """Warm up and capture forward for x's shape: static input (a copy of x), graph, static output."""
+        if not x.is_cuda:
+            raise RuntimeError("CUDA graphs need CUDA tensors")
+        static_in = x.detach().clone(memory_format=torch.preserve_format)
+        stream = torch.cuda.Stream(x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup_runs):  # autotuning and lazy handles happen here, not in the capture
+                self.forward(static_in)
+        stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        # the same stream for warm-up and capture: the BLAS handles made in warm-up are the ones used
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            static_out = self.forward(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        return _Captured(graph, static_in, static_out)
+
+    def clear(self) -> None:
+        """Drop every captured graph (and its memory)."""
+        self._graphs.clear()
