@@ -402,3 +402,29 @@ def test_page_renders_in_headless_chromium(built, tmp_path):
     # the chosen-K row's pink background (#fde2e2): the page's CSS was applied
     pink = np.all(np.abs(pixels - np.array([253, 226, 226])) <= 3, axis=-1).sum()
     assert pink > 2000, f"chosen row highlight not found ({pink} px)"
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: [1, 2], "expected a JSON object"),
+    (lambda s: {**s, "k": "abc"}, "'k' must be a positive integer"),
+    (lambda s: {**s, "k": 3.7}, "'k' must be a positive integer"),
+    (lambda s: {**s, "k": True}, "'k' must be a positive integer"),
+    (lambda s: {**s, "scores": {"a": 1}}, "'scores' must be a list"),
+    (lambda s: {**s, "scores": [{"silhouette": 0.3}]}, "integer 'k'"),
+    (lambda s: {**s, "scores": [{**s["scores"][0], "k": "x"}]}, "integer 'k'"),
+    (lambda s: {**s, "timings": [1, 2]}, "'timings' must be an object"),
+    (lambda s: {**s, "timings": {"total": 3.1}}, "timings 'total'"),
+    (lambda s: {**s, "pca": "exact"}, "'pca' must be an object"),
+    (lambda s: {**s, "backends": ["cpu"]}, "'backends' must be an object"),
+    (lambda s: {**s, "inputs": "photos"}, "'inputs' must be a list"),
+    (lambda s: {**s, "n_images": "many"}, "'n_images' must be a count"),
+    (lambda s: {**s, "n_skipped": -1}, "'n_skipped' must be a count"),
+    (lambda s: {**s, "cluster_sizes": "36,14,10"}, "'cluster_sizes' must be a list"),
+    (lambda s: {**s, "silhouette": {"mode": "sampled", "sample_size": "54"}}, "sample_size"),
+])
+def test_summary_of_the_wrong_shape_is_a_report_error(tmp_path, edit, match):
+    """A hand-edited or foreign summary.json is a one-line ReportError naming the key, not a traceback."""
+    fake = make_fake_run(tmp_path)
+    outputs.write_summary(fake.run_dir, edit(outputs.read_summary(fake.run_dir)))
+    with pytest.raises(ReportError, match=match):
+        build_report(fake.run_dir, num_threads=1)

@@ -85,6 +85,52 @@ def _finite_or_nan(value) -> float:
     return value
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# summary.json keys the report reads, by the JSON type they must have when present (null = absent).
+_OBJECT_KEYS = ("pca", "silhouette", "timings", "backends", "config", "versions")
+_LIST_KEYS = ("inputs", "scores", "cluster_sizes", "cluster_silhouettes")
+_COUNT_KEYS = ("n_images", "n_skipped")
+
+
+def check_summary(summary, path) -> None:
+    """ReportError naming the key unless summary.json has the shape the report reads (a hand-edited or
+    foreign file would otherwise fail deep in the page code with a traceback)."""
+    if not isinstance(summary, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(summary).__name__}")
+    k = summary.get("k")
+    if k is None:
+        raise ReportError(f"{path}: no chosen 'k'")
+    if not _is_int(k) or k < 1:
+        raise ReportError(f"{path}: 'k' must be a positive integer, got {k!r}")
+    for key in _OBJECT_KEYS:
+        if summary.get(key) is not None and not isinstance(summary[key], dict):
+            raise ReportError(f"{path}: '{key}' must be an object, got {type(summary[key]).__name__}")
+    for key in _LIST_KEYS:
+        if summary.get(key) is not None and not isinstance(summary[key], list):
+            raise ReportError(f"{path}: '{key}' must be a list, got {type(summary[key]).__name__}")
+    for key in _COUNT_KEYS:
+        value = summary.get(key)
+        if value is not None and (not _is_int(value) or value < 0):
+            raise ReportError(f"{path}: '{key}' must be a count (an integer >= 0), got {value!r}")
+    for stage, timing in (summary.get("timings") or {}).items():
+        if timing is not None and not isinstance(timing, dict):
+            raise ReportError(f"{path}: timings '{stage}' must be an object, got {type(timing).__name__}")
+    sample = (summary.get("silhouette") or {}).get("sample_size")
+    if sample is not None and (not _is_int(sample) or sample < 0):
+        raise ReportError(f"{path}: silhouette 'sample_size' must be a count, got {sample!r}")
+    if not all(_is_int(v) and v >= 0 for v in summary.get("cluster_sizes") or []):
+        raise ReportError(f"{path}: 'cluster_sizes' must be a list of counts")
+    for entry in summary.get("scores") or []:
+        if not isinstance(entry, dict) or not _is_int(entry.get("k")):
+            raise ReportError(f"{path}: every 'scores' entry must be an object with an integer 'k', got {entry!r:.80}")
+        if entry.get("cluster_sizes") is not None and not (
+                isinstance(entry["cluster_sizes"], list) and all(_is_int(v) for v in entry["cluster_sizes"])):
+            raise ReportError(f"{path}: 'cluster_sizes' of the K={entry['k']} scores entry must be a list of counts")
+
+
 def load_run(run_dir) -> RunData:
     """Load and cross-check a finished run. Raises ReportError when a file is missing or inconsistent."""
     run_dir = Path(run_dir)
@@ -99,13 +145,10 @@ def load_run(run_dir) -> RunData:
         analysis = outputs.read_analysis(run_dir)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a damaged or foreign .npz
         raise ReportError(f"cannot read {run_dir / outputs.ANALYSIS}: {exc}") from None
+    check_summary(summary, run_dir / outputs.SUMMARY)
     paths, labels = _read_predictions(run_dir / outputs.PREDICTIONS)
     n = len(paths)
-
-    k = summary.get("k")
-    if k is None:
-        raise ReportError(f"{run_dir / outputs.SUMMARY}: no chosen 'k'")
-    k = int(k)
+    k = summary["k"]
     if n and (labels.min() < 0 or labels.max() >= k):
         raise ReportError(f"{run_dir / outputs.PREDICTIONS}: cluster ids outside 0..{k - 1}")
     saved = analysis.labels.get(k)
