@@ -428,3 +428,17 @@ def test_summary_of_the_wrong_shape_is_a_report_error(tmp_path, edit, match):
     outputs.write_summary(fake.run_dir, edit(outputs.read_summary(fake.run_dir)))
     with pytest.raises(ReportError, match=match):
         build_report(fake.run_dir, num_threads=1)
+
+
+def test_a_single_k_is_called_given_not_chosen_and_gets_no_curves(tmp_path):
+    """--k 3 searches one K: the page must not claim silhouette chose it, nor draw one-dot 'curves'."""
+    fake = make_fake_run(tmp_path)
+    summary = outputs.read_summary(fake.run_dir)
+    summary["scores"] = [e for e in summary["scores"] if e["k"] == K]
+    outputs.write_summary(fake.run_dir, summary)
+    index = build_report(fake.run_dir, num_threads=1)
+    text = index.read_text(encoding="utf-8")
+    assert "chosen K (by" not in text and "the only value searched" in text
+    assert f"Only K = {K} was searched" in text
+    assert _files(index.parent) == EXPECTED - {"plots/silhouette_vs_k.png", "plots/metrics_vs_k.png"}
+    assert _parse(index).ids >= {"chosen-k"}

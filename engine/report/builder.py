@@ -84,7 +84,10 @@ def _plots(data: RunData, w: _Writer) -> tuple[list[html.PlotEntry], list[str]]:
         notes.append("PCA was off for this run: there is no explained-variance plot.")
 
     scores = s.get("scores") or []
-    if scores:
+    if len(scores) == 1:  # one candidate: nothing was chosen, and a curve over one K is a lone dot
+        notes.append(f"Only K = {k} was searched (one value given to --k), so K was set, not chosen: "
+                     "there are no curves over K. Search a range (e.g. --k 2:20) to compare K values.")
+    elif scores:
         add("silhouette_vs_k", f"{PLOTS_DIR}/silhouette_vs_k.png", plots.silhouette_vs_k(scores, k),
             "Mean silhouette vs K", f"The chosen K = {k} is the red star.")
         add("metrics_vs_k", f"{PLOTS_DIR}/metrics_vs_k.png", plots.metrics_vs_k(scores, k),

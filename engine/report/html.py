@@ -100,8 +100,8 @@ def _summary(data: RunData) -> str:
     cards = [
         _card("images clustered", fmt(int(s.get("n_images", data.n)))),
         _card("files skipped", skipped_html),
-        _card(f"chosen K (by {s.get('select', 'silhouette')})", str(data.k), "chosen",
-              f' id="chosen-k" data-k="{data.k}"'),
+        _card(f"chosen K (by {s.get('select', 'silhouette')})" if len(s.get("scores") or []) != 1 else
+              "K (the only value searched)", str(data.k), "chosen", f' id="chosen-k" data-k="{data.k}"'),
         _card("mean silhouette at chosen K", fmt(chosen.get("silhouette"))),
     ]
     total = (s.get("timings") or {}).get("total") or {}
