@@ -25,7 +25,7 @@ class PCAResult:
     components: (k, d) float32, rows are unit principal axes, descending variance
     explained_variance_ratio: (m,) float32 on the host, m = min(n, d): the whole spectrum (for plots)
     n_components: k; mode: 'exact' (all rows) | 'sampled' (fit on a seeded row sample) |
-    'streamed' (fit on the first rows while extracting, see features.StreamingPCA) | 'off'
+    'streamed' (fit on a seeded row sample extracted first, see features.StreamingPCA) | 'off'
     """
 
     mean: torch.Tensor

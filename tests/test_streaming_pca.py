@@ -1,4 +1,4 @@
-"""Large-N mode: PCA fitted on the first images, the rest reduced as they stream in."""
+"""Large-N mode: PCA fitted on a seeded sample of the images, the rest reduced as they stream in."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ from engine import ImageClusterer
 from engine.backbones import load_backbone
 from engine.features import StreamingPCA, extract_features
 from engine.loaders.pil import PILLoader
+from engine.reduce import fit_pca
 from engine.sources import discover
 
 
@@ -46,3 +47,19 @@ def test_streamed_model_saves_and_predicts(three_groups, tmp_path):
     loaded = ImageClusterer.load(tmp_path / "m.imgc", device="cpu")
     assert loaded.pca_.mode == "streamed"
     assert np.array_equal(loaded.predict(clusterer.paths_), clusterer.labels_)
+
+
+def test_streamed_pca_is_fitted_on_a_sample_spread_over_the_input(three_groups):
+    """Inputs are sorted by folder, so 'the first fit_rows images' were one folder here (20 of
+    60 = group one only) and PCA learned that folder's axes. The fit must use the seeded sample
+    spread over all the input that fit_pca's 'sampled' mode takes, so `run` (streamed) and
+    `cluster` (sampled) fit the same PCA."""
+    paths = discover([three_groups]).paths
+    backbone = load_backbone("pixels")
+    full = extract_features(paths, PILLoader(), backbone, 16)
+    streamed = extract_features(paths, PILLoader(), backbone, 16, streaming=StreamingPCA(3, fit_rows=20))
+    sampled = fit_pca(full.features, 3, fit_limit=20)
+    assert sampled.mode == "sampled" and streamed.pca.fit_rows == sampled.fit_rows == 20
+    np.testing.assert_allclose(streamed.pca.mean.numpy(), sampled.mean.numpy(), atol=1e-5)
+    np.testing.assert_allclose(streamed.pca.components.numpy(), sampled.components.numpy(), atol=1e-4)
+    np.testing.assert_allclose(streamed.features.numpy(), sampled.transform(full.features).numpy(), atol=1e-3)
