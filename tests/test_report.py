@@ -17,6 +17,7 @@ from PIL import Image
 
 from engine.errors import ConfigError
 from engine.report import build_report, montage, outputs, plots, print_run_summary
+from engine.report import html as html_module
 from engine.report.rundata import ReportError
 
 try:
@@ -442,3 +443,43 @@ def test_a_single_k_is_called_given_not_chosen_and_gets_no_curves(tmp_path):
     assert f"Only K = {K} was searched" in text
     assert _files(index.parent) == EXPECTED - {"plots/silhouette_vs_k.png", "plots/metrics_vs_k.png"}
     assert _parse(index).ids >= {"chosen-k"}
+
+
+def test_skipped_files_and_their_reasons_are_on_the_page(tmp_path):
+    """What was skipped and why is readable on the page itself (skipped.csv sits outside report/, so a
+    copied report folder loses it), grouped by reason, escaped, and cut to the first ones on big runs."""
+    fake = make_fake_run(tmp_path)
+    rows = [(str(fake.image_dir / "<img src=x onerror=alert(1)>.jpg"), "corrupt or truncated image: Truncated File Read"),
+            (str(fake.image_dir / "empty.jpg"), "empty file (0 bytes)")]
+    rows += [(str(fake.image_dir / f"bad_{i:03d}.jpg"), f"corrupt or truncated image: detail {i}") for i in range(150)]
+    outputs.write_skipped(fake.run_dir, rows)
+    index = build_report(fake.run_dir, num_threads=1)
+    text = index.read_text(encoding="utf-8")
+    page = _parse(index)
+    assert "skipped" in page.ids and "#skipped" in page.links and "../skipped.csv" in page.links
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;.jpg" in text
+    section = text[text.index('id="skipped"'):text.index('id="scores"')]
+    assert "corrupt or truncated image</td><td>151</td>" in section and "empty file (0 bytes)</td><td>1</td>" in section
+    assert section.count("<code>") == html_module.SKIPPED_SHOWN and "52 more in skipped.csv" in section
+    outputs.write_skipped(fake.run_dir, [])  # none skipped: no section, no dangling anchor
+    outputs.write_summary(fake.run_dir, {**outputs.read_summary(fake.run_dir), "n_skipped": 0})
+    index = build_report(fake.run_dir, num_threads=1)
+    assert 'id="skipped"' not in index.read_text(encoding="utf-8") and "#skipped" not in _parse(index).links
+
+
+def test_relative_image_paths_say_what_they_are_relative_to(tmp_path):
+    """A run started elsewhere stores paths relative to its folder: the page names that folder, and the
+    montages still find the images from any working directory."""
+    fake = make_fake_run(tmp_path)
+    rel = [str(Path(p).relative_to(tmp_path)) for p in fake.paths]
+    outputs.write_predictions(fake.run_dir, rel, fake.labels)
+    summary = outputs.read_summary(fake.run_dir)
+    summary["cwd"] = str(tmp_path / "<start>")  # markup in the folder name is escaped too
+    outputs.write_summary(fake.run_dir, summary)
+    (tmp_path / "<start>").symlink_to(tmp_path)
+    index = build_report(fake.run_dir, num_threads=1)
+    text = index.read_text(encoding="utf-8")
+    assert "image paths relative to" in text and escape(str(tmp_path / "<start>")) in text
+    assert "(unreadable)" not in text
+    absolute = build_report(make_fake_run(tmp_path / "abs").run_dir, num_threads=1).read_text(encoding="utf-8")
+    assert "image paths relative to" not in absolute  # absolute paths need no base

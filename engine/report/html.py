@@ -96,7 +96,7 @@ def _summary(data: RunData) -> str:
     s = data.summary
     chosen = data.score_for(data.k) or {}
     skipped = int(s.get("n_skipped", 0) or 0)
-    skipped_html = f'<a href="../skipped.csv">{skipped:,}</a>' if data.has_skipped_csv else f"{skipped:,}"
+    skipped_html = f'<a href="#skipped">{skipped:,}</a>' if data.skipped else f"{skipped:,}"
     cards = [
         _card("images clustered", fmt(int(s.get("n_images", data.n)))),
         _card("files skipped", skipped_html),
@@ -123,10 +123,46 @@ def _summary(data: RunData) -> str:
         ("silhouette", escape(f"{sil.get('mode', '–')}"
                               + (f", sample of {int(sil['sample_size']):,}" if sil.get("sample_size") else ""))),
     ]
-    if skipped and data.has_skipped_csv:
-        rows.append(("skipped files", f'{skipped:,} — reasons in <a href="../skipped.csv">skipped.csv</a>'))
+    cwd = s.get("cwd")
+    if cwd and any(not _is_absolute(p) for p in data.paths[:1000]):
+        rows.append(("image paths relative to", f"<code>{escape(str(cwd))}</code> (the folder the run started in; "
+                                                "paths on this page and in the CSVs are as given to the run)"))
+    if data.skipped:
+        rows.append(("skipped files", f'{len(data.skipped):,} — <a href="#skipped">reasons below</a> and in '
+                                      f'<a href="../skipped.csv">skipped.csv</a>'))
     table = "".join(f'<tr><th class="l">{escape(k)}</th><td class="l">{v}</td></tr>' for k, v in rows)
     return f'<div class="cards">{"".join(cards)}</div><table>{table}</table>'
+
+
+def _is_absolute(path: str) -> bool:
+    return path.startswith("/") or (len(path) > 2 and path[1] == ":" and path[2] in "\\/")  # POSIX or Windows
+
+
+SKIPPED_SHOWN = 100  # files listed on the page; the rest are in skipped.csv
+
+
+def _skipped(data: RunData) -> str:
+    """Files not used: a count per reason and the first SKIPPED_SHOWN files with theirs ('' when none)."""
+    if not data.skipped:
+        return ""
+    counts: dict[str, int] = {}
+    for _, reason in data.skipped:
+        kind = reason.split(":", 1)[0].strip() or "(no reason given)"  # 'corrupt or truncated image: <detail>'
+        counts[kind] = counts.get(kind, 0) + 1
+    by_reason = "".join(f'<tr><td class="l">{escape(kind)}</td><td>{n:,}</td></tr>'
+                        for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    shown = data.skipped[:SKIPPED_SHOWN]
+    files = "".join(f'<tr><td class="l"><code>{escape(path)}</code></td><td class="l">{escape(reason)}</td></tr>'
+                    for path, reason in shown)
+    more = len(data.skipped) - len(shown)
+    csv_link = ' (all of them in <a href="../skipped.csv">skipped.csv</a>)' if data.has_skipped_csv else ""
+    return (f'<h2 id="skipped">Skipped files</h2><p>{len(data.skipped):,} input files were not clustered'
+            f"{csv_link}.</p>"
+            f'<table><tr><th class="l">reason</th><th>files</th></tr>{by_reason}</table>'
+            f"<details{' open' if len(data.skipped) <= 20 else ''}><summary>"
+            f"{'The files' if not more else f'The first {len(shown):,} files'} and why</summary>"
+            f'<table><tr><th class="l">path</th><th class="l">reason</th></tr>{files}</table>'
+            + (f"<p>… and {more:,} more in skipped.csv.</p>" if more else "") + "</details>")
 
 
 def _scores_table(data: RunData) -> str:
@@ -216,9 +252,10 @@ def render_page(data: RunData, plots: list[PlotEntry], clusters: list[ClusterEnt
 <body><main>
 <h1>{escape(title)}</h1>
 <p class="sub">{escape(str(data.summary.get("created", "")))} · {data.n:,} images in {data.k} clusters</p>
-<nav><a href="#summary">Summary</a><a href="#scores">Scores per K</a><a href="#timings">Timings</a>
+<nav><a href="#summary">Summary</a>{'<a href="#skipped">Skipped</a>' if data.skipped else ""}<a href="#scores">Scores per K</a><a href="#timings">Timings</a>
 <a href="#plots">Plots</a><a href="#clusters">Clusters</a></nav>
 <h2 id="summary">Summary</h2>{_summary(data)}
+{_skipped(data)}
 <h2 id="scores">Scores per K</h2>
 <p>The chosen K ({data.k}) is highlighted. Silhouette and Calinski–Harabasz: higher is better;
 Davies–Bouldin and fraction negative: lower is better; balance = smallest / largest cluster.</p>

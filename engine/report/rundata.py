@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ class RunData:
     cluster_sizes:      (K,) int64 members per cluster id
     cluster_silhouettes: (K,) float64 mean silhouette per cluster id (NaN when unknown)
     has_skipped_csv:    whether run_dir/skipped.csv exists (the page links to it only then)
+    skipped:            [(path, reason)] rows of skipped.csv ([] when absent or unreadable)
     """
 
     run_dir: Path
@@ -49,6 +50,7 @@ class RunData:
     cluster_sizes: np.ndarray
     cluster_silhouettes: np.ndarray
     has_skipped_csv: bool
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -75,6 +77,18 @@ def _read_predictions(path: Path) -> tuple[list[str], np.ndarray]:
     except (ValueError, IndexError) as exc:
         raise ReportError(f"{path}: bad cluster value ({exc})") from None
     return [row[0] for row in rows], labels
+
+
+def _read_skipped(path: Path) -> list[tuple[str, str]]:
+    """skipped.csv -> [(path, reason)]; [] when it is missing or not a skipped.csv (the page then lists none)."""
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            reader = csv.reader(handle)
+            if next(reader, None) != ["path", "reason"]:
+                return []
+            return [(row[0], row[1] if len(row) > 1 else "") for row in reader if row]
+    except (OSError, csv.Error):
+        return []
 
 
 def _finite_or_nan(value) -> float:
@@ -187,4 +201,5 @@ def load_run(run_dir) -> RunData:
 
     return RunData(run_dir=run_dir, summary=summary, analysis=analysis, paths=paths, labels=labels, k=k,
                    distances=distances, silhouettes=silhouettes, cluster_sizes=counted,
-                   cluster_silhouettes=cluster_sils, has_skipped_csv=(run_dir / outputs.SKIPPED).is_file())
+                   cluster_silhouettes=cluster_sils, has_skipped_csv=(run_dir / outputs.SKIPPED).is_file(),
+                   skipped=_read_skipped(run_dir / outputs.SKIPPED))
