@@ -483,3 +483,26 @@ def test_relative_image_paths_say_what_they_are_relative_to(tmp_path):
     assert "(unreadable)" not in text
     absolute = build_report(make_fake_run(tmp_path / "abs").run_dir, num_threads=1).read_text(encoding="utf-8")
     assert "image paths relative to" not in absolute  # absolute paths need no base
+
+
+def test_silhouette_plot_names_every_cluster_band_even_tiny_ones():
+    """One big cluster and several of 3 images (a common result): the thin bands must still carry their ids,
+    or the reader cannot tell which band is which cluster."""
+    rng = np.random.default_rng(2)
+    sizes = [109, 27, 14, 3, 3, 3, 3, 3]
+    labels = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
+    sil = rng.uniform(0.1, 0.9, labels.size).astype(np.float32)
+    fig = plots.silhouette_plot(labels, sil, len(sizes), chosen=True)
+    ids = sorted(int(t.get_text()) for t in fig.axes[0].texts)
+    assert ids == list(range(len(sizes)))
+    ys = sorted(t.get_position()[1] for t in fig.axes[0].texts)
+    y_per_px = fig.axes[0].get_ylim()[1] / (0.85 * plots.SIZES["silhouette"][1])
+    assert min(np.diff(ys)) / y_per_px >= 12  # labels do not overlap
+
+
+def test_metrics_small_multiple_labels_k_only_under_the_bottom_row(built):
+    fake, _ = built
+    fig = plots.metrics_vs_k(fake.summary["scores"], fake.k)
+    top, bottom = fig.axes[:2], fig.axes[2:]
+    assert all(ax.get_xlabel() == "" for ax in top)  # shared x: no label without tick numbers
+    assert all(ax.get_xlabel() == "number of clusters K" for ax in bottom)

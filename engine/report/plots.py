@@ -148,6 +148,7 @@ def metrics_vs_k(scores: Sequence[dict], chosen_k: int) -> Figure:
         _mark_chosen(ax, ks, values, chosen_k, label=False)
         _k_axis(ax, ks)
         ax.set_title(title, fontsize=11)
+        ax.label_outer(remove_inner_ticks=False)  # shared x: the K label and numbers once, under the bottom row
     fig.suptitle(f"Cluster quality metrics vs K (chosen K = {chosen_k}, red)", fontsize=13)
     return fig
 
@@ -173,7 +174,7 @@ def silhouette_plot(labels: np.ndarray, silhouettes: np.ndarray, k: int, *, chos
     colors = cluster_colors(k)
     gap = max(10, int(0.01 * labels.size))
     y_total = labels.size + gap * (k + 1)
-    min_labelled = y_total * 12 / (0.85 * SIZES["silhouette"][1])  # ids only on bands >= ~12 px tall
+    min_labelled = y_total * 12 / (0.85 * SIZES["silhouette"][1])  # ids only where band + gap >= ~12 px
     y_lower = gap
     for cid in range(k):
         vals = np.sort(values[labels == cid])
@@ -186,7 +187,7 @@ def silhouette_plot(labels: np.ndarray, silhouettes: np.ndarray, k: int, *, chos
         else:
             pos, drawn = np.arange(size, dtype=np.float64), vals
         ax.fill_betweenx(y_lower + pos, 0, drawn, facecolor=colors[cid], edgecolor=colors[cid], alpha=0.8)
-        if size >= min_labelled:
+        if size + gap >= min_labelled:  # a thin band still has its gap around it for the id
             ax.text(-0.02, y_lower + 0.5 * size, str(cid), ha="right", va="center", fontsize=9)
         y_lower += size + gap
     mean = float(values.mean()) if values.size else math.nan
