@@ -506,3 +506,24 @@ def test_metrics_small_multiple_labels_k_only_under_the_bottom_row(built):
     top, bottom = fig.axes[:2], fig.axes[2:]
     assert all(ax.get_xlabel() == "" for ax in top)  # shared x: no label without tick numbers
     assert all(ax.get_xlabel() == "number of clusters K" for ax in bottom)
+
+
+def test_montage_finds_a_file_whose_name_is_not_utf8(tmp_path):
+    """predictions.csv writes a non-UTF-8 byte of a file name as a '\\udcXX' escape; the montage must still
+    find that file instead of drawing it as 'unreadable'."""
+    import os
+
+    fake = make_fake_run(tmp_path)
+    i = fake.members(1)[0]
+    raw = os.path.join(os.fsencode(fake.image_dir), b"caf\xe9.jpg")
+    try:
+        os.rename(fake.paths[i], raw)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system does not take non-UTF-8 names")
+    paths = list(fake.paths)
+    paths[i] = outputs.path_to_text(os.fsdecode(raw))
+    assert "\\udce9" in paths[i]
+    outputs.write_predictions(fake.run_dir, paths, fake.labels)
+    index = build_report(fake.run_dir, num_threads=1)
+    assert "(unreadable)" not in index.read_text(encoding="utf-8")
+    assert montage.file_for_text("/no/such/back\\udcslash.jpg") == "/no/such/back\\udcslash.jpg"
