@@ -527,3 +527,28 @@ def test_montage_finds_a_file_whose_name_is_not_utf8(tmp_path):
     index = build_report(fake.run_dir, num_threads=1)
     assert "(unreadable)" not in index.read_text(encoding="utf-8")
     assert montage.file_for_text("/no/such/back\\udcslash.jpg") == "/no/such/back\\udcslash.jpg"
+
+
+def test_clusters_overview_table_gives_sizes_silhouettes_and_negatives(tmp_path):
+    """Before the per-cluster sections: one row per cluster with its size, share, mean silhouette, how
+    many members have a negative silhouette, and its members CSV."""
+    fake = make_fake_run(tmp_path)
+    analysis = outputs.read_analysis(fake.run_dir)
+    sil = analysis.silhouettes[K]
+    sil[np.array(fake.members(1)[-3:])] = -0.2  # three likely misassignments in cluster 1
+    outputs.write_analysis(fake.run_dir, analysis)
+    summary = outputs.read_summary(fake.run_dir)
+    summary["cluster_silhouettes"] = [float(np.nanmean(sil[fake.labels == c])) for c in range(K)]
+    outputs.write_summary(fake.run_dir, summary)
+    text = build_report(fake.run_dir, num_threads=1).read_text(encoding="utf-8")
+    table = text[text.index('id="clusters"'):text.index("Jump to cluster")]
+    for cid, size in enumerate(SIZES):
+        values = sil[fake.labels == cid]
+        negative = int((values[np.isfinite(values)] < 0).sum())
+        row = table[table.index(f'href="#cluster-{cid}"'):]
+        row = row[:row.index("</tr>")]
+        cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
+        expected = [f"{size:,}", f"{100 * size / sum(SIZES):.1f} %", f"{float(np.nanmean(values)):.3f}", str(negative)]
+        assert cells[:4] == expected, cells
+        assert f'href="clusters/cluster_{cid}.csv"' in row
+    assert "<td>3</td>" in table[table.index('href="#cluster-1"'):]

@@ -181,7 +181,8 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
                 near=[(data.paths[i], float(data.distances[i]), img is not None)
                       for i, img in zip(near.tolist(), near_imgs, strict=True)],
                 far=[(data.paths[i], float(data.distances[i]), img is not None)
-                     for i, img in zip(far.tolist(), far_imgs, strict=True)])
+                     for i, img in zip(far.tolist(), far_imgs, strict=True)],
+                n_negative=_count_negative(data.silhouettes[ordered]))
             if near.size or far.size:
                 image = montage.render_montage(
                     near_imgs, far_imgs,
@@ -201,6 +202,12 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
     w.remove_stale()  # before index.html: the new page never points at a removed file, the old one briefly might
     w.bytes(INDEX, page.encode("utf-8"))
     return root / INDEX
+
+
+def _count_negative(silhouettes: np.ndarray) -> int | None:
+    """Members with a negative silhouette, or None when none of them has a saved value."""
+    known = silhouettes[np.isfinite(silhouettes)]
+    return int((known < 0).sum()) if known.size else None
 
 
 def _dist_text(distance: float) -> str:

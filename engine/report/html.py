@@ -67,6 +67,7 @@ class ClusterEntry:
     montage_size: tuple[int, int] | None
     near: list[tuple[str, float, bool]] = field(default_factory=list)
     far: list[tuple[str, float, bool]] = field(default_factory=list)
+    n_negative: int | None = None  # members with a negative silhouette (closer to another cluster); None: unknown
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -238,6 +239,21 @@ def _cluster(c: ClusterEntry, n_total: int) -> str:
     return "".join(parts)
 
 
+def _cluster_table(clusters: list[ClusterEntry], n_total: int) -> str:
+    """One row per cluster: size, share, mean silhouette, members with a negative silhouette, the members CSV."""
+    rows = "".join(
+        f'<tr><td class="l"><span class="swatch" style="background:{escape(c.color)}"></span>'
+        f'<a href="#cluster-{c.cid}">{c.cid}</a></td><td>{c.size:,}</td>'
+        f"<td>{100.0 * c.size / n_total if n_total else 0.0:.1f} %</td><td>{fmt(c.mean_silhouette)}</td>"
+        f"<td>{fmt(c.n_negative)}</td>"
+        f'<td class="l"><a href="{escape(c.csv_file)}">{escape(c.csv_file)}</a></td></tr>' for c in clusters)
+    return ('<table><tr><th class="l">cluster</th><th>images</th><th>share</th><th>mean silhouette</th>'
+            '<th>negative silhouettes</th><th class="l">members (path, distance to centre, silhouette)</th></tr>'
+            f"{rows}</table><p>A negative silhouette means an image is closer, on average, to another cluster "
+            "than to its own: the likeliest misassignments. Each CSV lists the cluster's images nearest the "
+            "centre first; the last rows are its outliers.</p>")
+
+
 def render_page(data: RunData, plots: list[PlotEntry], clusters: list[ClusterEntry], notes: list[str]) -> str:
     """The whole index.html as text."""
     title = f"imgcluster report: {data.run_dir.resolve().name}"
@@ -262,7 +278,7 @@ Davies–Bouldin and fraction negative: lower is better; balance = smallest / la
 {_scores_table(data)}
 <h2 id="timings">Timings and backends</h2>{_timings_and_backends(data)}
 <h2 id="plots">Plots</h2>{_plots(plots, notes)}
-<h2 id="clusters">Clusters</h2><p>Jump to cluster: {nav_clusters}</p>
+<h2 id="clusters">Clusters</h2>{_cluster_table(clusters, data.n)}<p>Jump to cluster: {nav_clusters}</p>
 {"".join(_cluster(c, data.n) for c in clusters)}
 <h2 id="run">Configuration</h2>{extra_html or "<p>–</p>"}
 </main></body></html>
