@@ -30,6 +30,18 @@ MAX_GRAPHS = 2
 WARMUP_RUNS = 2
 
 
+def _caused_by_oom(exc: BaseException | None) -> bool:
+    """exc or any exception it was raised during the handling of is an allocation failure."""
+    from .cluster import is_oom
+
+    seen = 0
+    while exc is not None and seen < 8:
+        if is_oom(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 class _Captured:
     __slots__ = ("graph", "static_in", "static_out")
 
@@ -86,9 +98,16 @@ class GraphedForward:
                 self.forward(static_in)
         stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        # the same stream for warm-up and capture: the BLAS handles made in warm-up are the ones used
-        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-            static_out = self.forward(static_in)
+        try:
+            # the same stream for warm-up and capture: the BLAS handles made in warm-up are the ones used
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                static_out = self.forward(static_in)
+        except Exception as exc:
+            # Out of memory inside the capture surfaces as the capture's own error when the
+            # graph block ends; raise it as what it is, so the caller's OOM back-off halves the batch.
+            if _caused_by_oom(exc):
+                raise torch.OutOfMemoryError(f"out of memory while capturing a CUDA graph for {tuple(x.shape)}") from exc
+            raise
         torch.cuda.current_stream(x.device).wait_stream(stream)
         return _Captured(graph, static_in, static_out)
 

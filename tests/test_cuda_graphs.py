@@ -156,3 +156,17 @@ def test_a_run_with_graphs_clusters_as_the_run_without(three_groups):
     assert graphed.result_.summary["config"]["cuda_graphs"] is True
     assert adjusted_rand_score(plain.labels_, graphed.labels_) == 1.0
     np.testing.assert_array_equal(np.asarray(plain.paths_), np.asarray(graphed.paths_))
+
+
+def test_out_of_memory_inside_a_capture_is_reported_as_out_of_memory():
+    """The capture's own error hides the OOM that caused it; the back-off must still see an OOM."""
+    from engine.cuda_graphs import _caused_by_oom
+
+    try:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.OutOfMemoryError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    except RuntimeError as exc:
+        assert _caused_by_oom(exc)
+    assert not _caused_by_oom(RuntimeError("CUDA error: operation not permitted when stream is capturing"))
