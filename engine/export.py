@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import ConfigError, ImgclusterError, InputError
 from .progress import Reporter
 from .report import outputs
-from .report.rundata import ReportError, _read_predictions as read_predictions
+from .report.rundata import ReportError, read_predictions
 
 MODES = ("symlink", "hardlink", "copy")
 MISSING = "missing.csv"  # images the run clustered that are gone now
@@ -76,11 +76,21 @@ def _place(source: str, target: Path, mode: str) -> None:
         shutil.copy2(source, target)
 
 
+def _run_cwd(run_dir: Path) -> str | None:
+    """The folder the run started in: predictions.csv's relative paths are relative to it."""
+    try:
+        cwd = outputs.read_summary(run_dir).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        return None  # no (readable) summary: paths are taken as they are
+    return cwd if isinstance(cwd, str) else None
+
+
 def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str = "symlink",
                     reporter: Reporter | None = None) -> ExportResult:
     """Write one folder per cluster under `to`, holding the run's images (links or copies).
 
-    run_dir: a folder written by `imgcluster run` / `cluster` (its predictions.csv is read).
+    run_dir: a folder written by `imgcluster run` / `cluster` (its predictions.csv is read;
+    relative paths there are taken from the folder the run started in, summary.json's "cwd").
     mode: "symlink" (default: absolute links, nothing copied), "hardlink" (same file system only),
     or "copy" (a self-contained folder). Images that no longer exist are listed in
     `to`/missing.csv and counted in the result; everything else is exported.
@@ -96,15 +106,17 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
         paths, labels = read_predictions(predictions)
     except ReportError as exc:
         raise InputError(str(exc)) from None
+    base = _run_cwd(run_dir)
     to = _prepare_target(Path(to))
     largest = int(labels.max()) if len(labels) else 0
     taken: dict[int, set[str]] = {}
     missing: list[str] = []
     written = 0
     with reporter.task(f"Exporting ({mode})", len(paths)) as advance:
-        for source, cluster in zip(paths, labels.tolist()):
+        for text, cluster in zip(paths, labels.tolist()):
+            source = outputs.file_for_text(text, base)
             if not os.path.isfile(source):
-                missing.append(source)
+                missing.append(text)
                 advance(1)
                 continue
             folder = to / cluster_folder_name(cluster, largest)

@@ -14,7 +14,6 @@ removed since the run is not decoded again but reported in skipped.csv with the 
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
@@ -34,19 +33,9 @@ OVERRIDABLE = ("pca", "pca_fit_limit", "k", "n_init", "max_iter", "cluster_backe
                "silhouette_sample", "seed", "device")
 CACHE_DIR = "features"
 
-_ESCAPED_BYTE = re.compile(r"\\udc([89a-f][0-9a-f])")
-
-
 def text_to_path(text: str) -> Path:
-    """Inverse of outputs.path_to_text for a path read back from a CSV.
-
-    Non-UTF-8 bytes of a file name are written as the text '\\udcXX' (surrogateescape, then
-    backslashreplace); they are turned back into the byte they stand for. A name that really
-    contains such text and exists as written is kept as written.
-    """
-    if "\\udc" not in text or os.path.lexists(text):
-        return Path(text)
-    return Path(_ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), text))
+    """A path read back from a run's CSV (outputs.file_for_text: non-UTF-8 bytes restored)."""
+    return Path(outputs.file_for_text(text))
 
 
 def _read_run(run_dir: Path) -> tuple[dict, list[str], list[tuple[str, str]]]:

@@ -93,3 +93,32 @@ def test_folder_names_sort_by_cluster_id():
     names = [cluster_folder_name(c, 120) for c in (0, 9, 10, 120)]
     assert names == ["cluster_000", "cluster_009", "cluster_010", "cluster_120"] == sorted(names)
     assert cluster_folder_name(3, 5) == "cluster_03"
+
+
+def test_relative_paths_are_taken_from_the_folder_the_run_started_in(three_groups, tmp_path, monkeypatch):
+    """`imgcluster run photos/` writes photos/... paths; an export from another folder still finds them."""
+    import shutil
+
+    from engine import ImageClusterer
+
+    project = tmp_path / "project"
+    shutil.copytree(three_groups, project / "photos")
+    monkeypatch.chdir(project)
+    ImageClusterer(model="pixels", device="cpu", pca=10, k="2:4").fit(["photos"], out_dir="run")
+    assert (project / "run" / "predictions.csv").read_text().splitlines()[1].startswith("photos")
+    monkeypatch.chdir(tmp_path)
+    done = export_clusters(project / "run", tmp_path / "out")
+    assert done.missing == [] and done.written == 60
+    assert all(os.path.exists(link) for link in (tmp_path / "out").rglob("*.jpg"))
+
+
+def test_a_name_that_is_not_utf8_is_exported(tmp_path):
+    from engine.report.outputs import path_to_text
+
+    name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes: not UTF-8
+    (tmp_path / name).write_bytes(b"jpeg")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "predictions.csv").write_text(f"path,cluster\n{path_to_text(tmp_path / name)},0\n")
+    done = export_clusters(run, tmp_path / "out", mode="copy")
+    assert done.missing == [] and (tmp_path / "out" / "cluster_00" / name).read_bytes() == b"jpeg"

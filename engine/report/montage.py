@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import warnings
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..errors import ConfigError, DecodeError
 from ..loaders.decode import DEFAULT_MAX_PIXELS, decode_image
+from .outputs import file_for_text
 
 TILE = 128          # thumbnail box, pixels (square; images are letterboxed inside it)
 COLUMNS = 6
@@ -100,24 +100,10 @@ def load_thumbnail(path: str | os.PathLike, tile: int = TILE, max_pixels: int | 
         return None
 
 
-_ESCAPED_BYTE = re.compile(r"\\udc([89a-f][0-9a-f])")
-
-
-def file_for_text(path: str) -> str:
-    """The file a path as written in the run's CSVs names. outputs.path_to_text writes a byte that is not
-    UTF-8 in a file name as a '\\udcXX' escape; when the text as written is no file, the name with those
-    bytes restored is tried (a name that really holds '\\udc' text is kept as it is)."""
-    if "\\udc" in path and not os.path.lexists(path):
-        restored = _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), path)
-        if os.path.lexists(restored):
-            return restored
-    return path
-
-
 def submit_thumbnails(pool: Executor, paths, tile: int = TILE, base: str | None = None) -> dict[str, Future]:
     """Start decoding each distinct path in `pool`; {path: Future[Image | None]}.
     Relative paths are read relative to `base` (the run's working directory) when given."""
-    return {p: pool.submit(lambda p=p: load_thumbnail(file_for_text(os.path.join(base, p) if base else p), tile))
+    return {p: pool.submit(lambda p=p: load_thumbnail(file_for_text(p, base), tile))
             for p in dict.fromkeys(paths)}
 
 

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,23 @@ def atomic_write_text(path, text: str) -> Path:
 def path_to_text(path) -> str:
     """A path as CSV text; non-UTF-8 names are kept reversibly with surrogateescape -> backslash escapes."""
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_ESCAPED_BYTE = re.compile(r"\\udc([89a-f][0-9a-f])")
+
+
+def file_for_text(text: str, base: str | os.PathLike | None = None) -> str:
+    """The file a path as written in a run's CSVs names (the inverse of path_to_text).
+
+    A relative path is joined to `base`: the run's working directory (summary.json's "cwd"), not
+    the current one. A byte of a file name that is not UTF-8 was written as the text '\\udcXX';
+    when the path as written is no file, those escapes are turned back into the bytes (a name that
+    really holds such text and exists as written is kept as written).
+    """
+    path = os.path.join(base, text) if base else text
+    if "\\udc" not in path or os.path.lexists(path):
+        return path
+    return _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), path)
 
 
 def write_csv(path, header: list[str], rows: Iterable[Iterable]) -> Path:

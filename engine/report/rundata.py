@@ -64,7 +64,7 @@ class RunData:
         return None
 
 
-def _read_predictions(path: Path) -> tuple[list[str], np.ndarray]:
+def read_predictions(path: Path) -> tuple[list[str], np.ndarray]:
     """predictions.csv -> (paths, (n,) int32 labels). Plain csv.reader: ~10x faster than DictReader at 1M rows."""
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
@@ -160,7 +160,7 @@ def load_run(run_dir) -> RunData:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a damaged or foreign .npz
         raise ReportError(f"cannot read {run_dir / outputs.ANALYSIS}: {exc}") from None
     check_summary(summary, run_dir / outputs.SUMMARY)
-    paths, labels = _read_predictions(run_dir / outputs.PREDICTIONS)
+    paths, labels = read_predictions(run_dir / outputs.PREDICTIONS)
     n = len(paths)
     k = summary["k"]
     if n and (labels.min() < 0 or labels.max() >= k):
