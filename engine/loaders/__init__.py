@@ -2,10 +2,14 @@
 decoder name (already resolved by engine.device.resolve_decoder) to its implementation."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from .base import Batch, Loader
 from .decode import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:  # torch loads with the loaders themselves, not with the package (the report's
+    import torch  # thumbnails need only loaders.decode, and importing torch costs 2 s)
+
+    from .base import Batch, Loader
 
 
 def make_loader(decoder: str, device: torch.device, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -25,6 +29,14 @@ def make_loader(decoder: str, device: torch.device, max_pixels: int | None = DEF
 
         return NvJpegLoader(device, num_threads=num_threads, max_pixels=max_pixels, io_threads=io_threads)
     raise ValueError(f"unknown decoder {decoder!r}")
+
+
+def __getattr__(name):
+    if name in ("Batch", "Loader"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(name)
 
 
 __all__ = ["Batch", "Loader", "make_loader"]
