@@ -552,3 +552,13 @@ def test_clusters_overview_table_gives_sizes_silhouettes_and_negatives(tmp_path)
         assert cells[:4] == expected, cells
         assert f'href="clusters/cluster_{cid}.csv"' in row
     assert "<td>3</td>" in table[table.index('href="#cluster-1"'):]
+
+
+def test_the_report_does_not_import_torch():
+    """`imgcluster report` reads saved outputs only; importing torch would add ~2 s to every rebuild."""
+    import subprocess
+    import sys
+
+    code = "import sys, engine.report.builder, engine.export; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
