@@ -25,7 +25,7 @@ from .loaders.preprocess import describe as describe_preprocess
 from .progress import Reporter
 from .reduce import PCAResult, fit_pca
 from .report import outputs
-from .select import KSearch, search_k
+from .select import KSearch, search_k, search_progress_steps, usable_ks
 from .sources import discover, no_images_message
 from .versions import imgcluster_version, versions
 
@@ -130,7 +130,7 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
         # (not for the default: a run of fewer than 200 images, or a narrow backbone, would always say so)
         reporter.notify(f"PCA: {pca.n_components} components, not {requested} (at most min(images, feature "
                         "width) exist)")
-    with reporter.task("K search", len(config.cluster.k) + 1) as advance:
+    with reporter.task("K search", search_progress_steps(len(usable_ks(config.cluster.k, n)))) as advance:
         search = search_k(reduced, config.cluster.k, backend, n_init=config.cluster.n_init,
                           max_iter=config.cluster.max_iter, seed=config.cluster.seed,
                           select=config.cluster.select, silhouette_sample=config.cluster.silhouette_sample,

@@ -13,7 +13,7 @@ from engine.cluster import assign, fit_kmeans, order_by_size
 from engine.errors import ConfigError
 from engine.metrics import balance, calinski_harabasz, davies_bouldin
 from engine.reduce import fit_pca
-from engine.select import choose_k, search_k
+from engine.select import choose_k, search_k, search_progress_steps
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,32 @@ def test_onehot_sums_equal_index_add():
     labels = torch.randint(0, 5, (3000,), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(onehot_sums(x, labels, 5, chunk_rows=700), cluster_sums(x, labels, 5),
                                rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("sample", [None, 1000])
+def test_search_k_progress_moves_through_the_silhouettes_and_ends_after_the_metrics(blobs, monkeypatch, sample):
+    """The K search's bar read complete while the metrics ran (17 s at 60,000 images on 2 cores)
+    and stood on one step through the whole silhouette pass (27 s there). Now the steps add up to
+    search_progress_steps, several of them come while the silhouette pass runs, and the last one
+    comes after the last metric."""
+    import engine.select as select_mod
+    import engine.silhouette as silhouette_mod
+
+    x, _ = blobs
+    events = []
+    real_db = select_mod.davies_bouldin
+    monkeypatch.setattr(select_mod, "davies_bouldin", lambda *a: events.append("metric") or real_db(*a))
+    real_sums = silhouette_mod._cluster_distance_sums_torch
+    monkeypatch.setattr(silhouette_mod, "_cluster_distance_sums_torch",
+                        lambda *a: events.append("distances") or real_sums(*a))
+    ks = list(range(2, 10))
+    search_k(x, ks, seed=0, silhouette_sample=sample, progress=lambda n: events.append(n))
+    steps = [e for e in events if isinstance(e, int)]
+    assert sum(steps) == search_progress_steps(len(ks)) == 3 * len(ks)
+    assert isinstance(events[-1], int) and events.index("metric") > 0
+    first_distances = events.index("distances")
+    first_metric = events.index("metric")
+    during_silhouette = sum(e for e in events[first_distances:first_metric] if isinstance(e, int))
+    assert during_silhouette == len(ks)
+    if sample is None:  # one exact pass: its steps come while it runs, not all at its end
+        assert sum(isinstance(e, int) for e in events[first_distances:first_metric]) > 1

@@ -320,14 +320,18 @@ def test_silhouette_oom_halves_the_tile(monkeypatch):
     real = silhouette._cluster_distance_sums_torch
     seen = []
 
-    def flaky(Xc, onehot, chunk_size):
+    def flaky(Xc, onehot, chunk_size, done=None):
         seen.append(chunk_size)
         if chunk_size > 40:
+            if done is not None:
+                done(0.5)  # progress reported before the failure is not reported again by the retry
             raise _oom()
-        return real(Xc, onehot, chunk_size)
+        return real(Xc, onehot, chunk_size, done)
 
     monkeypatch.setattr(silhouette, "_cluster_distance_sums_torch", flaky)
-    result = select.search_k(x, [2, 3, 4], "torch")
+    steps = []
+    result = select.search_k(x, [2, 3, 4], "torch", progress=steps.append)
+    assert sum(steps) == select.search_progress_steps(3)
     assert seen[0] == silhouette._auto_chunk(180, x.device) and seen[-1] <= 40 and len(seen) >= 2
     assert result.oom_halvings["silhouette"] == len(seen) - 1
     for k in (2, 3, 4):
