@@ -85,7 +85,7 @@ def test_report_command_rebuilds_from_saved_outputs(three_groups, runner, tmp_pa
     result = runner.invoke(app, ["report", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "report" / "index.html").is_file()
-    assert len(list((out / "report" / "montages").glob("cluster_*.png"))) == 3
+    assert len(list((out / "report" / "montages").glob("cluster_*.jpg"))) == 3
 
 
 def test_report_command_on_a_non_run_is_exit_2(runner, tmp_path):

@@ -60,7 +60,7 @@ EXPECTED = {
     "plots/pca_variance.png", "plots/silhouette_vs_k.png", "plots/metrics_vs_k.png",
     f"plots/silhouette_k{K - 1}.png", f"plots/silhouette_k{K}.png", f"plots/silhouette_k{K + 1}.png",
     "plots/cluster_sizes.png", "plots/scatter_2d.png",
-    *(f"montages/cluster_{c}.png" for c in range(K)),
+    *(f"montages/cluster_{c}.jpg" for c in range(K)),
     *(f"clusters/cluster_{c}.csv" for c in range(K)),
 }
 
@@ -105,7 +105,7 @@ def test_pngs_have_the_documented_sizes(built):
         with Image.open(root / "plots" / f"silhouette_k{kk}.png") as img:
             assert img.size == plots.SIZES["silhouette"]
     for cid, size in enumerate(SIZES):
-        with Image.open(root / "montages" / f"cluster_{cid}.png") as img:
+        with Image.open(root / "montages" / f"cluster_{cid}.jpg") as img:
             img.load()
             assert img.size == montage.layout(*_montage_counts(size)).size
 
@@ -127,7 +127,7 @@ def test_html_links_only_to_files_that_exist(built):
         assert fake.run_dir.resolve() in target.parents, f"link leaves the run directory: {link}"
     assert "../skipped.csv" in page.links
     srcs = {a["src"] for tag, a in page.tags if tag == "img"}
-    assert srcs == {f for f in EXPECTED if f.endswith(".png")}  # every plot and montage is on the page
+    assert srcs == {f for f in EXPECTED if f.endswith((".png", ".jpg"))}  # every plot and montage is on the page
     for tag, _ in page.tags:
         assert tag not in ("script", "link", "iframe"), f"page must be self-contained, found <{tag}>"
 
@@ -241,7 +241,7 @@ def test_select_members_nearest_first_then_farthest():
 
 def test_montage_shows_nearest_first_and_marks_the_farthest(built):
     fake, index = built
-    with Image.open(index.parent / "montages" / "cluster_0.png") as img:
+    with Image.open(index.parent / "montages" / "cluster_0.jpg") as img:
         img = img.convert("RGB")
     n_near, n_far = _montage_counts(SIZES[0])
     geo = montage.layout(n_near, n_far)
@@ -251,7 +251,8 @@ def test_montage_shows_nearest_first_and_marks_the_farthest(built):
     for box in geo.far_boxes:
         assert np.allclose(_tile_pixel(img, box), YELLOW, atol=3)  # the farthest members are the yellow ones
         x0, y0, _, _ = box
-        assert np.allclose(img.getpixel((x0 - 2, y0 + 20)), montage.OUTLIER_RED, atol=3)  # red frame
+        # red frame (montages are JPEG: a thin line beside a yellow tile comes back within a few levels)
+        assert np.allclose(img.getpixel((x0 - 2, y0 + 20)), montage.OUTLIER_RED, atol=8)
     assert geo.label_box is not None
 
 
@@ -261,7 +262,7 @@ def test_broken_image_in_a_montage_becomes_a_placeholder(tmp_path):
     Path(fake.paths[nearest[0]]).write_bytes(Path(fake.paths[nearest[0]]).read_bytes()[:200])  # truncated JPEG
     Path(fake.paths[nearest[1]]).unlink()  # deleted since the run
     index = build_report(fake.run_dir, num_threads=2)
-    with Image.open(index.parent / "montages" / "cluster_1.png") as img:
+    with Image.open(index.parent / "montages" / "cluster_1.jpg") as img:
         img = img.convert("RGB")
     geo = montage.layout(*_montage_counts(SIZES[1]))
     assert _tile_pixel(img, geo.near_boxes[0], "corner") == montage.PLACEHOLDER
