@@ -12,6 +12,7 @@ crash leaves the previous file or none, never half a file.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -20,7 +21,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -95,16 +96,18 @@ def _umask_mode() -> int:
 _FILE_MODE = _umask_mode()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` via a temp file in the same folder + fsync + rename.
-    The file gets the usual umask mode (mkstemp alone would leave it 0600)."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_args) -> Iterator:
+    """Open a temp file in path's folder for writing; on success fsync it and rename it to `path`,
+    on an error remove it (so `path` is the previous file or none, never half a file). The file
+    gets the usual umask mode (mkstemp alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        with os.fdopen(fd, mode, **open_args) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -114,7 +117,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         except OSError:
             pass
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (see atomic_file)."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path, text: str) -> Path:
@@ -123,7 +132,10 @@ def atomic_write_text(path, text: str) -> Path:
 
 def path_to_text(path) -> str:
     """A path as CSV text; non-UTF-8 names are kept reversibly with surrogateescape -> backslash escapes."""
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = os.fsdecode(path)
+    if text.isascii():  # the common case, ~3x faster than the round trip below
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _ESCAPED_BYTE = re.compile(r"\\udc([89a-f][0-9a-f])")
@@ -144,12 +156,13 @@ def file_for_text(text: str, base: str | os.PathLike | None = None) -> str:
 
 
 def write_csv(path, header: list[str], rows: Iterable[Iterable]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([path_to_text(v) if isinstance(v, (os.PathLike,)) else v for v in row])
-    return atomic_write_text(path, buffer.getvalue())
+    """Rows (paths already as path_to_text) streamed to the file, atomically: at 10M rows the
+    whole text built in memory first was ~1.4 GiB and 8x slower (scale audit)."""
+    with atomic_file(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return Path(path)
 
 
 def read_csv(path) -> list[dict[str, str]]:
@@ -194,8 +207,8 @@ def remove_stale(out_dir, features: bool, report: bool) -> None:
 
 def write_predictions(out_dir, paths, labels) -> Path:
     """paths: n paths (str/Path); labels: (n,) int cluster ids."""
-    return write_csv(Path(out_dir) / PREDICTIONS, ["path", "cluster"],
-                     ((path_to_text(p), int(c)) for p, c in zip(paths, labels)))
+    labels = labels.tolist() if isinstance(labels, np.ndarray) else [int(c) for c in labels]
+    return write_csv(Path(out_dir) / PREDICTIONS, ["path", "cluster"], zip(map(path_to_text, paths), labels))
 
 
 def write_skipped(out_dir, skipped, name: str = SKIPPED) -> Path:
