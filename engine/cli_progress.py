@@ -1,8 +1,12 @@
-"""The CLI's Reporter: rich progress bars with ETA, notices as one dim line on stderr."""
+"""The CLI's Reporter: rich progress bars with ETA, notices as one dim line on stderr.
+
+When stderr is not a terminal (a long job logging to a file) a bar would print only once, at
+the end of its stage; there a plain line reports the progress every `progress_interval` seconds.
+"""
 from __future__ import annotations
 
 import contextlib
-import sys
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -12,9 +16,10 @@ from .progress import Reporter
 
 
 class RichReporter(Reporter):
-    def __init__(self, console: Console | None = None, quiet: bool = False):
+    def __init__(self, console: Console | None = None, quiet: bool = False, progress_interval: float = 30.0):
         self.console = console or Console(stderr=True)
         self.quiet = quiet
+        self.progress_interval = progress_interval  # seconds between plain progress lines (not a terminal)
         self._seen: set[str] = set()
 
     def notify(self, message: str) -> None:
@@ -33,10 +38,14 @@ class RichReporter(Reporter):
         if self.quiet:
             yield lambda n: None
             return
+        if not self.console.is_terminal:
+            plain = _PlainProgress(self.console, description, total, self.progress_interval)
+            yield plain.advance
+            plain.close()
+            return
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[speed_text]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-        with Progress(*columns, console=self.console, transient=False,
-                      disable=not self.console.is_terminal and "pytest" in sys.modules) as progress:
+        with Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task(description, total=total, speed_text="")
 
             def advance(n: int) -> None:
@@ -45,3 +54,40 @@ class RichReporter(Reporter):
                 progress.update(task, speed_text=f"{speed:,.0f}/s" if speed else "")
 
             yield advance
+
+
+class _PlainProgress:
+    """Progress as plain lines, at most one per `interval` seconds, and a last one at the end when
+    any was printed (a stage shorter than the interval prints nothing)."""
+
+    def __init__(self, console: Console, description: str, total: int, interval: float):
+        self.console, self.description, self.total, self.interval = console, description, total, interval
+        self.done = 0
+        self.start = self.last = time.monotonic()
+        self.printed = False
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._line(now)
+
+    def close(self) -> None:
+        if self.printed:
+            self._line(time.monotonic())
+
+    def _line(self, now: float) -> None:
+        elapsed = now - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        share = f" ({100 * self.done / self.total:.0f} %)" if self.total else ""
+        eta = f", ETA {_duration((self.total - self.done) / rate)}" if rate and self.done < self.total else ""
+        self.console.print(f"{escape(self.description)}: {self.done:,}/{self.total:,}{share}, {rate:,.1f}/s, "
+                           f"{_duration(elapsed)} elapsed{eta}", highlight=False, soft_wrap=True)
+        self.printed = True
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
