@@ -123,6 +123,11 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
     if reduced.is_cuda:
         torch.cuda.synchronize(reduced.device)  # charge the projection to "pca", not to "kmeans"
     timings["pca"] = _stage(time.perf_counter() - t0, n)
+    if pca.mode == "streamed":
+        # fitted and applied batch by batch inside "extract": a rate over the ~0 s left here
+        # read as billions of images/s
+        timings["pca"]["images_per_s"] = None
+        timings["pca"]["within"] = "extract"
     if pca.mode == "sampled":
         reporter.notify(f"PCA fitted on a seeded sample of {pca.fit_rows} of {n} images")
     requested = config.reduce.pca

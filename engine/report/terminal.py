@@ -58,7 +58,8 @@ def run_table(summary: dict) -> Table:
         table.add_row("[bold]stage[/]", "[bold]seconds · images/s[/]")
         for stage, t in timings.items():
             t = t or {}
-            table.add_row(stage, f"{_num(t.get('seconds'), 2)} s · {_num(t.get('images_per_s'), 1)} img/s")
+            rate = f"within {t['within']}" if t.get("within") else f"{_num(t.get('images_per_s'), 1)} img/s"
+            table.add_row(stage, f"{_num(t.get('seconds'), 2)} s · {rate}")
     return table
 
 
