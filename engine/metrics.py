@@ -8,49 +8,82 @@ from __future__ import annotations
 import torch
 
 
-def _present(labels: torch.Tensor):
-    ids, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    return ids, inverse, counts
+# rows per chunk of the one pass over X: bounds the float32 temporaries to ~chunk x d
+_CHUNK_ROWS = 16_384
 
 
-def _centroids(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    k = counts.shape[0]
-    sums = torch.zeros((k, x.shape[1]), dtype=torch.float64, device=x.device).index_add_(0, inverse, x.double())
-    return sums / counts[:, None].double()
+class _Geometry:
+    """What both metrics need, from one pass over X: cluster sizes (k,), centroids (k, d) and
+    per-sample squared distance to the own centroid (n,), float64 results.
+
+    The pass runs in chunks of rows with float32 operands and float64 accumulation: the per-cluster
+    sums as a one-hot matrix product (BLAS, all cores) and the distances from X minus its gathered
+    centroid. X is centred on its mean first, so the centroids are small next to the spread of
+    the points around them (what float32 rounding of a centroid would otherwise cost). Before: full
+    float64 copies of X and single-threaded scatters, 0.75 + 0.61 s at 80,000 x 200, K = 20.
+    """
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor):
+        ids, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+        self.k = int(counts.shape[0])
+        self.n = int(x.shape[0])
+        self.counts = counts.double()
+        self.inverse = inverse
+        x = x.float()
+        shift = x.mean(0)  # float32 (torch sums it pairwise); only a shift, the sums below are exact about it
+        sums = torch.zeros((self.k, x.shape[1]), dtype=torch.float64, device=x.device)
+        for start in range(0, self.n, _CHUNK_ROWS):
+            rows = x[start:start + _CHUNK_ROWS] - shift
+            onehot = torch.zeros((self.k, rows.shape[0]), dtype=torch.float32, device=x.device)
+            onehot[inverse[start:start + _CHUNK_ROWS], torch.arange(rows.shape[0], device=x.device)] = 1.0
+            sums += (onehot @ rows).double()
+        self.centred_centers = sums / self.counts[:, None]  # centroids minus the data mean
+        centers32 = self.centred_centers.float()
+        self.sq_dist = torch.empty(self.n, dtype=torch.float64, device=x.device)
+        for start in range(0, self.n, _CHUNK_ROWS):
+            diff = x[start:start + _CHUNK_ROWS] - shift - centers32[inverse[start:start + _CHUNK_ROWS]]
+            self.sq_dist[start:start + _CHUNK_ROWS] = (diff * diff).sum(1)  # d terms in float32: ~1e-7 relative
 
 
-def calinski_harabasz(x: torch.Tensor, labels: torch.Tensor) -> float:
-    """(between-cluster dispersion / (k-1)) / (within-cluster dispersion / (n-k)); higher is better."""
-    _, inverse, counts = _present(labels)
-    n, k = x.shape[0], counts.shape[0]
-    if k < 2 or n == k:
+def _calinski_harabasz(g: _Geometry) -> float:
+    if g.k < 2 or g.n == g.k:
         return float("nan")
-    xd = x.double()
-    centers = _centroids(x, inverse, counts)
-    mean = xd.mean(0)
-    between = float((counts.double() * ((centers - mean) ** 2).sum(1)).sum())
-    within = float(((xd - centers[inverse]) ** 2).sum())
+    between = float((g.counts * (g.centred_centers ** 2).sum(1)).sum())  # centres are relative to the mean
+    within = float(g.sq_dist.sum())
     if within == 0:
         return 1.0
-    return between * (n - k) / (within * (k - 1))
+    return between * (g.n - g.k) / (within * (g.k - 1))
 
 
-def davies_bouldin(x: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean over clusters of the worst (s_i + s_j) / d(c_i, c_j); lower is better."""
-    _, inverse, counts = _present(labels)
-    k = counts.shape[0]
-    if k < 2:
+def _davies_bouldin(g: _Geometry) -> float:
+    if g.k < 2:
         return float("nan")
-    centers = _centroids(x, inverse, counts)
-    dist_to_center = (x.double() - centers[inverse]).norm(dim=1)
-    scatter = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, inverse, dist_to_center) / counts.double()
-    center_dist = torch.cdist(centers, centers)
-    if bool((scatter == 0).all()) or bool((center_dist[~torch.eye(k, dtype=torch.bool, device=x.device)] == 0).all()):
+    scatter = torch.zeros(g.k, dtype=torch.float64, device=g.sq_dist.device).index_add_(
+        0, g.inverse, g.sq_dist.sqrt()) / g.counts
+    center_dist = torch.cdist(g.centred_centers, g.centred_centers)
+    off_diagonal = ~torch.eye(g.k, dtype=torch.bool, device=center_dist.device)
+    if bool((scatter == 0).all()) or bool((center_dist[off_diagonal] == 0).all()):
         return 0.0
     ratio = (scatter[:, None] + scatter[None, :]) / center_dist
     ratio[~torch.isfinite(ratio)] = 0.0  # coincident centers, as scikit-learn
     ratio.fill_diagonal_(0.0)
     return float(ratio.max(dim=1).values.mean())
+
+
+def cluster_scores(x: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(calinski_harabasz, davies_bouldin) from one shared pass over x: what the K search uses."""
+    g = _Geometry(x, labels)
+    return _calinski_harabasz(g), _davies_bouldin(g)
+
+
+def calinski_harabasz(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """(between-cluster dispersion / (k-1)) / (within-cluster dispersion / (n-k)); higher is better."""
+    return _calinski_harabasz(_Geometry(x, labels))
+
+
+def davies_bouldin(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over clusters of the worst (s_i + s_j) / d(c_i, c_j); lower is better."""
+    return _davies_bouldin(_Geometry(x, labels))
 
 
 def balance(labels: torch.Tensor, k: int) -> float:

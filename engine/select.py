@@ -16,7 +16,7 @@ import torch
 from .cluster import CHUNK_BUDGET, KMeansResult, fit_kmeans, is_oom
 from .kmeans_all_k import kmeans_all_k
 from .errors import InputError
-from .metrics import balance, calinski_harabasz, davies_bouldin
+from .metrics import balance, cluster_scores
 from .silhouette import SilhouetteResult, _auto_chunk, default_exact_limit, silhouette_all_k
 
 
@@ -226,8 +226,9 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     for k in ks:
         labels = fits[k].labels
         sil = silhouettes[k]
+        ch, db = cluster_scores(x, labels)
         scores.append(KScore(k=k, silhouette=float(sil.mean), inertia=float(fits[k].inertia),
-                             calinski_harabasz=calinski_harabasz(x, labels), davies_bouldin=davies_bouldin(x, labels),
+                             calinski_harabasz=ch, davies_bouldin=db,
                              fraction_negative=float(sil.fraction_negative), balance=balance(labels, k),
                              cluster_sizes=[int(s) for s in sizes[k]]))
         if progress:

@@ -104,6 +104,25 @@ def test_metrics_match_sklearn(blobs):
     assert balance(torch.tensor([0, 0, 1, 1, 1, 1]), 2) == 0.5
 
 
+@pytest.mark.parametrize("offset, spread", [(1e3, 1.0), (0.0, 1e-3), (50.0, 0.01)])
+def test_metrics_match_sklearn_for_tight_clusters_far_from_the_origin(offset, spread):
+    """The float32 pass (chunked, centred on the mean) against scikit-learn's float64, where float32
+    rounding hurts most: clusters small next to their distance from the origin and from each other.
+    More rows than one chunk, so the chunked sums are exercised."""
+    from engine import metrics
+
+    rng = np.random.default_rng(0)
+    centers = offset + rng.normal(size=(5, 16)) * 3
+    y = rng.integers(0, 5, metrics._CHUNK_ROWS + 5000)
+    x = (centers[y] + spread * rng.normal(size=(len(y), 16))).astype(np.float32)
+    ch, db = metrics.cluster_scores(torch.from_numpy(x), torch.from_numpy(y))
+    # the reference in float64 on the same values (scikit-learn on float32 input takes float32
+    # centroids, whose rounding at offset 1e3 is itself ~4e-5 of the DB score)
+    x64 = x.astype(np.float64)
+    assert ch == pytest.approx(calinski_harabasz_score(x64, y), rel=1e-5)
+    assert db == pytest.approx(davies_bouldin_score(x64, y), rel=1e-5)
+
+
 def test_search_k_picks_true_k_and_every_metric(blobs):
     x, _ = blobs
     search = search_k(x, range(2, 10), seed=0)
@@ -150,8 +169,8 @@ def test_search_k_progress_moves_through_the_silhouettes_and_ends_after_the_metr
 
     x, _ = blobs
     events = []
-    real_db = select_mod.davies_bouldin
-    monkeypatch.setattr(select_mod, "davies_bouldin", lambda *a: events.append("metric") or real_db(*a))
+    real_scores = select_mod.cluster_scores
+    monkeypatch.setattr(select_mod, "cluster_scores", lambda *a: events.append("metric") or real_scores(*a))
     real_sums = silhouette_mod._cluster_distance_sums_torch
     monkeypatch.setattr(silhouette_mod, "_cluster_distance_sums_torch",
                         lambda *a: events.append("distances") or real_sums(*a))
