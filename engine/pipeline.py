@@ -26,7 +26,7 @@ from .progress import Reporter
 from .reduce import PCAResult, fit_pca
 from .report import outputs
 from .select import KSearch, search_k, search_progress_steps, usable_ks
-from .sources import discover, no_images_message
+from .sources import RunOutputs, discover, no_images_message
 from .versions import imgcluster_version, versions
 
 
@@ -146,25 +146,12 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
     return pca, reduced, search, timings
 
 
-def _outside(paths: list[Path], out_dir: Path, inputs) -> tuple[list[Path], int]:
-    """(paths not in out_dir/report's plots/, montages/ or clusters/, how many were): a run written
-    inside the folder it clusters must not take its own report's PNGs as input the next time (the
-    only images a run writes). Only folder inputs that contain out_dir are looked at, by path
-    prefix (no stat per file); a glob input or a symlinked --out is not recognised."""
-    out_real = os.path.realpath(out_dir)
-    prefixes = []
-    for arg in inputs:
-        arg = os.fspath(arg)
-        if isinstance(arg, bytes) or arg.startswith("@") or not os.path.isdir(arg):
-            continue
-        in_real = os.path.realpath(arg)
-        if out_real == in_real or out_real.startswith(in_real.rstrip(os.sep) + os.sep):
-            report = Path(arg) / os.path.relpath(out_real, in_real) / outputs.REPORT
-            prefixes += [str(report / sub) + os.sep for sub in outputs.REPORT_SUBDIRS]
-    if not prefixes:
-        return paths, 0
-    kept = [p for p in paths if not str(p).startswith(tuple(prefixes))]
-    return kept, len(paths) - len(kept)
+def run_outputs(out_dir) -> RunOutputs:
+    """The files a run writes in out_dir, which the next run over a folder holding out_dir must
+    not take as inputs (the report's JPEG montages) nor count as ignored files."""
+    report_dirs = [os.path.join(outputs.REPORT, sub) for sub in outputs.REPORT_SUBDIRS]
+    names = [outputs.PREDICTIONS, outputs.SKIPPED, outputs.SUMMARY, outputs.ANALYSIS, outputs.FEATURES]
+    return RunOutputs.of(out_dir, skip=report_dirs, quiet=[outputs.REPORT, "features"], names=names)
 
 
 def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: str | os.PathLike | None = None,
@@ -176,11 +163,11 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     timings: dict[str, dict[str, float]] = {}
 
     t0 = time.perf_counter()
-    found = discover(list(inputs))
-    if out_dir is not None:
-        found.paths, own = _outside(found.paths, out_dir, inputs)
-        if own:
-            reporter.notify(f"Left out {own} image(s) of an earlier run's report in {Path(out_dir) / outputs.REPORT}")
+    own = run_outputs(out_dir) if out_dir is not None else None
+    found = discover(list(inputs), own)
+    if own is not None and own.left_out:
+        reporter.notify(f"Left out the earlier run's own files in {out_dir} (its report, feature cache and CSVs): "
+                        "they are outputs, not inputs")
     timings["discover"] = _stage(time.perf_counter() - t0, len(found.paths))
     if found.ignored and found.paths:
         reporter.notify(found.ignored_note())

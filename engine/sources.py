@@ -64,6 +64,57 @@ class Discovery:
         return f"{n} file{'s' if n != 1 else ''} ignored (not named like images: {self.ignored_extensions()})"
 
 
+def _dir_key(path) -> tuple[int, int] | None:
+    """(device, inode) of a folder; None when it is not one (or not there)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+@dataclass
+class RunOutputs:
+    """A run's output folder that may lie inside its inputs: the files the run writes there are
+    not inputs of the next run (its report's JPEG montages would be clustered, its CSVs counted
+    as ignored). Folders are known by (device, inode), so a symlinked --out or one reached
+    through a glob is recognised too. `left_out` says whether any of them was passed over."""
+
+    folder: tuple[int, int] | None  # (device, inode) of the output folder; None when it does not exist yet
+    skip_dirs: frozenset  # (device, inode) of the run's own image folders (the report's montages, ...): not entered
+    quiet_dirs: frozenset  # of folders whose other files are the run's (report/, features/): not counted as ignored
+    own_names: frozenset  # the run's own files directly in the folder (predictions.csv, ...)
+    left_out: bool = False
+    _dir_keys: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, folder: str | os.PathLike, skip: Sequence[str], quiet: Sequence[str], names: Sequence[str]) -> "RunOutputs":
+        """skip: relative paths of the run's own image folders (not entered: only the run writes
+        there); quiet: of its folders that a user's images could share (walked, images taken,
+        other files not counted); names: its own files in `folder`."""
+        def keys(subs):
+            found = {_dir_key(os.path.join(folder, sub)) for sub in subs}
+            found.discard(None)
+            return frozenset(found)
+
+        return cls(_dir_key(folder), keys(skip), keys(quiet), frozenset(names))
+
+    def skips_dir(self, dir_key: tuple[int, int]) -> bool:
+        return dir_key in self.skip_dirs
+
+    def owns(self, path: str) -> bool:
+        """Whether a file found by a glob is the run's own (by the identity of its folder)."""
+        parent = os.path.dirname(path) or "."
+        if parent not in self._dir_keys:
+            try:
+                st = os.stat(parent)
+                self._dir_keys[parent] = (st.st_dev, st.st_ino)
+            except OSError:
+                self._dir_keys[parent] = None
+        parent_key = self._dir_keys[parent]
+        return parent_key in self.skip_dirs or (parent_key == self.folder and os.path.basename(path) in self.own_names)
+
+
 def no_images_message(inputs: Sequence[str | bytes | os.PathLike], found: Discovery,
                       skipped_csv: str | None = None) -> str:
     """The one-line error for a discovery that found no image: what was there instead.
@@ -85,11 +136,13 @@ def no_images_message(inputs: Sequence[str | bytes | os.PathLike], found: Discov
 
 
 def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
-          avoid: frozenset = frozenset()) -> list[Path]:
+          avoid: frozenset = frozenset(), outputs: RunOutputs | None = None) -> list[Path]:
     """All image-extension files under `folder`, following symlinked folders once (no loops),
     sorted as Path objects sort (component by component). The other files are counted in
     `ignored` by extension (from the names os.walk gives: no stat). avoid: (device, inode) of
     folders not to enter (a glob's folder above this one: a link back up to it is a loop).
+    outputs: a run's output folder, whose own subfolders are not entered and whose own files are
+    neither taken nor counted.
 
     Strings until the end: a Path per file before filtering and sorting cost 21.6 us a file
     (100,000 files on the VM), which is 3.6 minutes for 10 million."""
@@ -113,6 +166,16 @@ def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
             dirs[:] = []
             continue
         seen_dirs.add(key)
+        if outputs is not None:
+            if outputs.skips_dir(key):
+                dirs[:] = []
+                outputs.left_out = True
+                continue
+            if key == outputs.folder:
+                outputs.left_out = outputs.left_out or any(name in outputs.own_names for name in files)
+                files = [name for name in files if name not in outputs.own_names]
+            elif key in outputs.quiet_dirs:
+                files = [name for name in files if has_image_extension(name)]
         dirs.sort()
         for name in files:
             if has_image_extension(name):
@@ -141,7 +204,8 @@ def _read_list(list_file: Path, skipped: list) -> list[Path]:
     return out
 
 
-def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter) -> list[Path]:
+def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
+            outputs: RunOutputs | None = None) -> list[Path]:
     text = os.fsdecode(arg)  # bytes names (not UTF-8) become str with surrogate escapes, as os.listdir gives
     if isinstance(text, str) and text.startswith("@"):
         list_file = Path(text[1:])
@@ -149,34 +213,38 @@ def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter) -> 
             raise InputError(f"path list not found: {list_file}")
         items = []
         for entry in _read_list(list_file, skipped):
-            items.extend(_expand_path(entry, skipped, ignored, explicit=True))
+            items.extend(_expand_path(entry, skipped, ignored, explicit=True, outputs=outputs))
         return items
-    return _expand_path(Path(text), skipped, ignored, explicit=False)
+    return _expand_path(Path(text), skipped, ignored, explicit=False, outputs=outputs)
 
 
-def _expand_path(path: Path, skipped: list, ignored: Counter, explicit: bool) -> list[Path]:
+def _expand_path(path: Path, skipped: list, ignored: Counter, explicit: bool,
+                 outputs: RunOutputs | None = None) -> list[Path]:
     if path.is_dir():
-        return _walk(path, skipped, ignored)
+        return _walk(path, skipped, ignored, outputs=outputs)
     if path.exists():
         return [path]  # an explicit file is taken whatever its extension; content decides
     if path.is_symlink():
         return [path]  # broken or looping: discover() says which
     text = os.fspath(path)
     if glob.has_magic(text):
-        return _expand_glob(text, skipped, ignored)
+        return _expand_glob(text, skipped, ignored, outputs)
     if explicit:
         skipped.append((path, "listed file not found"))
         return []
     raise InputError(f"path not found: {text}")
 
 
-def _expand_glob(text: str, skipped: list, ignored: Counter) -> list[Path]:
-    """The files a glob names, sorted as Paths; a matching folder is walked in its place."""
+def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs | None = None) -> list[Path]:
+    """The files a glob names, sorted as Paths; a matching folder is walked in its place. A run's
+    own files (outputs.owns) are left out."""
     entries: list[tuple[Path, frozenset | None]] = []  # (path, None for a file or the ids to avoid in a folder)
     if is_recursive(text):
         files, folders, matched = recursive_glob(text, skipped)
         for f in files:
-            if has_image_extension(os.path.basename(f)):
+            if outputs is not None and outputs.owns(f):
+                outputs.left_out = True
+            elif has_image_extension(os.path.basename(f)):
                 entries.append((Path(f), None))
             else:
                 ignored[name_suffix(os.path.basename(f))] += 1
@@ -188,6 +256,8 @@ def _expand_glob(text: str, skipped: list, ignored: Counter) -> list[Path]:
             p = Path(m)
             if p.is_dir():
                 entries.append((p, frozenset()))
+            elif outputs is not None and outputs.owns(m):
+                outputs.left_out = True
             elif has_image_extension(p.name):
                 entries.append((p, None))
             else:
@@ -197,12 +267,14 @@ def _expand_glob(text: str, skipped: list, ignored: Counter) -> list[Path]:
     entries.sort(key=lambda entry: entry[0])
     out: list[Path] = []
     for p, avoid in entries:
-        out.extend([p] if avoid is None else _walk(p, skipped, ignored, avoid))
+        out.extend([p] if avoid is None else _walk(p, skipped, ignored, avoid, outputs))
     return out
 
 
-def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> Discovery:
-    """Expand `inputs` into a deterministic list of image files.
+def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
+             outputs: RunOutputs | None = None) -> Discovery:
+    """Expand `inputs` into a deterministic list of image files. outputs: a run's output folder
+    whose own files are not inputs (see RunOutputs); explicitly named files are taken anyway.
 
     Raises InputError for a missing path or empty glob (a user mistake). Files that exist but
     cannot be used at this stage (broken symlink, duplicate) go to `skipped` with a reason; files
@@ -215,7 +287,7 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> Discove
     result = Discovery()
     seen: dict[tuple[int, int], Path] = {}
     for arg in inputs:
-        for path in _expand(arg, result.skipped, result.ignored):
+        for path in _expand(arg, result.skipped, result.ignored, outputs):
             try:
                 st = os.stat(path)
             except OSError as exc:

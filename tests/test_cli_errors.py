@@ -191,7 +191,11 @@ def test_recluster_keeps_a_saved_features_file_in_step(three_groups, runner, tmp
     assert len(read_rows(out / "predictions.csv")) == after.shape[0]
 
 
-def test_out_inside_the_input_folder_does_not_cluster_its_own_report(three_groups, runner, tmp_path):
+@pytest.mark.parametrize("how", ["folder", "glob", "symlinked out"])
+def test_out_inside_the_input_folder_does_not_cluster_its_own_report(three_groups, runner, tmp_path, how):
+    """The report's montages are JPEGs: a second run over a folder holding the first run's output
+    must not cluster them (whether the input is the folder, a ** glob, or --out is a symlink into
+    it), nor count the run's own CSVs and cache files as ignored."""
     import shutil
 
     from tests.helpers import read_rows
@@ -199,14 +203,21 @@ def test_out_inside_the_input_folder_does_not_cluster_its_own_report(three_group
     photos = tmp_path / "photos"
     shutil.copytree(three_groups, photos)
     n = len(list(photos.rglob("*.jpg")))
+    inputs = [str(photos / "**" / "*.jpg")] if how == "glob" else [str(photos)]
+    out = photos / "results"
+    if how == "symlinked out":
+        (tmp_path / "elsewhere").mkdir()
+        out.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+        out = tmp_path / "link-to-results"
+        out.symlink_to(photos / "results", target_is_directory=True)
     for _ in range(2):
-        result = runner.invoke(app, ["run", str(photos), "--out", str(photos / "results"), "--model", "pixels",
-                                     "--k", "3"])
+        result = runner.invoke(app, ["run", *inputs, "--out", str(out), "--model", "pixels", "--k", "3"])
         assert result.exit_code == 0, result.output
-        rows = read_rows(photos / "results" / "predictions.csv")
+        rows = read_rows(out / "predictions.csv")
         assert len(rows) == n and not any("/results/" in r["path"] for r in rows)
-    assert list((photos / "results" / "report").rglob("*.png"))  # there was something to leave out
-    assert "earlier run's report" in " ".join(result.output.split())
+    assert list((out / "report" / "montages").glob("*.jpg"))  # there was something to leave out
+    text = " ".join(result.output.split())
+    assert "Left out the earlier run's own files" in text and "ignored" not in text
 
 
 def test_two_good_images_say_three_are_needed(three_groups, runner, tmp_path):
