@@ -563,3 +563,10 @@ def test_the_report_does_not_import_torch():
     code = "import sys, engine.report.builder, engine.export; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_long_pca_spectrum_gets_a_log_axis():
+    """3 components kept of 2,048 sat squeezed against the left edge on a linear axis."""
+    long = plots.pca_variance(np.full(2048, 1 / 2048), 3)
+    short = plots.pca_variance(np.full(20, 1 / 20), 3)
+    assert long.axes[0].get_xscale() == "log" and short.axes[0].get_xscale() == "linear"

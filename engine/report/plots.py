@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 DPI = 100
 # Pixel sizes (width, height) of every PNG the report writes, by plot kind.
@@ -85,6 +86,9 @@ def _k_axis(ax, ks: np.ndarray) -> None:
     ax.grid(True, alpha=0.3)
 
 
+LOG_AXIS_FROM = 64  # spectra longer than this get a log component axis
+
+
 def pca_variance(explained_variance_ratio: np.ndarray, n_components: int) -> Figure:
     """Cumulative explained variance of the PCA components with the number kept marked.
 
@@ -102,9 +106,17 @@ def pca_variance(explained_variance_ratio: np.ndarray, n_components: int) -> Fig
         ax.axhline(kept, color=CHOSEN_COLOR, linestyle=":", linewidth=1)
         ax.plot([n_components], [kept], marker="o", markersize=9, color=CHOSEN_COLOR, linestyle="none",
                 gid="n-components", label=f"{n_components} components kept: {kept:.1f} %")
-    ax.set_xlim(0, max(evr.size, 1) + 1)
+    if evr.size > LOG_AXIS_FROM:
+        # a 2048-d spectrum on a linear axis squeezes the first tens of components (where the
+        # variance is, and often the count kept) into the left edge
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 1, 10, 100, not 10^0
+        ax.set_xlim(0.9, evr.size * 1.1)
+        ax.set_xlabel("number of principal components (log scale)")
+    else:
+        ax.set_xlim(0, max(evr.size, 1) + 1)
+        ax.set_xlabel("number of principal components")
     ax.set_ylim(0, 101)
-    ax.set_xlabel("number of principal components")
     ax.set_ylabel("cumulative explained variance (%)")
     ax.set_title("PCA: cumulative explained variance")
     ax.grid(True, alpha=0.3)
