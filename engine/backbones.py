@@ -74,6 +74,23 @@ class Backbone:
     cuda_graphs: bool = False  # replay the forward from CUDA graphs (engine.cuda_graphs)
     _graphed: "GraphedForward | None" = field(default=None, init=False, repr=False)
 
+    def prepare_graphs(self, batch_size: int, input_dtype: torch.dtype = torch.float16) -> None:
+        """With cuda_graphs: capture the forward for `batch_size` now, before a loader runs (see
+        engine.cuda_graphs), and capture no other size afterwards. No-op otherwise."""
+        if not self.cuda_graphs or batch_size < 1:
+            return
+        if self._graphed is not None:
+            self._graphed.capture_new = True  # no loader runs now (between extraction passes too)
+        self(torch.zeros((batch_size, 3, 224, 224), dtype=input_dtype, device=self.device), pad_to=batch_size)
+        self._graphed.capture_new = False
+
+    def release_graphs(self) -> None:
+        """Free the captured graphs' memory (after extraction: the clustering needs it)."""
+        if self._graphed is not None:
+            self._graphed.clear()
+            self._graphed.capture_new = True
+            torch.cuda.empty_cache()
+
     @property
     def static_shapes(self) -> bool:
         """Whether every new batch size costs a compile or a graph capture: callers then pad

@@ -114,6 +114,9 @@ class FeatureConfig:
         validate_model(self.model)
         self.compile = _flag("compile", self.compile)
         self.cuda_graphs = _flag("cuda_graphs", self.cuda_graphs)
+        if self.compile and self.cuda_graphs:
+            # a compiled model inside our own capture should work, but no GPU run has tried it
+            raise ConfigError("compile=True and cuda_graphs=True together are not tested yet: use one of them")
         self.batch_size = check_integer("batch_size", self.batch_size, 1, optional=True)
         self.num_threads = check_integer("num_threads", self.num_threads, 1, optional=True)
         self.io_threads = check_integer("io_threads", self.io_threads, 1, optional=True)

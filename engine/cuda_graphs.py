@@ -13,8 +13,14 @@ Rules a graph imposes, and how GraphedForward meets them:
 - no allocation or host sync inside: warm-up runs first (cuDNN's autotuning, cuBLAS handles,
   the caching allocator) on the capture stream, and autocast's weight-cast cache is off while
   capturing (cached casts would be freed when the autocast block ends, under the graph's feet);
-- the loader keeps running CUDA work on its own threads: capture_error_mode="thread_local", so
-  only this thread's calls are checked during capture.
+- no other CUDA work in the process while capturing: a device-wide sync or a cudaMalloc from
+  another thread (nvJPEG allocates with its own allocators; DALI runs its own threads) can
+  invalidate the capture. So extraction captures before its loader starts (`prepare`), and
+  after that (`capture_new = False`) a batch of a new shape (after an out-of-memory halving)
+  runs the plain forward instead of capturing next to a running loader.
+  capture_error_mode="thread_local" checks only this thread's calls.
+- the capture stream is this object's own high-priority stream, never one of the pool's
+  streams (a round robin of 32 that torchvision's decoder draws from too).
 Not measured on a GPU yet: `imgcluster bench --cuda-graphs` and the GPU tests have the figures.
 """
 from __future__ import annotations
@@ -69,17 +75,23 @@ class GraphedForward:
         self.max_graphs = max(1, max_graphs)
         self.warmup_runs = max(1, warmup_runs)
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._stream: torch.cuda.Stream | None = None
         self.captures = 0  # graphs captured so far (tests and the bench read it)
+        # False once a loader may be running: a new shape then runs the plain forward (see above)
+        self.capture_new = True
 
+    @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         key = _key(x)
         captured = self._graphs.get(key)
         if captured is None:
+            if not self.capture_new:
+                return self.forward(x)
+            while len(self._graphs) >= self.max_graphs:  # first: a pool fewer at the peak
+                self._graphs.popitem(last=False)  # freed once its last replay has run
             captured = self._capture(x)
             self.captures += 1
             self._graphs[key] = captured
-            while len(self._graphs) > self.max_graphs:
-                self._graphs.popitem(last=False)  # frees that graph's memory pool
         else:
             self._graphs.move_to_end(key)
         captured.static_in.copy_(x)
@@ -91,7 +103,9 @@ class GraphedForward:
         if not x.is_cuda:
             raise RuntimeError("CUDA graphs need CUDA tensors")
         static_in = x.detach().clone(memory_format=torch.preserve_format)
-        stream = torch.cuda.Stream(x.device)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(x.device, priority=-1)
+        stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(stream):
             for _ in range(self.warmup_runs):  # autotuning and lazy handles happen here, not in the capture
@@ -103,8 +117,10 @@ class GraphedForward:
             with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                 static_out = self.forward(static_in)
         except Exception as exc:
-            # Out of memory inside the capture surfaces as the capture's own error when the
-            # graph block ends; raise it as what it is, so the caller's OOM back-off halves the batch.
+            # An allocator OOM comes out as OutOfMemoryError itself (and the partial capture is
+            # ended cleanly); one that surfaces as the capture's own error is re-raised as an OOM
+            # so the caller's back-off halves the batch. (An OOM that cuDNN catches and recovers
+            # from by syncing invalidates the capture with no OOM in the chain: that run fails.)
             if _caused_by_oom(exc):
                 raise torch.OutOfMemoryError(f"out of memory while capturing a CUDA graph for {tuple(x.shape)}") from exc
             raise

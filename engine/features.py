@@ -171,6 +171,9 @@ class _Extractor:
         """Extract `positions` (int64, ascending); write(positions (b,), feats (b, dim) float32)."""
         todo = self._from_cache(positions, write) if self.store is not None else positions
         self.extracted += len(todo)
+        if len(todo) and getattr(self.backbone, "cuda_graphs", False):
+            # capture at the batch size now, while no loader thread uses the GPU (engine.cuda_graphs)
+            self.backbone.prepare_graphs(self.runner.micro_batch)
         try:
             for batch in self.loader.batches([self.paths[i] for i in todo], self.batch_size):
                 if self.slow > 0:
@@ -265,6 +268,8 @@ def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_
         ex.run(everything[rest], writer(buffer, pca.transform))
     if store is not None:
         store.flush()
+    if getattr(backbone, "cuda_graphs", False):
+        backbone.release_graphs()  # their activation memory is the clustering's now
     good = np.flatnonzero(ex.ok)
     features = buffer[torch.as_tensor(good, device=device)] if len(good) < n else buffer
     if device.type == "cuda":
