@@ -38,17 +38,23 @@ class _Geometry:
             onehot[inverse[start:start + _CHUNK_ROWS], torch.arange(rows.shape[0], device=x.device)] = 1.0
             sums += (onehot @ rows).double()
         self.centred_centers = sums / self.counts[:, None]  # centroids minus the data mean
-        centers32 = self.centred_centers.float()
+        # each centroid as two float32 terms (head + remainder): a point minus its centroid is then
+        # as exact as in float64 even when the clusters are tiny next to their distance from the mean
+        head = self.centred_centers.float()
+        tail = (self.centred_centers - head.double()).float()
         self.sq_dist = torch.empty(self.n, dtype=torch.float64, device=x.device)
         for start in range(0, self.n, _CHUNK_ROWS):
-            diff = x[start:start + _CHUNK_ROWS] - shift - centers32[inverse[start:start + _CHUNK_ROWS]]
+            idx = inverse[start:start + _CHUNK_ROWS]
+            diff = (x[start:start + _CHUNK_ROWS] - shift - head[idx]) - tail[idx]
             self.sq_dist[start:start + _CHUNK_ROWS] = (diff * diff).sum(1)  # d terms in float32: ~1e-7 relative
 
 
 def _calinski_harabasz(g: _Geometry) -> float:
     if g.k < 2 or g.n == g.k:
         return float("nan")
-    between = float((g.counts * (g.centred_centers ** 2).sum(1)).sum())  # centres are relative to the mean
+    # the centres are relative to the float32 shift; the exact mean relative to it, from the same sums
+    mean = (g.centred_centers * g.counts[:, None]).sum(0) / g.n
+    between = float((g.counts * ((g.centred_centers - mean) ** 2).sum(1)).sum())
     within = float(g.sq_dist.sum())
     if within == 0:
         return 1.0
