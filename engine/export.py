@@ -52,13 +52,26 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return f"{stem}~{n}{suffix}"
 
 
-def _prepare_target(to: Path) -> Path:
+def _prepare_target(to: Path) -> bool:
+    """Check that `to` is new or empty, and create it; True when it was created here."""
     if to.exists() and not to.is_dir():
         raise ConfigError(f"--to {to} is a file: give a new or empty folder")
     if to.is_dir() and any(os.scandir(to)):
         raise ConfigError(f"--to {to} is not empty: export into a new or empty folder (nothing there is overwritten)")
+    created = not to.exists()
     to.mkdir(parents=True, exist_ok=True)
-    return to
+    return created
+
+
+def _undo(to: Path, created: bool, folders) -> None:
+    """After a failed export: remove what it wrote (the target was new or empty), so the same
+    command, or the one the error suggests, can run again."""
+    if created:
+        shutil.rmtree(to, ignore_errors=True)
+        return
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    (to / MISSING).unlink(missing_ok=True)
 
 
 def _place(source: str, target: Path, mode: str) -> None:
@@ -68,9 +81,12 @@ def _place(source: str, target: Path, mode: str) -> None:
         try:
             os.link(source, target)
         except OSError as exc:
-            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                raise ImgclusterError(f"cannot hard-link {source} into {target.parent} ({exc.strerror}): hard links "
-                                      "need one file system; use --mode symlink or --mode copy") from None
+            if exc.errno == errno.EXDEV:
+                raise ImgclusterError(f"cannot hard-link {source} into {target.parent}: hard links need one file "
+                                      "system; use --mode symlink or --mode copy") from None
+            if exc.errno in (errno.EPERM, errno.EMLINK):
+                raise ImgclusterError(f"cannot hard-link {source} ({exc.strerror}); use --mode symlink or "
+                                      "--mode copy") from None
             raise
     else:
         shutil.copy2(source, target)
@@ -107,27 +123,32 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
     except ReportError as exc:
         raise InputError(str(exc)) from None
     base = _run_cwd(run_dir)
-    to = _prepare_target(Path(to))
+    to = Path(to)
+    created = _prepare_target(to)
     largest = int(labels.max()) if len(labels) else 0
     taken: dict[int, set[str]] = {}
     missing: list[str] = []
     written = 0
-    with reporter.task(f"Exporting ({mode})", len(paths)) as advance:
-        for text, cluster in zip(paths, labels.tolist()):
-            source = outputs.file_for_text(text, base)
-            if not os.path.isfile(source):
-                missing.append(text)
+    try:
+        with reporter.task(f"Exporting ({mode})", len(paths)) as advance:
+            for text, cluster in zip(paths, labels.tolist()):
+                source = outputs.file_for_text(text, base)
+                if not os.path.isfile(source):
+                    missing.append(text)
+                    advance(1)
+                    continue
+                folder = to / cluster_folder_name(cluster, largest)
+                if cluster not in taken:
+                    folder.mkdir(exist_ok=True)
+                    taken[cluster] = set()
+                _place(source, folder / _unique_name(os.path.basename(source), taken[cluster]), mode)
+                written += 1
                 advance(1)
-                continue
-            folder = to / cluster_folder_name(cluster, largest)
-            if cluster not in taken:
-                folder.mkdir(exist_ok=True)
-                taken[cluster] = set()
-            _place(source, folder / _unique_name(os.path.basename(source), taken[cluster]), mode)
-            written += 1
-            advance(1)
-    if missing:
-        outputs.write_csv(to / MISSING, ["path"], ([p] for p in missing))
+        if missing:
+            outputs.write_csv(to / MISSING, ["path"], ([p] for p in missing))
+    except BaseException:  # a failed link, a full disk, Ctrl-C: leave no half export behind
+        _undo(to, created, [to / cluster_folder_name(c, largest) for c in taken])
+        raise
         reporter.warn(f"{len(missing)} image(s) in {predictions} no longer exist (moved or deleted since the run); "
                       f"not exported, listed in {to / MISSING}")
     return ExportResult(to, mode, len(taken), written, missing)

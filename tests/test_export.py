@@ -122,3 +122,32 @@ def test_a_name_that_is_not_utf8_is_exported(tmp_path):
     (run / "predictions.csv").write_text(f"path,cluster\n{path_to_text(tmp_path / name)},0\n")
     done = export_clusters(run, tmp_path / "out", mode="copy")
     assert done.missing == [] and (tmp_path / "out" / "cluster_00" / name).read_bytes() == b"jpeg"
+
+
+@pytest.mark.parametrize("made_by_export", [True, False])
+def test_a_failed_export_leaves_nothing_behind(run_dir, tmp_path, monkeypatch, made_by_export):
+    """Hard links across file systems fail midway; the error says to use another mode, and that
+    command must then find the target as it was (new, or empty)."""
+    import errno
+
+    from engine import export
+    from engine.errors import ImgclusterError
+
+    calls = []
+
+    def link_then_fail(source, target):
+        calls.append(target)
+        if len(calls) > 5:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        os.symlink(source, target)
+
+    monkeypatch.setattr(export.os, "link", link_then_fail)
+    target = tmp_path / "by-cluster"
+    if not made_by_export:
+        target.mkdir()
+    with pytest.raises(ImgclusterError, match="hard links need one file system"):
+        export_clusters(run_dir, target, mode="hardlink")
+    assert len(calls) == 6
+    assert target.exists() is not made_by_export and (made_by_export or not any(target.iterdir()))
+    monkeypatch.undo()
+    assert export_clusters(run_dir, target, mode="symlink").written == 60
