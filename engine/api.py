@@ -95,6 +95,13 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                    if not _same(getattr(self, name), default)]
         return f"{type(self).__name__}({', '.join(changed)})"
 
+    def set_params(self, **params) -> "ImageClusterer":
+        """scikit-learn's set_params; an unknown name is a ConfigError (a ValueError, as there)."""
+        unknown = sorted(set(params) - set(_PARAMS))
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {unknown}; known: {', '.join(sorted(_PARAMS))}")
+        return super().set_params(**params)
+
     def __sklearn_is_fitted__(self) -> bool:
         return getattr(self, "_model", None) is not None or hasattr(self, "result_")
 

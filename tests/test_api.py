@@ -192,7 +192,7 @@ def test_scikit_learn_tools_work_on_a_clusterer(fitted):
     check_is_fitted(fitted)  # no exception once fitted
     assert clone(fitted).get_params() == fitted.get_params() and not hasattr(clone(fitted), "labels_")
     assert unfitted.set_params(k="2:6").k == "2:6"
-    with pytest.raises(ValueError, match="Invalid parameter 'kk'"):
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['kk'\]"):
         unfitted.set_params(kk=3)
     with pytest.raises(TypeError, match="unexpected keyword argument 'kk'"):
         ImageClusterer(kk=3)
