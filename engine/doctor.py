@@ -42,9 +42,11 @@ def print_doctor(console: Console) -> dict:
     for name, cap in caps.items():
         ok = "[green]yes[/green]" if cap["available"] else "[red]no[/red]"
         table.add_row(labels.get(name, name), ok, cap["version"], escape(cap["reason"]))
-    nvjpeg_ok = caps["cuda"]["available"]
+    nvjpeg_ok = caps["cuda"]["available"]  # nvJPEG (through torchvision) and CUDA graphs need CUDA only
     table.add_row("nvJPEG decoder", "[green]yes[/green]" if nvjpeg_ok else "[red]no[/red]", "",
                   "" if nvjpeg_ok else escape("needs CUDA: " + caps["cuda"]["reason"]))
+    table.add_row("CUDA graphs", "[green]yes[/green]" if nvjpeg_ok else "[red]no[/red]", "",
+                  "--cuda-graphs (off unless asked for)" if nvjpeg_ok else escape("needs CUDA: " + caps["cuda"]["reason"]))
     console.print(table)
     auto = Table(title="What auto chooses here")
     auto.add_column("stage")
