@@ -74,14 +74,19 @@ class Backbone:
     cuda_graphs: bool = False  # replay the forward from CUDA graphs (engine.cuda_graphs)
     _graphed: "GraphedForward | None" = field(default=None, init=False, repr=False)
 
-    def prepare_graphs(self, batch_size: int, input_dtype: torch.dtype = torch.float16) -> None:
+    def prepare_graphs(self, batch_size: int, runner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       input_dtype: torch.dtype = torch.float16) -> None:
         """With cuda_graphs: capture the forward for `batch_size` now, before a loader runs (see
-        engine.cuda_graphs), and capture no other size afterwards. No-op otherwise."""
+        engine.cuda_graphs), and capture no other size afterwards. No-op otherwise.
+
+        runner: what runs the dummy batch (extraction passes its OOMBackoff, so an out-of-memory
+        capture halves the batch as a real batch would); default self(x, pad_to=batch_size)."""
         if not self.cuda_graphs or batch_size < 1:
             return
         if self._graphed is not None:
             self._graphed.capture_new = True  # no loader runs now (between extraction passes too)
-        self(torch.zeros((batch_size, 3, 224, 224), dtype=input_dtype, device=self.device), pad_to=batch_size)
+        zeros = torch.zeros((batch_size, 3, 224, 224), dtype=input_dtype, device=self.device)
+        (runner or (lambda x: self(x, pad_to=batch_size)))(zeros)
         self._graphed.capture_new = False
 
     def release_graphs(self) -> None:

@@ -173,7 +173,7 @@ class _Extractor:
         self.extracted += len(todo)
         if len(todo) and getattr(self.backbone, "cuda_graphs", False):
             # capture at the batch size now, while no loader thread uses the GPU (engine.cuda_graphs)
-            self.backbone.prepare_graphs(self.runner.micro_batch)
+            self.backbone.prepare_graphs(self.runner.micro_batch, runner=self.runner)
         try:
             for batch in self.loader.batches([self.paths[i] for i in todo], self.batch_size):
                 if self.slow > 0:

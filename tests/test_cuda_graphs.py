@@ -201,3 +201,24 @@ def test_out_of_memory_inside_a_capture_is_reported_as_out_of_memory():
     except RuntimeError as exc:
         assert _caused_by_oom(exc)
     assert not _caused_by_oom(RuntimeError("CUDA error: operation not permitted when stream is capturing"))
+
+
+def test_an_out_of_memory_capture_before_extraction_halves_the_batch(three_groups):
+    """The capture before the loader starts goes through the OOM back-off like any batch."""
+    from engine.features import extract_features
+    from engine.loaders import make_loader
+
+    class OomAbove4(_CpuGraphs):
+        def _capture(self, x):
+            if x.shape[0] > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated capture at batch 8)")
+            return super()._capture(x)
+
+    paths = sorted(three_groups.rglob("*.jpg"))[:10]
+    backbone = load_backbone("pixels", "random", "cpu")
+    expected = extract_features(paths, make_loader("pil", torch.device("cpu")), backbone, 8).features
+    graphs = _graphed(backbone, cls=OomAbove4)
+    notices = []
+    got = extract_features(paths, make_loader("pil", torch.device("cpu")), backbone, 8, notify=notices.append)
+    torch.testing.assert_close(got.features, expected)
+    assert graphs.captures == 1 and any("batch size 4" in n for n in notices)
