@@ -11,8 +11,8 @@ PCA x 4, the reduced features):
   pca       features + float64 copy + float64 centred copy (reduce.pca_torch)   f + 2f + 2f = 5f
             then transform: features + (features - mean) temporary + reduced     2f + r
   k-search  features + reduced + centred copy in the silhouette + its distance tile
-            tile = 4 bytes x rows x n, rows from engine.silhouette._auto_chunk (a 256 MiB budget on
-            the CPU, at least 8 row blocks): 200 MB at 20k, 268 MB at 80k
+            tile = 8 bytes (float64) x rows x n, rows from engine.silhouette._auto_chunk (a 256 MiB budget on
+            the CPU, at least 8 row blocks): 268 MB at 20k and at 80k
   write     features + reduced + CSV text of the paths
 
 Check: for each phase, (peak(80k) - expected(80k)) <= 1.2 x (peak(20k) - expected(20k)), i.e. what
@@ -158,12 +158,14 @@ def measure(dirs: list[Path], workdir: Path, allocator: str = "fixed") -> dict:
 
 
 def _tile_bytes(n: int) -> int:
-    """The silhouette's distance tile: rows x n float32, rows from the engine's own memory budget."""
+    """The silhouette's distance tile: rows x n in the CPU's work dtype (float64), rows from the
+    engine's own memory budget."""
     import torch
 
-    from engine.silhouette import _auto_chunk
+    from engine.silhouette import _auto_chunk, _work_dtype
 
-    return 4 * _auto_chunk(n, torch.device("cpu")) * n
+    cpu = torch.device("cpu")
+    return torch.empty(0, dtype=_work_dtype(cpu)).element_size() * _auto_chunk(n, cpu) * n
 
 
 def expected_bytes(n: int) -> dict[str, int]:

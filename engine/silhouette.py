@@ -13,7 +13,9 @@ Conventions follow sklearn.metrics.silhouette_samples (euclidean):
 
 Backends (`backend=`):
 - "torch": row blocks of X against the rest of X with BLAS (CPU or CUDA; only the upper triangle
-  of the symmetric distance matrix is computed). fp32 matmul on the centred X, squared distances
+  of the symmetric distance matrix is computed). Float64 on the CPU (the reference the fast paths
+  are held to: fp32 Gram distances of near neighbours were off by up to ~1e-4 in s(i), and the
+  CPU path is still ~30x scikit-learn), fp32 on CUDA. Matmul on the centred X, squared distances
   ||x||^2 + ||y||^2 - 2 x.y, values under the rounding noise set to 0 (exact duplicates get exactly
   0), self-distances 0, sqrt, then matmuls with the one-hot matrix for both the block's rows and
   its columns. On CUDA, TF32 matmul is switched off for the call.
@@ -44,6 +46,7 @@ BACKENDS = ("auto", "torch", "triton")
 # size of the fp32 rounding noise of the Gram formula. Without it an exact duplicate gets
 # sqrt(noise), far larger than the noise. Same rule as kernels.silhouette_triton.FLUSH.
 FLUSH = 8 * 2.0**-24
+FLUSH_FP64 = 8 * 2.0**-53  # the same rule for the float64 Gram (the CPU path)
 
 # Memory for the one fp32 distance tile of the torch backend. On the CPU the block size hardly
 # matters when the machine is quiet; on a busy machine fewer, larger blocks (fewer thread-pool
@@ -183,25 +186,34 @@ def _ieee_matmul(device: torch.device):
         torch.set_float32_matmul_precision(previous)
 
 
+def _work_dtype(device: torch.device) -> torch.dtype:
+    """What the torch backend computes in: float64 on the CPU (the reference), float32 on CUDA."""
+    return torch.float32 if device.type == "cuda" else torch.float64
+
+
 def _auto_chunk(n: int, device: torch.device) -> int:
     budget = _TILE_BUDGET_BYTES["cuda" if device.type == "cuda" else "cpu"]
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = min(budget, free // 8)
-    rows = max(1, budget // (4 * max(n, 1)))  # one fp32 tile row per row
+    itemsize = torch.empty(0, dtype=_work_dtype(device)).element_size()
+    rows = max(1, budget // (itemsize * max(n, 1)))  # one tile row per row
     # at least ~8 row blocks, so the symmetric scheme skips most of the lower triangle
     return int(max(1, min(rows, n, max(64, -(-n // 8)))))
 
 
-def _centre(X: torch.Tensor) -> torch.Tensor:
-    """X - mean(X) in fp32. Distances are translation invariant; the Gram formula's error is not."""
-    return (X - X.mean(0, dtype=torch.float64).to(X.dtype)).contiguous()
+def _centre(X: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """X - mean(X), computed in float64, returned as `dtype`. Distances are translation invariant;
+    the Gram formula's error is not."""
+    X64 = X.to(torch.float64)
+    return (X64 - X64.mean(0)).to(dtype).contiguous()
 
 
 def _cluster_distance_sums_torch(Xc: torch.Tensor, onehot: torch.Tensor, chunk_size: int,
                                  done: Callable[[float], None] | None = None) -> torch.Tensor:
-    """sums[i, c] = sum_j ||x_i - x_j|| onehot[j, c]. Xc: (n, d) float32 centred; onehot: (n, C)
-    float32 on the same device. Returns (n, C) float32. Extra memory: one chunk_size x n fp32 tile.
+    """sums[i, c] = sum_j ||x_i - x_j|| onehot[j, c]. Xc: (n, d) float32 or float64, centred;
+    onehot: (n, C) of the same dtype on the same device. Returns (n, C) of that dtype. Extra
+    memory: one chunk_size x n tile.
 
     The distance matrix is symmetric, so only the blocks on and right of the diagonal are computed:
     row block I against columns start(I)..n gives out[I] += D @ onehot[start:] and, for the columns
@@ -210,11 +222,12 @@ def _cluster_distance_sums_torch(Xc: torch.Tensor, onehot: torch.Tensor, chunk_s
     """
     n, d = Xc.shape
     sq = Xc.square().sum(1)
-    thr = (2.0 * FLUSH * math.sqrt(d)) * sq  # per-row noise floor of d^2, see FLUSH
-    out = torch.zeros((n, onehot.shape[1]), dtype=torch.float32, device=Xc.device)
+    flush = FLUSH if Xc.dtype == torch.float32 else FLUSH_FP64
+    thr = (2.0 * flush * math.sqrt(d)) * sq  # per-row noise floor of d^2, see FLUSH
+    out = torch.zeros((n, onehot.shape[1]), dtype=Xc.dtype, device=Xc.device)
     # one flat buffer, viewed as a contiguous (c, m) tile each step: fresh tile-sized allocations
     # cost more than the arithmetic on the CPU
-    buf = torch.empty(chunk_size * n, dtype=torch.float32, device=Xc.device)
+    buf = torch.empty(chunk_size * n, dtype=Xc.dtype, device=Xc.device)
     with _ieee_matmul(Xc.device):
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
@@ -285,7 +298,8 @@ def _distance_sums(Xc: torch.Tensor, onehot: torch.Tensor, backend: str, chunk_s
             msg = f"Silhouette: Triton kernel failed ({type(exc).__name__}: {first_line}); using torch"
             (notify or log.warning)(msg)
     chunk = chunk_size or _auto_chunk(Xc.shape[0], Xc.device)
-    return _cluster_distance_sums_torch(Xc, onehot, max(1, min(int(chunk), Xc.shape[0])), done)
+    work = _work_dtype(Xc.device)
+    return _cluster_distance_sums_torch(Xc.to(work), onehot.to(work), max(1, min(int(chunk), Xc.shape[0])), done)
 
 
 # --------------------------------------------------------------------------- silhouettes from sums
@@ -443,13 +457,14 @@ def silhouette_all_k(
 ) -> list[SilhouetteResult]:
     """Silhouette (euclidean) of every labelling in `labels_per_k`, from one pass over the distances.
 
-    X: (n, d) float tensor (CPU or CUDA; computed in float32 on X's device) or numpy array.
+    X: (n, d) float tensor (CPU or CUDA) or numpy array, taken as float32 points; the torch
+        backend computes in float64 on the CPU and float32 on CUDA, the Triton kernels as they say.
     labels_per_k: list of (n,) integer label vectors (numpy or torch), one per candidate K. Label
         values need not be contiguous; each needs 2 <= distinct labels <= n - 1.
     backend: "auto" | "torch" | "triton" (see module docstring). "triton" when Triton cannot run
         here raises BackendUnavailable.
     chunk_size: rows per distance tile for the torch backend; None picks it from a memory budget
-        for the (chunk_size, n) fp32 tile (256 MiB on the CPU; on CUDA 1 GiB or 1/8 of the free
+        for the (chunk_size, n) tile (256 MiB on the CPU; on CUDA 1 GiB or 1/8 of the free
         memory, whichever is smaller). The Triton
         backend keeps its tiles in registers and ignores it.
     sample_size: None for the exact silhouette. An int m < n computes, per K, the silhouettes of a
@@ -463,7 +478,7 @@ def silhouette_all_k(
     triton_options: how the Triton backend runs (kernels.silhouette_triton): "method" ("fused" or
         "tiled"), "dist_precision", "sum_precision" and launch parameters (block_m, ...), e.g.
         {"method": "fused", "dist_precision": "tf32", "sum_precision": "tf32"}. None keeps the
-        defaults. Ignored by the torch backend, which computes in IEEE fp32. A tuning and
+        defaults. Ignored by the torch backend (IEEE float64 on the CPU, fp32 on CUDA). A tuning and
         benchmarking knob.
     progress: called with a count of labellings' worth of work done, adding up to
         len(labels_per_k): per row block of the exact pass (by the share of the distance work it
@@ -486,7 +501,8 @@ def silhouette_all_k(
         return []
     resolved = _resolve_backend(backend, X.device, notify)
     auto = backend == "auto"
-    Xc = _centre(X)
+    # centred in float64; the torch backend works in _work_dtype, the Triton kernels in float32
+    Xc = _centre(X, _work_dtype(X.device) if resolved == "torch" else torch.float32)
     reported = 0
 
     def done(fraction: float) -> None:  # fraction of all the labellings' work -> whole progress steps
@@ -519,7 +535,7 @@ def silhouette_all_k(
         if len(idx) >= n:  # the per-cluster minimum took everything: this K is exact
             idx = np.arange(n, dtype=np.int64)
         sub = _Labelling(lab.values, lab.codes[idx], np.bincount(lab.codes[idx], minlength=k))
-        Xs = _centre(Xc.index_select(0, torch.from_numpy(idx).to(X.device)))
+        Xs = _centre(Xc.index_select(0, torch.from_numpy(idx).to(X.device)), Xc.dtype)
         cols = torch.from_numpy(sub.codes[:, None]).to(X.device)
         sums = _distance_sums(Xs, _onehot(cols, k), resolved, chunk_size, auto, notify, triton_options)
         s_sub = _silhouettes_from_sums(sums, cols, [sub])[:, 0]
