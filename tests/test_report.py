@@ -570,3 +570,16 @@ def test_a_long_pca_spectrum_gets_a_log_axis():
     long = plots.pca_variance(np.full(2048, 1 / 2048), 3)
     short = plots.pca_variance(np.full(20, 1 / 20), 3)
     assert long.axes[0].get_xscale() == "log" and short.axes[0].get_xscale() == "linear"
+
+
+@pytest.mark.parametrize("where", ["report", "report/plots"])
+def test_a_file_where_the_report_writes_a_folder_is_one_clear_error(tmp_path, where):
+    from engine.report.rundata import ReportError
+
+    fake = make_fake_run(tmp_path)
+    blocker = fake.run_dir / where
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("mine")
+    with pytest.raises(ReportError, match=f"{blocker.name} is a file, where the report writes a folder"):
+        build_report(fake.run_dir, num_threads=1)
+    assert blocker.read_text() == "mine"

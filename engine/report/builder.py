@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.colors import to_hex
 
 from . import html, montage, outputs, plots
-from .rundata import RunData, load_run
+from .rundata import ReportError, RunData, load_run
 
 REPORT_DIR = outputs.REPORT
 INDEX = outputs.REPORT_INDEX
@@ -154,6 +154,9 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
     montage.check_limits(max_montage, n_outliers)
     data = load_run(run_dir)
     root = Path(run_dir) / REPORT_DIR
+    for folder in (root, *(root / sub for sub in outputs.REPORT_SUBDIRS)):
+        if folder.exists() and not folder.is_dir():  # else "Not a directory: .../report/plots" from deep inside
+            raise ReportError(f"{folder} is a file, where the report writes a folder: move it away and rerun")
     w = _Writer(root)
     members = cluster_members(data.labels, data.k)
 
