@@ -225,6 +225,7 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
         raise ConfigError(f"--n {n}: the bench needs at least 3 images (the silhouette needs 2 <= K <= n - 1)")
     reporter = reporter or Reporter()
     dev = resolve_device(device, reporter.notify)
+    resolve_cuda_graphs(cuda_graphs, dev)  # before the bench set is made
     if n is None:
         n = 4096 if dev.type == "cuda" else 96
     config = Config.from_kwargs(model=model, weights="random", device=device, decoder=decoder, k=k, pca=pca,
@@ -235,7 +236,6 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
     reporter.notify(f"Bench set: {n} ImageNet-like JPEGs (400x500, q90) in {folder}")
     paths = make_bench_set(folder, n)
     dec = resolve_decoder(decoder, dev, reporter.notify)
-    resolve_cuda_graphs(cuda_graphs, dev)
     cluster_backend = resolve_cluster_backend("auto", dev)
     bs = batch_size or auto_batch_size(dev, model)
     result = BenchResult(str(dev), model, n, list(config.cluster.k),
