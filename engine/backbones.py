@@ -74,6 +74,12 @@ class Backbone:
     cuda_graphs: bool = False  # replay the forward from CUDA graphs (engine.cuda_graphs)
     _graphed: "GraphedForward | None" = field(default=None, init=False, repr=False)
 
+    def __getstate__(self) -> dict:
+        # captured graphs (and the lambda that makes them) do not pickle; they are made again on use
+        state = dict(self.__dict__)
+        state["_graphed"] = None
+        return state
+
     def prepare_graphs(self, batch_size: int, runner: Callable[[torch.Tensor], torch.Tensor] | None = None,
                        input_dtype: torch.dtype = torch.float16) -> None:
         """With cuda_graphs: capture the forward for `batch_size` now, before a loader runs (see

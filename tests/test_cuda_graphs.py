@@ -222,3 +222,13 @@ def test_an_out_of_memory_capture_before_extraction_halves_the_batch(three_group
     got = extract_features(paths, make_loader("pil", torch.device("cpu")), backbone, 8, notify=notices.append)
     torch.testing.assert_close(got.features, expected)
     assert graphs.captures == 1 and any("batch size 4" in n for n in notices)
+
+
+def test_a_graphed_backbone_pickles_without_its_graphs():
+    import pickle
+
+    backbone = load_backbone("pixels", "random", "cpu")
+    _graphed(backbone)
+    backbone(_images(2))
+    copy = pickle.loads(pickle.dumps(backbone))
+    assert copy.cuda_graphs and copy._graphed is None and backbone._graphed is not None
