@@ -41,7 +41,10 @@ class Backends:
     def as_dict(self, backbone: Backbone | BackboneInfo | None = None, silhouette: str | None = None) -> dict:
         out = {"device": str(self.device), "decoder": self.decoder, "cluster": self.cluster}
         if backbone is not None:
-            out["backbone"] = f"{backbone.name} ({backbone.weights}, {backbone.precision})"
+            how = [backbone.weights, backbone.precision]
+            how += [word for flag, word in (("compiled", "compiled"), ("cuda_graphs", "cuda graphs"))
+                    if getattr(backbone, flag, False)]
+            out["backbone"] = f"{backbone.name} ({', '.join(how)})"
         if silhouette:
             out["silhouette"] = silhouette
         return out

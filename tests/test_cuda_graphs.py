@@ -232,3 +232,15 @@ def test_a_graphed_backbone_pickles_without_its_graphs():
     backbone(_images(2))
     copy = pickle.loads(pickle.dumps(backbone))
     assert copy.cuda_graphs and copy._graphed is None and backbone._graphed is not None
+
+
+def test_the_backends_line_says_how_the_backbone_ran():
+    import torch as _torch
+
+    from engine.pipeline import Backends
+
+    backbone = load_backbone("pixels", "random", "cpu")
+    backends = Backends(_torch.device("cpu"), "pil", "torch")
+    assert backends.as_dict(backbone)["backbone"] == "pixels (none, fp32)"
+    backbone.cuda_graphs = True
+    assert backends.as_dict(backbone)["backbone"] == "pixels (none, fp32, cuda graphs)"
