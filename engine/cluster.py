@@ -154,9 +154,11 @@ def cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int, chunk_rows: int 
     return onehot_sums(x, labels, k, chunk_rows)
 
 
-def onehot_sums(x: torch.Tensor, labels: torch.Tensor, k: int, chunk_rows: int = 1 << 16) -> torch.Tensor:
-    """cluster_sums as one-hot matmuls over row chunks (the CUDA path; any device)."""
-    sums = torch.zeros((k, x.shape[1]), dtype=torch.float32, device=x.device)
+def onehot_sums(x: torch.Tensor, labels: torch.Tensor, k: int, chunk_rows: int = 1 << 16,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """cluster_sums as one-hot matmuls over row chunks (the CUDA path; any device). dtype: what
+    the chunks' products are added up in (float64 for metrics over many rows)."""
+    sums = torch.zeros((k, x.shape[1]), dtype=dtype, device=x.device)
     for start in range(0, x.shape[0], chunk_rows):
         onehot = torch.nn.functional.one_hot(labels[start:start + chunk_rows], k).to(x.dtype)
         sums += onehot.T @ x[start:start + chunk_rows]
