@@ -108,8 +108,13 @@ class Backbone:
         their batches to one size (see pad_to)."""
         return self.compiled or self.cuda_graphs
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype `precision` names: the inputs' and autocast's."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
     def _forward(self, images: torch.Tensor, cache_casts: bool = True) -> torch.Tensor:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        dtype = self.dtype
         if dtype == torch.float32:
             return self.module(images)
         # cache_casts=False while capturing a graph: cached weight casts are freed when the
@@ -133,9 +138,8 @@ class Backbone:
             # with skipped files, OOM halvings, request sizes. Padding keeps the shapes to a few;
             # the padding rows are dropped below.
             images = torch.cat([images, images.new_zeros((padded - b, *images.shape[1:]))])
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        images = images.to(dtype=dtype, memory_format=layout)  # one copy, not two
+        images = images.to(dtype=self.dtype, memory_format=layout)  # one copy, not two
         if self.cuda_graphs and b:
             if self._graphed is None:
                 from .cuda_graphs import GraphedForward
