@@ -93,9 +93,9 @@ def _remove_previous_results(results: Path, images: Path) -> None:
     if not ours:
         raise ConfigError(f"{results} holds files an earlier demo did not write: the demo replaces that folder "
                           "on every run; move them out or give the demo another --out")
-    for name in (outputs.SUMMARY, outputs.PREDICTIONS, outputs.SKIPPED, outputs.ANALYSIS):
+    for name in outputs.RUN_FILES:
         (results / name).unlink(missing_ok=True)
     outputs.remove_stale(results, features=True, report=True)
     # The feature cache: every image is rewritten (new mtime), so none of its rows can be used again
     # and it would only grow.
-    remove_store_files(results / "features")
+    remove_store_files(results / outputs.FEATURE_CACHE)

@@ -153,8 +153,8 @@ def run_outputs(out_dir) -> RunOutputs:
     """The files a run writes in out_dir, which the next run over a folder holding out_dir must
     not take as inputs (the report's JPEG montages) nor count as ignored files."""
     report_dirs = [os.path.join(outputs.REPORT, sub) for sub in outputs.REPORT_SUBDIRS]
-    names = [outputs.PREDICTIONS, outputs.SKIPPED, outputs.SUMMARY, outputs.ANALYSIS, outputs.FEATURES]
-    return RunOutputs.of(out_dir, skip=report_dirs, quiet=[outputs.REPORT, "features"], names=names)
+    names = [*outputs.RUN_FILES, outputs.FEATURES]
+    return RunOutputs.of(out_dir, skip=report_dirs, quiet=[outputs.REPORT, outputs.FEATURE_CACHE], names=names)
 
 
 def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: str | os.PathLike | None = None,
@@ -193,7 +193,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     if out_dir is not None and cache:
         from .store import FeatureStore
 
-        store = FeatureStore.open(Path(out_dir) / "features", backbone.fingerprint, notify=reporter.notify,
+        store = FeatureStore.open(Path(out_dir) / outputs.FEATURE_CACHE, backbone.fingerprint, notify=reporter.notify,
                                   made_with={"precision": backbone.precision, "decoder": backends.decoder,
                                              "max_pixels": fc.max_pixels},
                                   dim=backbone.dim)

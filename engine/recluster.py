@@ -31,7 +31,7 @@ from .store import FeatureStore
 # Parameters a re-clustering may change; the rest (model, weights, decoding) are fixed by the cache.
 OVERRIDABLE = ("pca", "pca_fit_limit", "k", "n_init", "max_iter", "cluster_backend", "select",
                "silhouette_sample", "seed", "device")
-CACHE_DIR = "features"
+CACHE_DIR = outputs.FEATURE_CACHE
 
 def text_to_path(text: str) -> Path:
     """A path read back from a run's CSV (outputs.file_for_text: non-UTF-8 bytes restored)."""
