@@ -105,12 +105,8 @@ class RunOutputs:
     def owns(self, path: str) -> bool:
         """Whether a file found by a glob is the run's own (by the identity of its folder)."""
         parent = os.path.dirname(path) or "."
-        if parent not in self._dir_keys:
-            try:
-                st = os.stat(parent)
-                self._dir_keys[parent] = (st.st_dev, st.st_ino)
-            except OSError:
-                self._dir_keys[parent] = None
+        if parent not in self._dir_keys:  # one stat per folder, not per file
+            self._dir_keys[parent] = _dir_key(parent)
         parent_key = self._dir_keys[parent]
         return parent_key in self.skip_dirs or (parent_key == self.folder and os.path.basename(path) in self.own_names)
 
