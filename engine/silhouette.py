@@ -163,9 +163,9 @@ def _columns_on(labellings: Sequence[_Labelling], device: torch.device) -> torch
     return torch.from_numpy(_column_rows(labellings)).to(device).T
 
 
-def _onehot(cols: torch.Tensor, total: int) -> torch.Tensor:
-    """cols: (n, nK) int64 on the target device -> (n, total) float32 one-hot matrices side by side."""
-    onehot = torch.zeros((cols.shape[0], total), dtype=torch.float32, device=cols.device)
+def _onehot(cols: torch.Tensor, total: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """cols: (n, nK) int64 on the target device -> (n, total) `dtype` one-hot matrices side by side."""
+    onehot = torch.zeros((cols.shape[0], total), dtype=dtype, device=cols.device)
     return onehot.scatter_(1, cols, 1.0)
 
 
@@ -515,7 +515,7 @@ def silhouette_all_k(
     if sample_size is None or int(sample_size) >= n:
         cols = _columns_on(labellings, X.device)
         total = sum(len(lab.values) for lab in labellings)
-        sums = _distance_sums(Xc, _onehot(cols, total), resolved, chunk_size, auto, notify, triton_options,
+        sums = _distance_sums(Xc, _onehot(cols, total, Xc.dtype), resolved, chunk_size, auto, notify, triton_options,
                               # the last step waits for the per-sample silhouettes below
                               done=lambda f: done(min(f, 1.0 - 0.5 / len(labellings))))
         s_all = _silhouettes_from_sums(sums, cols, labellings)
@@ -537,7 +537,7 @@ def silhouette_all_k(
         sub = _Labelling(lab.values, lab.codes[idx], np.bincount(lab.codes[idx], minlength=k))
         Xs = _centre(Xc.index_select(0, torch.from_numpy(idx).to(X.device)), Xc.dtype)
         cols = torch.from_numpy(sub.codes[:, None]).to(X.device)
-        sums = _distance_sums(Xs, _onehot(cols, k), resolved, chunk_size, auto, notify, triton_options)
+        sums = _distance_sums(Xs, _onehot(cols, k, Xs.dtype), resolved, chunk_size, auto, notify, triton_options)
         s_sub = _silhouettes_from_sums(sums, cols, [sub])[:, 0]
         samples = np.full(n, np.nan, dtype=np.float32)
         samples[idx] = s_sub
