@@ -6,6 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .device import capabilities, resolve_cluster_backend, resolve_decoder, resolve_device, resolve_precision
+from .loaders.decode import HEIF_HINT, avif_available, heif_available
 from .versions import versions
 
 
@@ -20,8 +21,17 @@ def doctor_report() -> dict:
                  "cluster_backend": resolve_cluster_backend("auto", device),
                  "precision": resolve_precision("auto", device),
                  "silhouette": "triton" if device.type == "cuda" and caps["triton"].available else "torch (chunked)"},
+        "image_formats": image_formats(),
         "versions": versions(),
     }
+
+
+def image_formats() -> dict[str, dict]:
+    """The optional image formats: {"HEIC/HEIF": {"available", "reason"}, "AVIF": {...}}. Files
+    of a format that is not available are skipped with this reason (skipped.csv)."""
+    return {"HEIC/HEIF": {"available": heif_available(), "reason": "" if heif_available() else HEIF_HINT},
+            "AVIF": {"available": avif_available(),
+                     "reason": "" if avif_available() else "this Pillow has no AVIF support (Pillow >= 11.3 wheels have it)"}}
 
 
 def print_doctor(console: Console) -> dict:
@@ -47,6 +57,11 @@ def print_doctor(console: Console) -> dict:
                   "" if nvjpeg_ok else escape("needs CUDA: " + caps["cuda"]["reason"]))
     table.add_row("CUDA graphs", "[green]yes[/green]" if nvjpeg_ok else "[red]no[/red]", "",
                   "--cuda-graphs (off unless asked for)" if nvjpeg_ok else escape("needs CUDA: " + caps["cuda"]["reason"]))
+    formats = {"HEIC/HEIF": report["versions"].get("pillow-heif", ""), "AVIF": report["versions"].get("pillow", "")}
+    for name, fmt in report["image_formats"].items():
+        ok = "[green]yes[/green]" if fmt["available"] else "[red]no[/red]"
+        table.add_row(f"{name} images", ok, formats[name] if fmt["available"] else "",
+                      escape(fmt["reason"]) or ("pillow-heif" if name == "HEIC/HEIF" else "Pillow's own plugin"))
     console.print(table)
     auto = Table(title="What auto chooses here")
     auto.add_column("stage")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputError
+from .loaders.decode import depends_on_environment
 from .loaders.preprocess import describe as describe_preprocess
 from .report.outputs import atomic_write_text, path_to_text, write_npy
 
@@ -253,7 +254,8 @@ class FeatureStore:
                     self.flush()
         for path, reason in failures:
             key = file_key(path)
-            if key is not None:
+            # not remembered: "install pillow-heif" is cured by installing it, not by a new file
+            if key is not None and not depends_on_environment(reason):
                 self._pending_failures.append([*key, reason])
         if len(self._pending_keys) + len(self._pending_failures) >= self.shard_size:
             self.flush()

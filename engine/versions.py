@@ -14,7 +14,7 @@ def imgcluster_version() -> str:
 
 def versions() -> dict[str, str]:
     out = {"imgcluster": imgcluster_version(), "python": platform.python_version()}
-    for dist in ("torch", "torchvision", "numpy", "scikit-learn", "pillow", "nvidia-dali-cuda130", "cuml-cu13", "triton"):
+    for dist in ("torch", "torchvision", "numpy", "scikit-learn", "pillow", "pillow-heif", "nvidia-dali-cuda130", "cuml-cu13", "triton"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

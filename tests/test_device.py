@@ -88,7 +88,7 @@ def test_doctor_lists_backends(runner):
 
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0, result.output
-    for name in ("CUDA", "DALI", "cuML", "Triton", "torch.compile", "nvJPEG", "sklearn", "What auto chooses"):
+    for name in ("CUDA", "DALI", "cuML", "Triton", "torch.compile", "nvJPEG", "sklearn", "HEIC/HEIF images", "AVIF images", "What auto chooses"):
         assert name in result.output
     if not dev.capabilities()["cupy"].available:  # the install hint survives rich's markup
         assert "imgcluster[gpu]" in result.output.replace("\n", "")

@@ -3,13 +3,20 @@
 Everything a file can throw at PIL is caught here and turned into a short reason string, so one
 bad file never escapes a loader. EXIF orientation is applied; grayscale, CMYK, palette, 16-bit and
 alpha images become 8-bit RGB (alpha composited on white); a GIF gives its first frame.
+
+HEIC/HEIF (iPhone photos) are read through the optional pillow-heif plugin (`pip install
+'imgcluster[heif]'`), registered on the first file that looks like one; AVIF through Pillow's
+own plugin. Without them such files are skipped with the install hint as the reason, never
+silently passed over.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import stat
+import threading
 import warnings
 
 import numpy as np
@@ -18,9 +25,18 @@ from PIL import Image, ImageFile, ImageOps
 from ..errors import DecodeError
 from .preprocess import CROP, RESIZE, center_crop_offsets, resized_size, source_crop_box
 
-# Formats we accept by content (whatever the file extension says).
-ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
-EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif"}
+# Formats we accept by content (whatever the file extension says). HEIF needs pillow-heif, AVIF a
+# Pillow built with libavif (the PyPI wheels since 11.3).
+ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO", "HEIF", "AVIF"}
+# HEIF/AVIF names are discovered even when they cannot be read here, so that they are listed in
+# skipped.csv with the install hint rather than counted as "not named like images".
+EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif",
+              ".heic", ".heif", ".hif", ".avif"}
+HEIF_HINT = "install pillow-heif to read HEIC/HEIF images (pip install 'imgcluster[heif]')"
+# ISO base media file brands (bytes 8..12 of the file) of HEIF images (HEVC-coded: iPhone photos)
+# and of AVIF images (AV1-coded).
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit (2x its warning level)
 
 # A truncated file must be an error, not a half-grey image.
@@ -112,14 +128,68 @@ def check_header(img: Image.Image, max_pixels: int | None) -> str:
     return fmt
 
 
+def heif_available() -> bool:
+    """True when pillow-heif is installed (found without importing it: ~45 ms)."""
+    return importlib.util.find_spec("pillow_heif") is not None
+
+
+def avif_available() -> bool:
+    """True when this Pillow reads AVIF (its own plugin, built with libavif)."""
+    from PIL import features
+
+    return bool(features.check("avif"))
+
+
+_heif_lock = threading.Lock()
+_heif_registered = False
+
+
+def _ensure_heif_opener() -> bool:
+    """Register pillow-heif's opener with PIL once, on the first HEIF-looking file (not at import:
+    JPEG-only runs do not pay for it). Returns whether HEIF can be read. Thread-safe."""
+    global _heif_registered
+    with _heif_lock:
+        if not _heif_registered and heif_available():
+            import pillow_heif
+
+            # HEIF's own rotation (irot/imir) is applied on open and the EXIF orientation reset to 1,
+            # so ImageOps.exif_transpose does not turn the image a second time.
+            pillow_heif.register_heif_opener()
+            _heif_registered = True
+        return _heif_registered
+
+
+def _iso_brand(data) -> bytes | None:
+    """The major brand of an ISO base media file (HEIF, AVIF, MP4...), or None for other files."""
+    return bytes(data[8:12]) if len(data) >= 12 and bytes(data[4:8]) == b"ftyp" else None
+
+
 def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
     """Image.open on bytes, with PIL's own decompression-bomb limit raised to `max_pixels` if that
     is larger (None: no limit), so our max_pixels is the one limit a user sets. The limit is only
-    ever raised, never lowered: PIL's is process-wide and other code may rely on it."""
+    ever raised, never lowered: PIL's is process-wide and other code may rely on it.
+
+    A HEIF/AVIF file that no installed plugin reads raises DecodeError with the install hint."""
     pil_limit = Image.MAX_IMAGE_PIXELS
     if pil_limit is not None and (max_pixels is None or max_pixels > pil_limit):
         Image.MAX_IMAGE_PIXELS = max_pixels
-    return Image.open(io.BytesIO(data))
+    brand = _iso_brand(data)
+    if brand is not None:
+        _ensure_heif_opener()
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        if brand in _HEIF_BRANDS and not _ensure_heif_opener():
+            raise DecodeError(f"HEIF image: {HEIF_HINT}") from None
+        if brand in _AVIF_BRANDS and not avif_available():
+            raise DecodeError("AVIF image: this Pillow has no AVIF support (Pillow >= 11.3 wheels have it)") from None
+        raise
+
+
+def depends_on_environment(reason: str) -> bool:
+    """True for a decode failure that installing a plugin can cure (the feature cache must not
+    remember it: the next run, with the plugin, reads the file)."""
+    return HEIF_HINT in reason or "no AVIF support" in reason
 
 
 def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -1,0 +1,143 @@
+"""HEIC/HEIF (iPhone photos, through the optional pillow-heif plugin) and AVIF (Pillow's own plugin).
+
+With the plugin: discovered, decoded like the same picture as a JPEG (EXIF orientation applied
+once), taken by every loader (the GPU loaders' front end sends them to its PIL path). Without
+it: each file is skipped with the install hint as its reason, and the feature cache does not
+remember that failure, so a rerun after installing the plugin reads the files.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.loaders import decode
+from engine.loaders.decode import HEIF_HINT, decode_image, depends_on_environment, load_and_preprocess
+
+pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif is not installed (pip install 'imgcluster[heif]')")
+
+
+def smooth(h: int, w: int, seed: int) -> Image.Image:
+    """A smooth RGB picture (lossy codecs keep it to a few levels)."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
+    return coarse.resize((w, h), Image.BICUBIC)
+
+
+def exif_bytes(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def save_heic(img: Image.Image, path, orientation: int = 1):
+    # pillow-heif's own writer: the engine, not the test, registers the opener with PIL
+    pillow_heif.from_pillow(img).save(path, quality=95, exif=exif_bytes(orientation))
+    return path
+
+
+def save_jpeg(img: Image.Image, path, orientation: int = 1):
+    img.save(path, "JPEG", quality=95, exif=exif_bytes(orientation))
+    return path
+
+
+def mean_abs(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_heic_decodes_like_the_same_picture_as_jpeg(tmp_path, orientation):
+    img = smooth(96, 128, orientation)
+    heic = decode_image(save_heic(img, tmp_path / "a.heic", orientation))
+    jpeg = decode_image(save_jpeg(img, tmp_path / "a.jpg", orientation))
+    assert heic.mode == "RGB"
+    assert heic.size == jpeg.size  # the rotation is applied once (HEIF's irot), not twice
+    assert mean_abs(heic, jpeg) <= 3.0
+    assert mean_abs(load_and_preprocess(tmp_path / "a.heic"), load_and_preprocess(tmp_path / "a.jpg")) <= 3.0
+
+
+def test_avif_decodes_like_the_source(tmp_path):
+    if not decode.avif_available():
+        pytest.skip("this Pillow has no AVIF support")
+    img = smooth(96, 128, 1)
+    img.save(tmp_path / "a.avif", "AVIF", quality=95)
+    out = decode_image(tmp_path / "a.avif")
+    assert out.size == img.size and mean_abs(out, img) <= 3.0
+
+
+def test_discovery_takes_heif_and_avif_names(tmp_path):
+    from engine.sources import discover
+
+    for name in ("a.HEIC", "b.heif", "c.hif", "d.avif", "e.jpg", "f.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    found = discover([tmp_path])
+    assert sorted(p.name for p in found.paths) == ["a.HEIC", "b.heif", "c.hif", "d.avif", "e.jpg"]
+
+
+def test_gpu_front_end_sends_heic_to_its_pil_path(tmp_path):
+    """The nvJPEG/DALI front end probes the header: HEIF is not theirs, so PIL decodes it on the
+    fallback pool; the whole nvJPEG pipeline (run on the CPU) gives the reference's pixels."""
+    from engine.loaders.nvjpeg import PreparedJpeg, decode_pipeline, prepare_jpeg_file
+
+    paths = [save_jpeg(smooth(120, 160, 1), tmp_path / "a.jpg"), save_heic(smooth(120, 160, 2), tmp_path / "b.heic", 6)]
+    prepared = prepare_jpeg_file(paths[1], None)
+    assert not isinstance(prepared, PreparedJpeg) and prepared.reason is None and prepared.array is not None
+    batches = list(decode_pipeline(paths, 2, torch.device("cpu"), torch.float32, None, num_threads=1, prefetch=1))
+    assert [b.indices.tolist() for b in batches] == [[0, 1]] and batches[0].failures == []
+    reference = np.stack([load_and_preprocess(p) for p in paths]).astype(np.float32)
+    from engine.loaders.preprocess import MEAN, STD
+
+    got = batches[0].images.numpy() * np.asarray(STD, np.float32)[:, None, None] * 255 + \
+        np.asarray(MEAN, np.float32)[:, None, None] * 255
+    assert np.abs(got - reference).mean(axis=(1, 2, 3)).max() <= 1.0
+
+
+@pytest.fixture()
+def without_heif_plugin(monkeypatch):
+    """As if pillow-heif were not installed: the opener is neither registered nor registrable."""
+    monkeypatch.setattr(decode, "_ensure_heif_opener", lambda: False)
+    monkeypatch.setattr(Image, "ID", [name for name in Image.ID if name != "HEIF"])
+    return monkeypatch
+
+
+def test_without_the_plugin_a_heic_fails_with_the_install_hint(tmp_path, without_heif_plugin):
+    data = save_heic(smooth(64, 64, 3), io.BytesIO()).getvalue()
+    with pytest.raises(decode.DecodeError, match=r"pip install 'imgcluster\[heif\]'") as info:
+        decode_image(data)
+    assert depends_on_environment(str(info.value))
+    assert not depends_on_environment("not an image (unrecognised content)")
+    # anything else in an ISO container (an MP4 video) is still "not an image"
+    mp4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(64)
+    with pytest.raises(decode.DecodeError, match="not an image"):
+        decode_image(mp4)
+
+
+def test_a_rerun_after_installing_the_plugin_reads_the_heic_files(tmp_path, without_heif_plugin):
+    """Skipped with the hint while the plugin is missing; the cache keeps the JPEGs' features but
+    not those failures, so the same run folder, rerun with the plugin, clusters every file."""
+    from engine import ImageClusterer
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for g, colour in enumerate([(220, 40, 40), (40, 40, 220)]):
+        for i in range(4):
+            img = Image.new("RGB", (64, 48), colour)
+            (save_heic if i % 2 else save_jpeg)(img, folder / f"g{g}_{i}.{'heic' if i % 2 else 'jpg'}")
+    out = tmp_path / "run"
+    params = dict(model="pixels", device="cpu", k="2:3", seed=0)
+    first = ImageClusterer(**params).fit([folder], out_dir=out)
+    assert len(first.paths_) == 4
+    assert sorted(p.name for p, _ in first.skipped_) == ["g0_1.heic", "g0_3.heic", "g1_1.heic", "g1_3.heic"]
+    assert all(HEIF_HINT in reason for _, reason in first.skipped_)
+
+    without_heif_plugin.undo()
+    second = ImageClusterer(**params).fit([folder], out_dir=out)
+    assert second.skipped_ == [] and len(second.paths_) == 8
+    cache = second.result_.summary["cache"]
+    assert (cache["resumed"], cache["extracted"]) == (4, 4)  # the JPEGs from the cache, the HEICs decoded
+    labels = dict(zip((p.name for p in second.paths_), second.labels_.tolist()))
+    assert len({labels[f"g0_{i}.{'heic' if i % 2 else 'jpg'}"] for i in range(4)}) == 1
+    assert labels["g0_0.jpg"] != labels["g1_0.jpg"]
