@@ -77,22 +77,40 @@ def test_discovery_takes_heif_and_avif_names(tmp_path):
     assert sorted(p.name for p in found.paths) == ["a.HEIC", "b.heif", "c.hif", "d.avif", "e.jpg"]
 
 
-def test_gpu_front_end_sends_heic_to_its_pil_path(tmp_path):
-    """The nvJPEG/DALI front end probes the header: HEIF is not theirs, so PIL decodes it on the
-    fallback pool; the whole nvJPEG pipeline (run on the CPU) gives the reference's pixels."""
-    from engine.loaders.nvjpeg import PreparedJpeg, decode_pipeline, prepare_jpeg_file
+def _loader_batches(kind: str, paths, batch_size: int):
+    """Batches of one loader on the CPU: the PIL reference, DALI's CPU operators, or the nvJPEG
+    loader's whole pipeline (torchvision decoding with libjpeg, no CUDA streams)."""
+    if kind == "pil":
+        from engine.loaders.pil import PILLoader
 
-    paths = [save_jpeg(smooth(120, 160, 1), tmp_path / "a.jpg"), save_heic(smooth(120, 160, 2), tmp_path / "b.heic", 6)]
+        return list(PILLoader(torch.device("cpu"), num_threads=1).batches(paths, batch_size))
+    if kind == "dali":
+        pytest.importorskip("nvidia.dali", reason="nvidia.dali is not importable")
+        from engine.loaders.dali import DALILoader
+
+        return list(DALILoader(torch.device("cpu"), num_threads=1).batches(paths, batch_size))
+    from engine.loaders.nvjpeg import decode_pipeline
+
+    return list(decode_pipeline(paths, batch_size, torch.device("cpu"), torch.float32, None, num_threads=1, prefetch=1))
+
+
+@pytest.mark.parametrize("kind", ["pil", "dali", "nvjpeg"])
+def test_every_loader_reads_heic_like_the_reference(tmp_path, kind):
+    """The GPU loaders' front end probes each header: HEIF is not a format nvJPEG or DALI decode,
+    so PIL decodes it on the fallback pool, between the JPEGs, in input order."""
+    from engine.loaders.nvjpeg import PreparedJpeg, prepare_jpeg_file
+    from engine.loaders.preprocess import denormalize_to_uint8_scale
+
+    paths = [save_jpeg(smooth(120, 160, 1), tmp_path / "a.jpg"), save_heic(smooth(120, 160, 2), tmp_path / "b.heic", 6),
+             save_jpeg(smooth(160, 120, 3), tmp_path / "c.jpg")]
     prepared = prepare_jpeg_file(paths[1], None)
     assert not isinstance(prepared, PreparedJpeg) and prepared.reason is None and prepared.array is not None
-    batches = list(decode_pipeline(paths, 2, torch.device("cpu"), torch.float32, None, num_threads=1, prefetch=1))
-    assert [b.indices.tolist() for b in batches] == [[0, 1]] and batches[0].failures == []
+    batches = _loader_batches(kind, paths, 3)
+    assert [b.indices.tolist() for b in batches] == [[0, 1, 2]] and batches[0].failures == []
+    got = denormalize_to_uint8_scale(batches[0].images.float()).numpy()
     reference = np.stack([load_and_preprocess(p) for p in paths]).astype(np.float32)
-    from engine.loaders.preprocess import MEAN, STD
-
-    got = batches[0].images.numpy() * np.asarray(STD, np.float32)[:, None, None] * 255 + \
-        np.asarray(MEAN, np.float32)[:, None, None] * 255
-    assert np.abs(got - reference).mean(axis=(1, 2, 3)).max() <= 1.0
+    diff = np.abs(got - reference).mean(axis=(1, 2, 3))
+    assert diff[1] <= 1.0 and diff.max() <= 3.0, diff.tolist()  # the HEIC went through PIL itself
 
 
 @pytest.fixture()
