@@ -27,6 +27,7 @@ from typing import Sequence
 
 from .errors import InputError
 from .loaders.decode import has_image_extension, name_suffix
+from .pathlist import PathList
 from .recursive_glob import is_recursive, recursive_glob
 
 INCLUDE_HINT = "pass files explicitly or via an @list.txt to have their content checked"
@@ -34,11 +35,12 @@ INCLUDE_HINT = "pass files explicitly or via an @list.txt to have their content 
 
 @dataclass
 class Discovery:
-    """paths: image files to process, in order. skipped: [(path, reason)] found but not usable.
-    ignored: files that folders and globs passed over because their name is not an image's
-    (a Counter: lower-case extension as pathlib gives it, "" for none -> how many files)."""
+    """paths: image files to process, in order (a PathList: a sequence of Path kept as one bytes
+    blob, ~70 bytes a path instead of ~320 for a list of Path). skipped: [(path, reason)] found but
+    not usable. ignored: files that folders and globs passed over because their name is not an
+    image's (a Counter: lower-case extension as pathlib gives it, "" for none -> how many files)."""
 
-    paths: list[Path] = field(default_factory=list)
+    paths: PathList = field(default_factory=PathList)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)
 
@@ -132,7 +134,7 @@ def no_images_message(inputs: Sequence[str | bytes | os.PathLike], found: Discov
 
 
 def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
-          avoid: frozenset = frozenset(), outputs: RunOutputs | None = None) -> list[Path]:
+          avoid: frozenset = frozenset(), outputs: RunOutputs | None = None) -> list[str]:
     """All image-extension files under `folder`, following symlinked folders once (no loops),
     sorted as Path objects sort (component by component). The other files are counted in
     `ignored` by extension (from the names os.walk gives: no stat). avoid: (device, inode) of
@@ -140,8 +142,8 @@ def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
     outputs: a run's output folder, whose own subfolders are not entered and whose own files are
     neither taken nor counted.
 
-    Strings until the end: a Path per file before filtering and sorting cost 21.6 us a file
-    (100,000 files on the VM), which is 3.6 minutes for 10 million."""
+    Strings, not Paths: a Path per file before filtering and sorting cost 21.6 us a file (100,000
+    files on the VM), which is 3.6 minutes for 10 million; discover() keeps them in a PathList."""
     found: list[str] = []
     seen_dirs: set[tuple[int, int]] = set(avoid)
     if ignored is None:
@@ -181,7 +183,7 @@ def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
     # os.walk's roots are normalised (folder is a Path), so splitting on the separator gives
     # Path's own parts and the same order as sorting the Paths
     found.sort(key=lambda text: text.split(os.sep))
-    return [Path(text) for text in found]
+    return found
 
 
 def _read_list(list_file: Path, skipped: list) -> list[Path]:
@@ -201,7 +203,8 @@ def _read_list(list_file: Path, skipped: list) -> list[Path]:
 
 
 def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
-            outputs: RunOutputs | None = None) -> list[Path]:
+            outputs: RunOutputs | None = None) -> list[str]:
+    """The files one input names, as path strings, in order (see discover)."""
     text = os.fsdecode(arg)  # bytes names (not UTF-8) become str with surrogate escapes, as os.listdir gives
     if isinstance(text, str) and text.startswith("@"):
         list_file = Path(text[1:])
@@ -215,13 +218,13 @@ def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
 
 
 def _expand_path(path: Path, skipped: list, ignored: Counter, explicit: bool,
-                 outputs: RunOutputs | None = None) -> list[Path]:
+                 outputs: RunOutputs | None = None) -> list[str]:
     if path.is_dir():
         return _walk(path, skipped, ignored, outputs=outputs)
     if path.exists():
-        return [path]  # an explicit file is taken whatever its extension; content decides
+        return [os.fspath(path)]  # an explicit file is taken whatever its extension; content decides
     if path.is_symlink():
-        return [path]  # broken or looping: discover() says which
+        return [os.fspath(path)]  # broken or looping: discover() says which
     text = os.fspath(path)
     if glob.has_magic(text):
         return _expand_glob(text, skipped, ignored, outputs)
@@ -231,7 +234,7 @@ def _expand_path(path: Path, skipped: list, ignored: Counter, explicit: bool,
     raise InputError(f"path not found: {text}")
 
 
-def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs | None = None) -> list[Path]:
+def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs | None = None) -> list[str]:
     """The files a glob names, sorted as Paths; a matching folder is walked in its place. A run's
     own files (outputs.owns) are left out."""
     entries: list[tuple[Path, frozenset | None]] = []  # (path, None for a file or the ids to avoid in a folder)
@@ -261,9 +264,9 @@ def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs
     if not matched:
         raise InputError(f"no files match {text}")
     entries.sort(key=lambda entry: entry[0])
-    out: list[Path] = []
+    out: list[str] = []
     for p, avoid in entries:
-        out.extend([p] if avoid is None else _walk(p, skipped, ignored, avoid, outputs))
+        out.extend([os.fspath(p)] if avoid is None else _walk(p, skipped, ignored, avoid, outputs))
     return out
 
 
@@ -281,27 +284,32 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     if not inputs:
         raise InputError("no input paths given")
     result = Discovery()
-    seen: dict[tuple[int, int], Path] = {}
+    # Strings until the end (a Path each would cost ~320 bytes a file), and the position of each
+    # kept file's string, not a Path, for the "duplicate of" message.
+    kept: list[str] = []
+    seen: dict[tuple[int, int], int] = {}
     for arg in inputs:
-        for path in _expand(arg, result.skipped, result.ignored, outputs):
+        for text in _expand(arg, result.skipped, result.ignored, outputs):
             try:
-                st = os.stat(path)
+                st = os.stat(text)
             except OSError as exc:
-                result.skipped.append((path, _stat_reason(path, exc)))
+                result.skipped.append((Path(text), _stat_reason(text, exc)))
                 continue
             if not stat.S_ISREG(st.st_mode):
-                result.skipped.append((path, "not a regular file"))
+                result.skipped.append((Path(text), "not a regular file"))
                 continue
             key = (st.st_dev, st.st_ino)
             if key in seen:
-                result.skipped.append((path, f"duplicate of {seen[key]}"))
+                result.skipped.append((Path(text), f"duplicate of {Path(kept[seen[key]])}"))
                 continue
-            seen[key] = path
-            result.paths.append(path)
+            seen[key] = len(kept)
+            kept.append(text)
+    del seen  # ~170 bytes a file (tracemalloc): freed before the PathList is built
+    result.paths = PathList.from_strings(kept)
     return result
 
 
-def _stat_reason(path: Path, exc: OSError) -> str:
+def _stat_reason(path: str | Path, exc: OSError) -> str:
     """Why os.stat failed, in words for skipped.csv."""
     if exc.errno == errno.ELOOP:
         return "symlink loop"
