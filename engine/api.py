@@ -54,9 +54,11 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         device's limit), seed.
 
     Fitted attributes: labels_ (n,) int64, k_, scores_ (list of per-K dicts), paths_ (n good
-    image paths, input order), skipped_ [(path, reason)], cluster_centers_ (k, n_components)
-    float32, result_ (the full engine.pipeline.RunResult), model_ (engine.model.FittedModel: the
-    predictor; save() writes it to one file, ImageClusterer.load reads it back).
+    image paths, input order: a read-only sequence of pathlib.Path, an engine.pathlist.PathList,
+    ~70 bytes a path instead of ~320 for a list of Path; list(paths_) gives a list), skipped_
+    [(path, reason)], cluster_centers_ (k, n_components) float32, result_ (the full
+    engine.pipeline.RunResult), model_ (engine.model.FittedModel: the predictor; save() writes it
+    to one file, ImageClusterer.load reads it back).
     """
 
     # The defaults are engine.config's (a test holds them equal); keyword-only, as in scikit-learn.

@@ -175,7 +175,7 @@ class _Extractor:
             # capture at the batch size now, while no loader thread uses the GPU (engine.cuda_graphs)
             self.backbone.prepare_graphs(self.runner.micro_batch, runner=self.runner)
         try:
-            for batch in self.loader.batches([self.paths[i] for i in todo], self.batch_size):
+            for batch in self.loader.batches(_subset(self.paths, todo), self.batch_size):
                 if self.slow > 0:
                     time.sleep(self.slow)
                 done = todo[batch.indices] if len(batch.indices) else np.zeros(0, dtype=np.int64)
@@ -196,6 +196,18 @@ class _Extractor:
             if self.store is not None:
                 self.store.flush()
             raise
+
+
+def _subset(paths: Sequence, positions: np.ndarray) -> Sequence:
+    """paths[positions] (positions: (m,) int64, ascending, unique) for a loader, without a Path
+    object per image up front: a PathList's take() shares its bytes (16 bytes an image), and all
+    positions (the usual case: nothing cached) are `paths` itself. A plain list of paths (the API,
+    tests) gives a list."""
+    if len(positions) == len(paths):
+        return paths
+    if hasattr(paths, "take"):
+        return paths.take(positions)
+    return [paths[i] for i in positions]
 
 
 def _row_index(positions: np.ndarray, device: torch.device):

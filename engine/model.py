@@ -31,6 +31,7 @@ from .features import OOMBackoff, auto_batch_size
 from .loaders.decode import DEFAULT_MAX_PIXELS, load_and_preprocess, preprocess_pil
 from .loaders.preprocess import CROP, describe as describe_preprocess, normalize_uint8
 from .model_file import FORMAT_VERSION, ModelState, read_model_file
+from .pathlist import PathList
 
 # ----------------------------------------------------------------------------------------------
 # Results
@@ -272,7 +273,8 @@ class FittedModel:
 
         if isinstance(paths, (str, bytes, os.PathLike)):  # one path, not a list of its characters
             raise TypeError("predict_paths takes a list of paths: predict_paths([path])")
-        paths = [Path(p) for p in paths]
+        if not isinstance(paths, PathList):  # a PathList already gives Paths, without one per image up front
+            paths = [Path(p) for p in paths]
         out = Prediction.empty(len(paths))
         loader = make_loader(self.decoder, self.device, max_pixels=self.max_pixels, num_threads=self.num_threads,
                              io_threads=self.io_threads)
@@ -404,7 +406,7 @@ class PredictFilesResult:
     """paths: the images that got a cluster (CSV rows); prediction: their Prediction (all ok);
     skipped: [(path, reason)] found but unusable; out / skipped_csv: the files written."""
 
-    paths: list[Path]
+    paths: Sequence[Path]
     prediction: Prediction
     skipped: list[tuple[Path, str]]
     out: Path
@@ -429,9 +431,9 @@ def predict_files(model: FittedModel, inputs: Sequence[str | os.PathLike], out: 
     with reporter.task("Predicting", len(found.paths)) as advance:
         pred = model.predict_paths(found.paths, progress=advance)
     ok = pred.ok
-    good = [p for p, g in zip(found.paths, ok) if g]
-    skipped = list(found.skipped) + [(p, e) for p, g, e in zip(found.paths, ok, pred.errors) if not g]
     idx = np.flatnonzero(ok)
+    good = found.paths.take(idx)  # a PathList sharing found.paths' bytes
+    skipped = list(found.skipped) + [(found.paths[i], pred.errors[i]) for i in np.flatnonzero(~ok).tolist()]
     rows = ((outputs.path_to_text(p), int(pred.labels[i]), f"{float(pred.distances[i]):.6g}",
              f"{float(pred.confidences[i]):.6g}") for p, i in zip(good, idx))
     outputs.write_csv(out, ["path", "cluster", "distance", "confidence"], rows)

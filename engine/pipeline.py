@@ -66,7 +66,8 @@ class BackboneInfo:
 class RunResult:
     """Everything a finished run knows.
 
-    paths:    the n good images, in input order; labels: (n,) int64 cluster ids of the chosen K
+    paths:    the n good images, in input order (a sequence of Path: an engine.pathlist.PathList
+              from run_pipeline, a list from recluster); labels: (n,) int64 cluster ids of the chosen K
     reduced:  (n, n_components) float32 on the device (PCA output, what KMeans saw)
     centroids: (k, n_components) float32 of the chosen K
     skipped:  [(path, reason)] for every input not used
@@ -74,7 +75,7 @@ class RunResult:
     """
 
     config: Config
-    paths: list[Path]
+    paths: Sequence[Path]
     labels: np.ndarray
     k: int
     search: KSearch
@@ -214,7 +215,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     timings["extract"] = _stage(extraction.seconds, len(found.paths))
     extraction.drop_non_finite()  # before PCA and KMeans, which a NaN row would fail or poison
     skipped = list(found.skipped) + [(found.paths[i], reason) for i, reason in extraction.failures]
-    good_paths = [found.paths[i] for i in extraction.good]
+    good_paths = found.paths.take(extraction.good)  # a PathList sharing found.paths' bytes
     if not good_paths:
         if out_dir is not None:
             outputs.write_skipped(out_dir, skipped)
