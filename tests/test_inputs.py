@@ -135,15 +135,16 @@ def test_folder_is_recursive_sorted_and_filtered(tmp_path):
 
 def test_folder_order_is_path_order_with_awkward_names(tmp_path):
     """Discovery sorts strings component by component: the order Path objects sort in (a
-    separator sorts before '-', '.' and ' '; case and non-ASCII names as Path compares them)."""
+    separator sorts before '-', '.', ' ' and control characters; case, non-ASCII and non-UTF-8
+    names as Path compares them)."""
     from pathlib import Path
 
     names = ["a/x.jpg", "a-b/x.jpg", "a.b/y.png", "a/b/z.jpg", "A/x.jpg", "a/x.JPG", "ab.jpg", "a b/c.jpg",
-             "\u00e9/x.jpg", "a/notes.txt"]
+             "\u00e9/x.jpg", "a/notes.txt", "a\x01b/x.jpg", os.fsdecode(b"\xe9\xff/x.jpg")]
     for rel in names:
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(rel.encode())  # distinct contents: distinct files
+        path.write_bytes(os.fsencode(rel))  # distinct contents: distinct files
     found = discover([tmp_path]).paths
     expected = sorted(Path(tmp_path) / rel for rel in names if not rel.endswith(".txt"))
     assert found == expected
