@@ -1,8 +1,9 @@
 """PathList: a read-only sequence of file paths stored as one bytes blob plus offsets.
 
-A list of 10 million pathlib.Path objects holds 3-5 GB of host memory (a Path costs ~320 bytes
-on top of its string on Python 3.11); a PathList holds each path's bytes plus two int64 offsets
-(16 bytes), and makes a Path only when one is asked for. `discover()` returns one, and a run's
+A list of 10 million pathlib.Path objects holds 3.2-4.2 GB of host memory (on Python 3.11 a
+55-character path as a Path costs ~320 bytes, ~424 once it has made its str, as os.stat does);
+a PathList holds each path's bytes plus two int64 offsets (71 bytes for that path), and makes a
+Path only when one is asked for (benchmarks/RESULTS.md, host-side costs). `discover()` returns one, and a run's
 good images (RunResult.paths, ImageClusterer.paths_) are one.
 
 Paths are stored as os.fsencode gives them, so a name that is not valid UTF-8 (a str with
