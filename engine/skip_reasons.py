@@ -1,0 +1,43 @@
+"""Why files were skipped, counted by kind: the one-line notice and summary.json's
+`skipped_reasons`, so a run with 40,000 HEIC photos says so up front instead of leaving it to
+skipped.csv (which still lists every file with its full reason)."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable
+
+from .loaders.decode import depends_on_environment
+
+# Reasons that name a file or a size after a fixed opening: counted under one label.
+_VARIABLE_OPENINGS = {"duplicate of": "duplicate (the same file reached twice)", "invalid dimensions": "invalid dimensions"}
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a skip reason: its text before the first ':' ("corrupt or truncated image"),
+    one label for reasons that name a file or a size ("duplicate of a.jpg"), or the whole reason
+    when installing something cures it (it carries the install hint)."""
+    if depends_on_environment(reason):
+        return reason
+    for opening, label in _VARIABLE_OPENINGS.items():
+        if reason.startswith(opening):
+            return label
+    return reason.split(":", 1)[0].strip() or reason
+
+
+def count_reasons(reasons: Iterable[str]) -> dict[str, int]:
+    """{kind: files}, most frequent first (ties by name)."""
+    counts = Counter(reason_kind(r) for r in reasons)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def skipped_note(counts: dict[str, int], limit: int = 3) -> str:
+    """'Skipped 7 file(s): 4 corrupt or truncated image; 2 empty file (0 bytes); 1 duplicate (the
+    same file reached twice) (see skipped.csv)': the `limit` most frequent kinds, then how many
+    other kinds. '' when none."""
+    total = sum(counts.values())
+    if not total:
+        return ""
+    kinds = [f"{n:,} {kind}" for kind, n in list(counts.items())[:limit]]
+    if len(counts) > limit:
+        kinds.append(f"{len(counts) - limit} more kind(s)")
+    return f"Skipped {total:,} file(s): {'; '.join(kinds)} (see skipped.csv)"
