@@ -39,6 +39,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
     (type and range, see engine.config) when fit runs.
 
     Parameters
+        include_hidden: also take hidden folders and files and NAS/OS system folders (Synology's
+            @eaDir thumbnails, recycle bins...), which folder walks leave out by default.
         model, weights: backbone name (resnet152, resnet50, ..., pixels) and its weights
             ("auto": ImageNet from torchvision's cache or download; "random"; or a state-dict file).
         device ("auto" | "cpu" | "cuda" | "cuda:N"), decoder ("auto" | "dali" | "nvjpeg" | "pil"),
@@ -62,13 +64,14 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
     """
 
     # The defaults are engine.config's (a test holds them equal); keyword-only, as in scikit-learn.
-    def __init__(self, *, model: str = DEFAULT_MODEL, weights: str = "auto", device: str = "auto",
+    def __init__(self, *, include_hidden: bool = False, model: str = DEFAULT_MODEL, weights: str = "auto", device: str = "auto",
                  decoder: str = "auto", precision: str = "auto", compile: bool = False,
                  cuda_graphs: bool = False, batch_size: int | None = None, num_threads: int | None = None,
                  io_threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  pca: float | int = DEFAULT_PCA, pca_fit_limit: int | None = DEFAULT_PCA_FIT_LIMIT,
                  k=DEFAULT_K, n_init: int = 3, max_iter: int = 100, cluster_backend: str = "auto",
                  select: str = "silhouette", silhouette_sample: int | None = None, seed: int = 0):
+        self.include_hidden = include_hidden
         self.model = model
         self.weights = weights
         self.device = device

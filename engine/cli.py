@@ -59,6 +59,7 @@ WeightsOpt = typer.Option("auto", "--weights", help="auto (torchvision ImageNet 
 DeviceOpt = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu.")
 DecoderOpt = typer.Option("auto", "--decoder", help="auto | dali | nvjpeg | pil.")
 BatchOpt = typer.Option(None, "--batch-size", help="Images per batch (default: chosen from the device).")
+IncludeHiddenOpt = typer.Option(False, "--include-hidden", help="Also take hidden folders and files and NAS/OS system folders (Synology @eaDir thumbnails, recycle bins), which folder walks leave out.")
 IoThreadsOpt = typer.Option(None, "--io-threads", help="GPU decoders: threads that read files (default auto: one, more when reads wait on storage).")
 CudaGraphsOpt = typer.Option(False, "--cuda-graphs", help="Replay the backbone from CUDA graphs: one launch per batch instead of ~670 (CUDA only; not yet measured, see README).")
 SeedOpt = typer.Option(0, "--seed", help="Random seed (KMeans init, random weights, samples).")
@@ -98,6 +99,7 @@ def run(
     save_model: Optional[Path] = typer.Option(None, "--save-model", help="Also save the fitted model to this file (e.g. model.imgc) for `imgcluster predict`."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the HTML report to OUT/report/."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep a feature cache in OUT/features/ so an interrupted run resumes."),
+    include_hidden: bool = IncludeHiddenOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
 ):
     """Cluster the images under PATHS and write predictions.csv, summary.json and skipped.csv to --out.
@@ -116,7 +118,7 @@ def run(
                         select=select, cluster_backend=cluster_backend, n_init=n_init,
                         silhouette_sample=silhouette_sample, batch_size=batch_size, precision=precision,
                         compile=compile, seed=seed, pca_fit_limit=pca_fit_limit, max_pixels=max_pixels,
-                        io_threads=io_threads, cuda_graphs=cuda_graphs)
+                        io_threads=io_threads, cuda_graphs=cuda_graphs, include_hidden=include_hidden)
     clusterer = ImageClusterer(**params)
     clusterer.fit(paths, out_dir=out, reporter=reporter, save_features=save_features, report=report, cache=cache)
     try:
@@ -254,6 +256,7 @@ def predict(
     io_threads: Optional[int] = IoThreadsOpt,
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights file to use instead of the one the model records (its fingerprint must match)."),
     allow_fingerprint_mismatch: bool = typer.Option(False, "--allow-fingerprint-mismatch", help="Use weights whose fingerprint differs from the model's (a warning instead of an error)."),
+    include_hidden: bool = IncludeHiddenOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
 ):
     """Assign new images to the clusters of a saved model; write path,cluster,distance,confidence to --out.
@@ -270,7 +273,7 @@ def predict(
                         decoder=decoder, batch_size=batch_size, io_threads=io_threads, warn=reporter.warn,
                         notify=reporter.notify)
     with fitted:
-        done = predict_files(fitted, paths, out, reporter=reporter)
+        done = predict_files(fitted, paths, out, reporter=reporter, include_hidden=include_hidden)
     skipped = f"; {len(done.skipped)} skipped (see {done.skipped_csv})" if done.skipped else ""
     out_console.print(f"Assigned {len(done.paths)} image(s) to K = {fitted.k} clusters: {escape(str(out) + skipped)}")
 

@@ -91,6 +91,17 @@ def parse_k(value) -> tuple[int, ...]:
 
 
 @dataclass
+class InputConfig:
+    """Finding the images."""
+
+    # also walk hidden folders/files and NAS/OS system folders (@eaDir...): engine.hidden_entries
+    include_hidden: bool = False
+
+    def validate(self) -> None:
+        self.include_hidden = _flag("include_hidden", self.include_hidden)
+
+
+@dataclass
 class FeatureConfig:
     """Loading and the backbone."""
 
@@ -173,11 +184,12 @@ class ClusterConfig:
 
 @dataclass
 class Config:
+    inputs: InputConfig = field(default_factory=InputConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
-    STAGES = ("features", "reduce", "cluster")
+    STAGES = ("inputs", "features", "reduce", "cluster")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "Config":
@@ -196,9 +208,10 @@ class Config:
 
     @classmethod
     def parameter_names(cls) -> list[str]:
-        return [f.name for stage in (FeatureConfig, ReduceConfig, ClusterConfig) for f in fields(stage)]
+        return [f.name for stage in (InputConfig, FeatureConfig, ReduceConfig, ClusterConfig) for f in fields(stage)]
 
     def validate(self) -> "Config":
+        self.inputs.validate()
         self.features.validate()
         self.reduce.validate()
         self.cluster.validate()
@@ -218,4 +231,4 @@ class Config:
         return Config.from_kwargs(**flat)
 
 
-__all__ = ["Config", "FeatureConfig", "ReduceConfig", "ClusterConfig", "parse_k", "SELECT_METRICS"]
+__all__ = ["Config", "InputConfig", "FeatureConfig", "ReduceConfig", "ClusterConfig", "parse_k", "SELECT_METRICS"]

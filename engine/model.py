@@ -414,20 +414,23 @@ class PredictFilesResult:
 
 
 def predict_files(model: FittedModel, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
-                  reporter=None) -> PredictFilesResult:
+                  reporter=None, include_hidden: bool = False) -> PredictFilesResult:
     """Discover images under `inputs` (folders, files, @lists, globs) as `run` does, assign them,
     and write `out` (CSV: path,cluster,distance,confidence; one row per assigned image, input
     order) and <out's stem>.skipped.csv (path,reason) beside it (named after `out`, so a predict
-    into a run's folder never replaces the run's skipped.csv). reporter: an engine.progress.Reporter."""
+    into a run's folder never replaces the run's skipped.csv). reporter: an engine.progress.Reporter.
+    include_hidden: as discover's (hidden and system folders are left out by default)."""
     from .progress import Reporter
     from .report import outputs
     from .sources import discover, no_images_message
 
     out = outputs.check_out_file(out, "--out")  # before the work, not after it
     reporter = reporter or Reporter()
-    found = discover(list(inputs))
+    found = discover(list(inputs), include_hidden=include_hidden)
     if not found.paths:
         raise InputError(no_images_message(inputs, found))
+    if found.left_out:
+        reporter.notify(found.left_out.note())
     with reporter.task("Predicting", len(found.paths)) as advance:
         pred = model.predict_paths(found.paths, progress=advance)
     ok = pred.ok

@@ -26,6 +26,7 @@ from .progress import Reporter
 from .reduce import PCAResult, fit_pca
 from .report import outputs
 from .select import KSearch, search_k, search_progress_steps, usable_ks
+from .skip_reasons import count_reasons, skipped_note
 from .sources import RunOutputs, discover, no_images_message
 from .versions import imgcluster_version, versions
 
@@ -71,6 +72,8 @@ class RunResult:
     reduced:  (n, n_components) float32 on the device (PCA output, what KMeans saw)
     centroids: (k, n_components) float32 of the chosen K
     skipped:  [(path, reason)] for every input not used
+    left_out: {"hidden_or_system_folders": n, "hidden_image_files": m} that the folder walks left
+              out (engine.hidden_entries); None when include_hidden took them
     backbone: the loaded Backbone, or a BackboneInfo record when re-clustering cached features
     """
 
@@ -89,6 +92,7 @@ class RunResult:
     timings: dict[str, dict[str, float]]
     inputs: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    left_out: dict | None = None
 
     @property
     def features(self) -> torch.Tensor:
@@ -168,13 +172,15 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
 
     t0 = time.perf_counter()
     own = run_outputs(out_dir) if out_dir is not None else None
-    found = discover(list(inputs), own)
+    found = discover(list(inputs), own, include_hidden=config.inputs.include_hidden)
     if own is not None and own.left_out:
         reporter.notify(f"Left out the earlier run's own files in {out_dir} (its report, feature cache and CSVs): "
                         "they are outputs, not inputs")
     timings["discover"] = _stage(time.perf_counter() - t0, len(found.paths))
     if found.ignored and found.paths:
         reporter.notify(found.ignored_note())
+    if found.left_out and found.paths:
+        reporter.notify(found.left_out.note())
     if not found.paths:
         if out_dir is not None and found.skipped:
             outputs.write_skipped(outputs.prepare_out_dir(out_dir), found.skipped)
@@ -221,7 +227,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
             outputs.write_skipped(out_dir, skipped)
         raise InputError(f"none of the {len(found.paths)} files could be used (reasons in skipped.csv)")
     if skipped:
-        reporter.notify(f"Skipped {len(skipped)} file(s): see skipped.csv")
+        reporter.notify(skipped_note(count_reasons(reason for _, reason in skipped)))
 
     try:
         pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster,
@@ -237,7 +243,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     result = RunResult(config=config, paths=good_paths, labels=fit.labels.cpu().numpy(), k=search.chosen_k,
                        search=search, pca=pca, reduced=reduced, centroids=fit.centroids, extraction=extraction,
                        skipped=skipped, backbone=backbone, backends=backends, timings=timings,
-                       inputs=[os.fspath(i) for i in inputs])
+                       inputs=[os.fspath(i) for i in inputs], left_out=None if found.left_out is None else found.left_out.as_dict())
     result.summary = build_summary(result)
     if out_dir is not None:
         write_run(result, out_dir, save_features=save_features, report=report, reporter=reporter)
@@ -258,6 +264,8 @@ def build_summary(result: RunResult) -> dict:
         "cwd": os.getcwd(),  # relative paths in predictions.csv are relative to this
         "n_images": len(result.paths),
         "n_skipped": len(result.skipped),
+        "skipped_reasons": count_reasons(reason for _, reason in result.skipped),
+        "left_out": result.left_out,
         "k": k,
         "select": search.select,
         "scores": search.scores_table(),

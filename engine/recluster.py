@@ -157,7 +157,8 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
                        k=search.chosen_k, search=search, pca=pca, reduced=reduced, centroids=fit.centroids,
                        extraction=extraction, skipped=skipped, backbone=backbone,
                        backends=Backends(device, "none (cached features)", backend), timings=timings,
-                       inputs=list(summary.get("inputs") or []))
+                       inputs=list(summary.get("inputs") or []),
+                       left_out=summary.get("left_out"))  # the original run's walk (None before it was recorded)
     result.summary = build_summary(result)
     result.summary["cwd"] = run_cwd  # the paths are still relative to the original run's folder
     result.summary["cache"]["dir"] = os.path.abspath(cache_dir)

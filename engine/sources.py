@@ -27,6 +27,7 @@ from typing import Sequence
 
 from .errors import InputError
 from .loaders.decode import has_image_extension, name_suffix
+from .hidden_entries import LeftOut, is_hidden_file
 from .pathlist import PathList
 from .recursive_glob import is_recursive, recursive_glob
 
@@ -38,11 +39,14 @@ class Discovery:
     """paths: image files to process, in order (a PathList: a sequence of Path kept as one bytes
     blob, ~70 bytes a path instead of ~320 for a list of Path). skipped: [(path, reason)] found but
     not usable. ignored: files that folders and globs passed over because their name is not an
-    image's (a Counter: lower-case extension as pathlib gives it, "" for none -> how many files)."""
+    image's (a Counter: lower-case extension as pathlib gives it, "" for none -> how many files).
+    left_out: hidden and system folders and hidden image files the walks passed over
+    (engine.hidden_entries); None when they were included."""
 
     paths: PathList = field(default_factory=PathList)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)
+    left_out: LeftOut | None = field(default_factory=LeftOut)
 
     @property
     def n_ignored(self) -> int:
@@ -129,18 +133,23 @@ def no_images_message(inputs: Sequence[str | bytes | os.PathLike], found: Discov
         n = found.n_ignored
         notes.append(f"{n} other file{'s' if n != 1 else ''}, not named like images: "
                      f"{found.ignored_extensions()}; {INCLUDE_HINT}")
+    if found.left_out:
+        notes.append(found.left_out.note().replace("Left out", "left out", 1))
     where = ", ".join(os.fsdecode(arg) for arg in inputs)
     return f"no image files found in {where}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
-          avoid: frozenset = frozenset(), outputs: RunOutputs | None = None) -> list[str]:
+          avoid: frozenset = frozenset(), outputs: RunOutputs | None = None,
+          left_out: LeftOut | None = None) -> list[str]:
     """All image-extension files under `folder`, following symlinked folders once (no loops),
     sorted as Path objects sort (component by component). The other files are counted in
     `ignored` by extension (from the names os.walk gives: no stat). avoid: (device, inode) of
     folders not to enter (a glob's folder above this one: a link back up to it is a loop).
     outputs: a run's output folder, whose own subfolders are not entered and whose own files are
-    neither taken nor counted.
+    neither taken nor counted. left_out: when given, hidden and system folders are not entered and
+    hidden files not taken (engine.hidden_entries), and both are counted there; `folder` itself
+    is walked whatever its name.
 
     Strings, not Paths: a Path per file before filtering and sorting cost 21.6 us a file (100,000
     files on the VM), which is 3.6 minutes for 10 million; discover() keeps them in a PathList."""
@@ -174,10 +183,15 @@ def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
                 files = [name for name in files if name not in outputs.own_names]
             elif key in outputs.quiet_dirs:
                 files = [name for name in files if has_image_extension(name)]
+        if left_out is not None:
+            dirs[:] = left_out.filter_folders(dirs)
         dirs.sort()
         for name in files:
             if has_image_extension(name):
-                found.append(join(root, name))
+                if left_out is not None and is_hidden_file(name):
+                    left_out.files += 1
+                else:
+                    found.append(join(root, name))
             else:
                 ignored[name_suffix(name)] += 1
     # Path order is component by component. os.walk's roots are normalised (folder is a Path), so
@@ -206,7 +220,7 @@ def _read_list(list_file: Path, skipped: list) -> list[Path]:
 
 
 def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
-            outputs: RunOutputs | None = None) -> list[str]:
+            outputs: RunOutputs | None = None, left_out: LeftOut | None = None) -> list[str]:
     """The files one input names, as path strings, in order (see discover)."""
     text = os.fsdecode(arg)  # bytes names (not UTF-8) become str with surrogate escapes, as os.listdir gives
     if isinstance(text, str) and text.startswith("@"):
@@ -215,29 +229,30 @@ def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
             raise InputError(f"path list not found: {list_file}")
         items = []
         for entry in _read_list(list_file, skipped):
-            items.extend(_expand_path(entry, skipped, ignored, explicit=True, outputs=outputs))
+            items.extend(_expand_path(entry, skipped, ignored, explicit=True, outputs=outputs, left_out=left_out))
         return items
-    return _expand_path(Path(text), skipped, ignored, explicit=False, outputs=outputs)
+    return _expand_path(Path(text), skipped, ignored, explicit=False, outputs=outputs, left_out=left_out)
 
 
 def _expand_path(path: Path, skipped: list, ignored: Counter, explicit: bool,
-                 outputs: RunOutputs | None = None) -> list[str]:
+                 outputs: RunOutputs | None = None, left_out: LeftOut | None = None) -> list[str]:
     if path.is_dir():
-        return _walk(path, skipped, ignored, outputs=outputs)
+        return _walk(path, skipped, ignored, outputs=outputs, left_out=left_out)
     if path.exists():
         return [os.fspath(path)]  # an explicit file is taken whatever its extension; content decides
     if path.is_symlink():
         return [os.fspath(path)]  # broken or looping: discover() says which
     text = os.fspath(path)
     if glob.has_magic(text):
-        return _expand_glob(text, skipped, ignored, outputs)
+        return _expand_glob(text, skipped, ignored, outputs, left_out)
     if explicit:
         skipped.append((path, "listed file not found"))
         return []
     raise InputError(f"path not found: {text}")
 
 
-def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs | None = None) -> list[str]:
+def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs | None = None,
+                 left_out: LeftOut | None = None) -> list[str]:
     """The files a glob names, sorted as Paths; a matching folder is walked in its place. A run's
     own files (outputs.owns) are left out."""
     entries: list[tuple[Path, frozenset | None]] = []  # (path, None for a file or the ids to avoid in a folder)
@@ -269,14 +284,16 @@ def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs
     entries.sort(key=lambda entry: entry[0])
     out: list[str] = []
     for p, avoid in entries:
-        out.extend([os.fspath(p)] if avoid is None else _walk(p, skipped, ignored, avoid, outputs))
+        out.extend([os.fspath(p)] if avoid is None else _walk(p, skipped, ignored, avoid, outputs, left_out))
     return out
 
 
 def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
-             outputs: RunOutputs | None = None) -> Discovery:
+             outputs: RunOutputs | None = None, include_hidden: bool = False) -> Discovery:
     """Expand `inputs` into a deterministic list of image files. outputs: a run's output folder
     whose own files are not inputs (see RunOutputs); explicitly named files are taken anyway.
+    include_hidden: also walk hidden and system folders and take hidden files (by default they are
+    left out and counted in `left_out`: engine.hidden_entries says why).
 
     Raises InputError for a missing path or empty glob (a user mistake). Files that exist but
     cannot be used at this stage (broken symlink, duplicate) go to `skipped` with a reason; files
@@ -286,13 +303,13 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
         inputs = [inputs]
     if not inputs:
         raise InputError("no input paths given")
-    result = Discovery()
+    result = Discovery(left_out=None if include_hidden else LeftOut())
     # Strings until the end (a Path each would cost ~320 bytes a file), and the position of each
     # kept file's string, not a Path, for the "duplicate of" message.
     kept: list[str] = []
     seen: dict[tuple[int, int], int] = {}
     for arg in inputs:
-        for text in _expand(arg, result.skipped, result.ignored, outputs):
+        for text in _expand(arg, result.skipped, result.ignored, outputs, result.left_out):
             try:
                 st = os.stat(text)
             except OSError as exc:

@@ -140,14 +140,28 @@ def test_recursive_glob_matches_what_glob_glob_matches_without_loops(tmp_path, m
     for i, rel in enumerate(["t/1.png", "t/a/2.jpg", "t/a/.3.png", "t/a/b/4.png", "t/.h/5.png", "t/.h/a/6.jpg",
                              "t/x.y/b/7.png", "t/b/a/8.jpg", "t/b/9.png"]):
         _image(Path(rel), (i * 20, 0, 0), fmt="JPEG" if rel.endswith(".jpg") else "PNG")
-    expected = set()
-    for m in glob.glob(pattern, recursive=True):  # a matching folder stands for all its files
-        expected |= {os.path.normpath(os.path.join(r, f)) for r, _, fs in os.walk(m) for f in fs} if os.path.isdir(m) \
-            else {os.path.normpath(m)}
-    found = discover([pattern])
-    assert found.skipped == []
-    assert found.paths == sorted(found.paths)
-    assert {os.fspath(p) for p in found.paths} == expected and expected
+    for include_hidden in (False, True):
+        expected = set()
+        for m in glob.glob(pattern, recursive=True):  # a matching folder stands for its files
+            expected |= _walked(m, include_hidden) if os.path.isdir(m) else {os.path.normpath(m)}
+        found = discover([pattern], include_hidden=include_hidden)
+        assert found.skipped == []
+        assert found.paths == sorted(found.paths)
+        assert {os.fspath(p) for p in found.paths} == expected and expected
+
+
+def _walked(folder: str, include_hidden: bool) -> set[str]:
+    """The files under `folder` as a folder walk takes them: by default without hidden names below
+    it (engine.hidden_entries), whatever the folder's own name."""
+    from engine.hidden_entries import is_hidden_file, is_hidden_or_system_folder
+
+    out = set()
+    for root, dirs, files in os.walk(folder):
+        if not include_hidden:
+            dirs[:] = [d for d in dirs if not is_hidden_or_system_folder(d)]
+            files = [f for f in files if not is_hidden_file(f)]
+        out |= {os.path.normpath(os.path.join(root, f)) for f in files}
+    return out
 
 
 def _dat_folder(root: Path) -> Path:

@@ -1,0 +1,77 @@
+"""Folder walks leave out hidden entries and the folders that NAS boxes, operating systems and
+photo apps keep inside photo folders. A Synology share holds an `@eaDir` folder beside each
+photo folder with several thumbnail JPEGs of every photo: walked as images, they would be clustered
+with (and outnumber) the photos themselves. macOS copies leave a `._IMG_0001.jpg` (metadata, not
+an image) beside every file on non-Mac disks.
+
+Left out: names starting with "." (hidden: `.thumbnails`, `._x.jpg`, `.Trash-1000`, QNAP's
+`.@__thumb`) and the folders in SYSTEM_FOLDERS. Globs already pass over hidden names (as
+glob.glob does). `--include-hidden` takes everything; a folder named on the command line is
+walked whatever its name.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Exact names (case-sensitive, as these systems write them).
+SYSTEM_FOLDERS = frozenset({
+    "@eaDir",                     # Synology: per-photo thumbnails and metadata
+    "#recycle", "#snapshot",      # Synology: recycle bin, snapshots (copies of the same photos)
+    "@Recycle", "@Recently-Snapshot",  # QNAP: recycle bin, snapshots
+    "$RECYCLE.BIN", "System Volume Information",  # Windows: recycle bin, restore points
+    "lost+found",                 # ext file systems: recovered fragments
+})
+
+
+def is_hidden_or_system_folder(name: str) -> bool:
+    """True for a folder a walk leaves out by default (see the module docstring)."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
+def is_hidden_file(name: str) -> bool:
+    """True for a file a walk leaves out by default: a hidden name, including AppleDouble `._*`."""
+    return name.startswith(".")
+
+
+@dataclass
+class LeftOut:
+    """What folder walks left out: folders by name (name -> how many) and hidden files named
+    like images (others are counted with the files not named like images)."""
+
+    folders: Counter = field(default_factory=Counter)
+    files: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.folders) or self.files > 0
+
+    def as_dict(self) -> dict[str, int]:
+        """summary.json's "left_out": how many folders and hidden image files."""
+        return {"hidden_or_system_folders": sum(self.folders.values()), "hidden_image_files": self.files}
+
+    def filter_folders(self, names: list[str]) -> list[str]:
+        """`names` (one folder's subfolders) without those left out, which are counted."""
+        kept = []
+        for name in names:
+            if is_hidden_or_system_folder(name):
+                self.folders[name] += 1
+            else:
+                kept.append(name)
+        return kept
+
+    def note(self, limit: int = 4) -> str:
+        """'Left out 3 hidden or system folders (@eaDir ×2, .thumbnails) and 5 hidden image
+        files (such as macOS's ._ files): --include-hidden takes them', or '' when nothing was."""
+        if not self:
+            return ""
+        parts = []
+        if self.folders:
+            n = sum(self.folders.values())
+            ranked = sorted(self.folders.items(), key=lambda kv: (-kv[1], kv[0]))
+            names = [f"{name} ×{count}" if count > 1 else name for name, count in ranked[:limit]]
+            if len(ranked) > limit:
+                names.append(f"{len(ranked) - limit} other name(s)")
+            parts.append(f"{n:,} hidden or system folder{'s' if n != 1 else ''} ({', '.join(names)})")
+        if self.files:
+            parts.append(f"{self.files:,} hidden image file{'s' if self.files != 1 else ''} (such as macOS's ._ files)")
+        return f"Left out {' and '.join(parts)}: --include-hidden takes them"

@@ -1,0 +1,126 @@
+"""Folder walks leave out hidden entries and NAS/OS system folders (Synology's @eaDir holds
+thumbnails of every photo), count them in a notice and in summary.json, and --include-hidden
+takes them. A folder named on the command line is walked whatever its name."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.errors import ConfigError
+from engine.hidden_entries import LeftOut, is_hidden_file, is_hidden_or_system_folder
+from engine.sources import discover, no_images_message
+from tests.helpers import read_rows
+
+
+def _image(path: Path, colour=(200, 30, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), colour).save(path, "JPEG")
+    return path
+
+
+@pytest.fixture()
+def nas_folder(tmp_path) -> Path:
+    """photos/ as a Synology share and a Mac-copied USB disk leave it: 2 photos, their thumbnails
+    in @eaDir, a recycle bin, a hidden thumbnail cache, and AppleDouble ._ files."""
+    root = tmp_path / "photos"
+    _image(root / "a.jpg")
+    _image(root / "trip" / "b.jpg", (30, 30, 200))
+    for photo in ("a.jpg", "trip/b.jpg"):
+        parent = (root / photo).parent
+        _image(parent / "@eaDir" / Path(photo).name / "SYNOPHOTO_THUMB_XL.jpg")
+        (parent / f"._{Path(photo).name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    _image(root / "#recycle" / "old.jpg")
+    _image(root / ".thumbnails" / "normal" / "x.jpg")
+    (root / ".DS_Store").write_bytes(b"\x00")
+    return root
+
+
+def test_names():
+    for name in (".thumbnails", ".git", "@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information"):
+        assert is_hidden_or_system_folder(name), name
+    for name in ("photos", "eaDir", "recycle", "2024", "@home"):
+        assert not is_hidden_or_system_folder(name), name
+    assert is_hidden_file("._IMG_0001.jpg") and is_hidden_file(".x.png") and not is_hidden_file("x.png")
+
+
+def test_walk_leaves_out_hidden_and_system_entries_and_counts_them(nas_folder):
+    found = discover([nas_folder])
+    assert [p.relative_to(nas_folder).as_posix() for p in found.paths] == ["a.jpg", "trip/b.jpg"]
+    assert found.left_out.folders == {"@eaDir": 2, "#recycle": 1, ".thumbnails": 1}
+    assert found.left_out.files == 2  # the ._ files named like images; .DS_Store is an ignored file
+    assert found.ignored == {"": 1}
+    assert found.left_out.note() == ("Left out 4 hidden or system folders (@eaDir ×2, #recycle, .thumbnails) "
+                                     "and 2 hidden image files (such as macOS's ._ files): --include-hidden takes them")
+    assert found.left_out.as_dict() == {"hidden_or_system_folders": 4, "hidden_image_files": 2}
+
+
+def test_include_hidden_takes_everything(nas_folder):
+    found = discover([nas_folder], include_hidden=True)
+    assert found.left_out is None
+    names = {p.relative_to(nas_folder).as_posix() for p in found.paths}
+    assert names == {"a.jpg", "trip/b.jpg", "._a.jpg", "trip/._b.jpg", "@eaDir/a.jpg/SYNOPHOTO_THUMB_XL.jpg",
+                     "trip/@eaDir/b.jpg/SYNOPHOTO_THUMB_XL.jpg", "#recycle/old.jpg", ".thumbnails/normal/x.jpg"}
+
+
+def test_a_named_hidden_folder_or_file_is_taken(nas_folder):
+    found = discover([nas_folder / ".thumbnails", nas_folder / "#recycle", nas_folder / "._a.jpg"])
+    assert [p.name for p in found.paths] == ["x.jpg", "old.jpg", "._a.jpg"]
+    assert not found.left_out
+
+
+def test_no_images_message_says_what_was_left_out(tmp_path):
+    _image(tmp_path / "share" / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_XL.jpg")
+    found = discover([tmp_path / "share"])
+    assert not found.paths
+    message = no_images_message([tmp_path / "share"], found)
+    assert "left out 1 hidden or system folder (@eaDir)" in message and "--include-hidden" in message
+
+
+def test_left_out_note_is_empty_when_nothing_was():
+    assert LeftOut().note() == "" and not LeftOut()
+
+
+def test_run_notices_and_records_what_it_left_out_and_why_files_were_skipped(runner, nas_folder, tmp_path):
+    from engine.cli import app
+
+    shutil.rmtree(nas_folder / "#recycle")
+    _image(nas_folder / "c.jpg", (30, 200, 30))
+    (nas_folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (nas_folder / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(nas_folder), "--out", str(out), "--model", "pixels", "--k", "2",
+                                 "--no-report"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "Left out 3 hidden or system folders (@eaDir ×2, .thumbnails) and 2 hidden image files" in flat
+    assert ("Skipped 2 file(s): 1 empty file (0 bytes); 1 not an image (unrecognised content) "
+            "(see skipped.csv)") in flat
+    assert sorted(Path(r["path"]).name for r in read_rows(out / "predictions.csv")) == ["a.jpg", "b.jpg", "c.jpg"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["left_out"] == {"hidden_or_system_folders": 3, "hidden_image_files": 2}
+    assert summary["skipped_reasons"] == {"empty file (0 bytes)": 1, "not an image (unrecognised content)": 1}
+    assert summary["config"]["include_hidden"] is False
+
+    out2 = tmp_path / "out2"
+    result = runner.invoke(app, ["run", str(nas_folder), "--out", str(out2), "--model", "pixels", "--k", "2",
+                                 "--no-report", "--include-hidden"])
+    assert result.exit_code == 0, result.output
+    assert len(read_rows(out2 / "predictions.csv")) == 3 + 3  # + 2 thumbnails and the .thumbnails image
+    summary = json.loads((out2 / "summary.json").read_text())
+    assert summary["left_out"] is None and summary["config"]["include_hidden"] is True
+    assert summary["skipped_reasons"]["not an image (unrecognised content)"] == 3  # + the two ._ files
+
+
+def test_api_parameter(nas_folder):
+    from engine import ImageClusterer
+
+    _image(nas_folder / "c.jpg", (30, 200, 30))
+    taken = ImageClusterer(model="pixels", k=2, include_hidden=True).fit([nas_folder])
+    default = ImageClusterer(model="pixels", k=2).fit([nas_folder])
+    assert len(default.paths_) == 3 and len(taken.paths_) == 3 + 4
+    with pytest.raises(ConfigError, match="include_hidden=.yes. must be True or False"):
+        ImageClusterer(include_hidden="yes").fit([nas_folder])
