@@ -124,3 +124,19 @@ def test_api_parameter(nas_folder):
     assert len(default.paths_) == 3 and len(taken.paths_) == 3 + 4
     with pytest.raises(ConfigError, match="include_hidden=.yes. must be True or False"):
         ImageClusterer(include_hidden="yes").fit([nas_folder])
+
+
+def test_predict_leaves_out_hidden_entries_too(runner, nas_folder, tmp_path):
+    from engine import ImageClusterer
+    from engine.cli import app
+
+    _image(nas_folder / "c.jpg", (30, 200, 30))
+    model = tmp_path / "m.imgc"
+    ImageClusterer(model="pixels", k=2).fit([nas_folder]).save(model)
+    for extra, rows in (([], 3), (["--include-hidden"], 3 + 4 - 2)):  # the two ._ files are not images
+        out = tmp_path / f"p{len(extra)}.csv"
+        result = runner.invoke(app, ["predict", str(model), str(nas_folder), "--out", str(out), "--device", "cpu",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        assert len(read_rows(out)) == rows
+        assert ("Left out 4 hidden or system folders" in " ".join(result.output.split())) == (not extra)
