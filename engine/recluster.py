@@ -17,12 +17,14 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import Config
 from .device import resolve_cluster_backend, resolve_device
 from .errors import ConfigError, InputError
 from .features import Extraction
+from .pathlist import PathList
 from .pipeline import Backends, BackboneInfo, RunResult, _stage, build_summary, cluster_features, write_run
 from .progress import Reporter
 from .report import outputs
@@ -38,8 +40,9 @@ def text_to_path(text: str) -> Path:
     return Path(outputs.file_for_text(text))
 
 
-def _read_run(run_dir: Path) -> tuple[dict, list[str], list[tuple[str, str]]]:
-    """(summary, good path texts in order, previous skipped [(path text, reason)])."""
+def _read_run(run_dir: Path) -> tuple[dict, PathList, list[tuple[str, str]]]:
+    """(summary, good images in order (as text_to_path gives them, in a PathList: no Path or
+    dict per row), previous skipped [(path text, reason)])."""
     try:
         summary = outputs.read_summary(run_dir)
     except FileNotFoundError:
@@ -50,8 +53,7 @@ def _read_run(run_dir: Path) -> tuple[dict, list[str], list[tuple[str, str]]]:
             or "fingerprint" not in summary["features"]:
         raise InputError(f"{run_dir / outputs.SUMMARY} has no features fingerprint: not a run folder of this version")
     try:
-        rows = outputs.read_csv(run_dir / outputs.PREDICTIONS)
-        paths = [row["path"] for row in rows]
+        paths = outputs.read_paths(run_dir / outputs.PREDICTIONS)
     except FileNotFoundError:
         raise InputError(f"{run_dir} has no {outputs.PREDICTIONS}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -99,7 +101,7 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
     started = time.perf_counter()
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
-    summary, texts, previous_skipped = _read_run(run_dir)
+    summary, paths, previous_skipped = _read_run(run_dir)
     config = _config(summary, overrides)
     outputs.prepare_out_dir(out_dir)  # before the work, as in `run`
     feat = summary["features"]
@@ -108,14 +110,13 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
     t0 = time.perf_counter()
     store = FeatureStore.open(cache_dir, feat["fingerprint"], notify=reporter.notify,
                               dim=feat.get("dim"), create=False)
-    paths = [text_to_path(t) for t in texts]
     run_cwd = summary.get("cwd") or os.getcwd()  # what relative input paths are relative to
     positions, features_np, _ = store.gather(paths, base=run_cwd)
-    found = set(positions.tolist())
+    missing = np.ones(len(paths), dtype=bool)  # not a set of every found position: ~60 bytes an image
+    missing[positions] = False
     skipped: list[tuple] = [(Path(p), r) for p, r in previous_skipped]
-    for pos, path in enumerate(paths):
-        if pos in found:
-            continue
+    for pos in np.flatnonzero(missing).tolist():
+        path = paths[pos]
         if not os.path.lexists(os.path.join(run_cwd, path)):
             reason = "removed since the run (not re-extracted: rerun `imgcluster run`)"
         else:
@@ -153,7 +154,7 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
                             dim=int(feat.get("dim", features.shape[1])), fingerprint=feat["fingerprint"],
                             precision=feat.get("precision", "fp32"))
     fit = search.fits[search.chosen_k]
-    result = RunResult(config=config, paths=[paths[i] for i in positions], labels=fit.labels.cpu().numpy(),
+    result = RunResult(config=config, paths=paths.take(positions), labels=fit.labels.cpu().numpy(),
                        k=search.chosen_k, search=search, pca=pca, reduced=reduced, centroids=fit.centroids,
                        extraction=extraction, skipped=skipped, backbone=backbone,
                        backends=Backends(device, "none (cached features)", backend), timings=timings,

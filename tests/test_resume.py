@@ -355,6 +355,101 @@ def test_cluster_from_another_folder_with_relative_inputs(small_set, runner, tmp
     assert [r["path"] for r in read_rows(elsewhere / "again" / "predictions.csv")] == [r["path"] for r in first]
 
 
+def test_cluster_of_a_relative_run_with_a_non_utf8_name_matches_the_run(small_set, runner, tmp_path, monkeypatch):
+    """recluster reads predictions.csv into a PathList (no Path per row): a relative run with a
+    name that is not UTF-8, re-clustered from another folder with the run's settings, finds every
+    image in the cache and writes the run's predictions.csv byte for byte."""
+    from engine.recluster import recluster, text_to_path
+
+    odd = os.path.join(os.fsencode(small_set), b"odd \xe9\xff", b"caf\xe9, \"x\".jpg")  # not UTF-8, CSV-quoted
+    os.makedirs(os.path.dirname(odd))
+    shutil.copyfile(sorted(small_set.glob("*/*.jpg"))[0], odd)
+    monkeypatch.chdir(small_set.parent)
+    _run(runner, Path(small_set.name), Path("out"), "--k", "3")
+    rows = read_rows(tmp_path / "out" / "predictions.csv")
+    assert len(rows) == 13 and not any(Path(r["path"]).is_absolute() for r in rows)
+    assert any("\\udce9\\udcff" in r["path"] for r in rows)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = recluster(tmp_path / "out", out_dir=elsewhere / "again")
+    assert result.extraction.resumed == 13 and not result.skipped
+    # the paths as the list of Path built before PathList (text_to_path of each row's text)
+    assert result.paths == [text_to_path(r["path"]) for r in rows]
+    assert any(os.fsencode(p) == os.path.relpath(odd, os.fsencode(tmp_path)) for p in result.paths)
+    assert (elsewhere / "again" / "predictions.csv").read_bytes() == (tmp_path / "out" / "predictions.csv").read_bytes()
+    assert _summary(elsewhere / "again")["k"] == 3
+
+    # the non-UTF-8 file removed: reported by its exact name, the rest re-clustered
+    os.unlink(odd)
+    result = recluster(tmp_path / "out", out_dir=elsewhere / "less", k=3)
+    assert len(result.paths) == 12 and len(result.skipped) == 1
+    gone, reason = result.skipped[0]
+    assert os.fsencode(gone) == os.path.relpath(odd, os.fsencode(tmp_path)) and reason.startswith("removed since")
+    assert [r["path"] for r in read_rows(elsewhere / "less" / "predictions.csv")] \
+        == [r["path"] for r in rows if "udce9" not in r["path"]]
+
+
+def test_read_paths_reads_the_column_as_read_csv_would(tmp_path):
+    """outputs.read_paths (recluster's reader) gives what [text_to_path(row["path"]) for row in
+    read_csv(...)] gave: quoted names, blank lines, another column order, escaped non-UTF-8 bytes."""
+    from engine.pathlist import PathList
+    from engine.recluster import text_to_path
+    from engine.report import outputs
+
+    names = ["a.jpg", "dir with, comma/b.jpg", 'quote "q".jpg', "new\nline.jpg", "/abs/c.jpg",
+             "./d//e.jpg", os.fsdecode(b"caf\xe9.jpg"), "\u00e9t\u00e9.png", " lead.jpg"]
+    csv_file = tmp_path / "p.csv"
+    outputs.write_predictions(tmp_path, names, list(range(len(names))))
+    (tmp_path / "predictions.csv").replace(csv_file)
+    with open(csv_file, "a", encoding="utf-8") as handle:
+        handle.write("\n\n")  # blank lines at the end: passed over, as csv.DictReader does
+    expected = [text_to_path(row["path"]) for row in outputs.read_csv(csv_file)]
+    got = outputs.read_paths(csv_file)
+    assert isinstance(got, PathList) and got == expected and len(got) == len(names)
+    assert os.fsencode(got[6]) == b"caf\xe9.jpg" and got[5] == Path("d/e.jpg")
+
+    other = tmp_path / "other.csv"
+    other.write_text("cluster,path\n1,x.jpg\n\n2,y/z.jpg\n", encoding="utf-8")
+    assert outputs.read_paths(other) == [Path("x.jpg"), Path("y/z.jpg")]
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("path,cluster\n", encoding="utf-8")
+    assert outputs.read_paths(header_only) == []
+    empty = tmp_path / "empty.csv"
+    empty.write_text("", encoding="utf-8")
+    assert outputs.read_paths(empty) == []
+    no_column = tmp_path / "nocol.csv"
+    no_column.write_text("file,cluster\nx.jpg,1\n", encoding="utf-8")
+    with pytest.raises(KeyError):
+        outputs.read_paths(no_column)
+    short = tmp_path / "short.csv"
+    short.write_text("cluster,path\n1,x.jpg\n2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 3"):
+        outputs.read_paths(short)
+
+
+def test_read_paths_holds_no_object_per_row(tmp_path):
+    """recluster's paths of a 50,000-row predictions.csv: well under the ~400 B a row of a list
+    of Path (or the ~500 B of read_csv's dicts), at the peak and once read."""
+    import tracemalloc
+
+    from engine.report import outputs
+
+    n = 50_000
+    names = [f"photos/2024/album-{i // 1000:04d}/IMG_{i:08d}_some_longer_name.jpg" for i in range(n)]  # 56 chars
+    outputs.write_predictions(tmp_path, names, np.zeros(n, dtype=np.int64))
+    del names
+    tracemalloc.start()
+    try:
+        paths = outputs.read_paths(tmp_path / "predictions.csv")
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(paths) == n and paths[-1] == Path(f"photos/2024/album-0049/IMG_{n - 1:08d}_some_longer_name.jpg")
+    assert held / n < 100, held / n  # ~72: 56 bytes + 16 of offsets (the list of Path: ~344)
+    assert peak / n < 320, peak / n  # ~235: one chunk of bytes while built (the list of Path: ~460)
+
+
 @pytest.mark.parametrize("setup, needle", [
     ("empty", "not a run folder"),
     ("no-cache", "no feature cache"),
