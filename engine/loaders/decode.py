@@ -192,8 +192,13 @@ def depends_on_environment(reason: str) -> bool:
     return HEIF_HINT in reason or "no AVIF support" in reason
 
 
-def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 min_size: int | None = None) -> Image.Image:
     """Decode `source` (file bytes or a path) into an 8-bit RGB PIL image.
+
+    min_size: a JPEG whose sides are both at least twice this is decoded by libjpeg at 1/2, 1/4
+    or 1/8 scale (DCT scaling: PIL's Image.draft), never below min_size on either side. None:
+    full size. max_pixels applies to the size in the file.
 
     Raises DecodeError (with a short, human reason) for anything that is not a readable image:
     empty/truncated/corrupt data, unsupported formats, images over `max_pixels` pixels
@@ -207,6 +212,8 @@ def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEF
         check_header(img, max_pixels)
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP/TIFF: first frame
+        if min_size is not None and img.format in ("JPEG", "MPO"):
+            img.draft(img.mode, (min_size, min_size))  # no-op unless a 1/2..1/8 scale keeps >= min_size
         img.load()
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
@@ -234,9 +241,16 @@ def preprocess_pil(img: Image.Image) -> np.ndarray:
     return np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1)
 
 
+# JPEGs are decoded at a reduced scale (DCT scaling) down to twice the resize target, so the
+# antialiased resize still does the final filtering: on a 4000 x 3000 q90 photo 261 -> 100 ms
+# and 0.2 levels mean difference in the crop (max 2); 2000 x 1500: 48 -> 29 ms (2-core VM).
+DRAFT_MIN_SIZE = 2 * RESIZE
+
+
 def load_and_preprocess(source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """decode_image then preprocess_pil: uint8 (3, CROP, CROP). Raises DecodeError only."""
-    img = decode_image(source, max_pixels)
+    """decode_image then preprocess_pil: uint8 (3, CROP, CROP). Raises DecodeError only.
+    Large JPEGs are decoded at reduced scale first (DRAFT_MIN_SIZE)."""
+    img = decode_image(source, max_pixels, min_size=DRAFT_MIN_SIZE)
     try:
         return preprocess_pil(img)
     except (OSError, ValueError, MemoryError) as exc:
