@@ -140,3 +140,13 @@ def test_predict_leaves_out_hidden_entries_too(runner, nas_folder, tmp_path):
         assert result.exit_code == 0, result.output
         assert len(read_rows(out)) == rows
         assert ("Left out 4 hidden or system folders" in " ".join(result.output.split())) == (not extra)
+
+
+def test_report_says_what_was_left_out(nas_folder, tmp_path):
+    from engine import ImageClusterer
+
+    _image(nas_folder / "c.jpg", (30, 200, 30))
+    ImageClusterer(model="pixels", k=2).fit([nas_folder], out_dir=tmp_path / "out", report=True)
+    page = (tmp_path / "out" / "report" / "index.html").read_text()
+    assert "left out by the folder walk" in page
+    assert "4 hidden or system folder(s)" in page and "2 hidden image file(s)" in page

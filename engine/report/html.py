@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from html import escape
 
+from ..skip_reasons import count_reasons
 from .rundata import RunData
 
 CSS = """
@@ -128,6 +129,12 @@ def _summary(data: RunData) -> str:
     if cwd and any(not _is_absolute(p) for p in data.paths[:1000]):
         rows.append(("image paths relative to", f"<code>{escape(str(cwd))}</code> (the folder the run started in; "
                                                 "paths on this page and in the CSVs are as given to the run)"))
+    left_out = s.get("left_out") or {}
+    if any(left_out.values()):
+        folders, files = left_out.get("hidden_or_system_folders", 0), left_out.get("hidden_image_files", 0)
+        rows.append(("left out by the folder walk", escape(
+            f"{folders:,} hidden or system folder(s) (such as Synology's @eaDir thumbnails) and {files:,} hidden "
+            "image file(s) (such as macOS's ._ files); --include-hidden takes them")))
     if data.skipped:
         rows.append(("skipped files", f'{len(data.skipped):,} — <a href="#skipped">reasons below</a> and in '
                                       f'<a href="../skipped.csv">skipped.csv</a>'))
@@ -146,12 +153,8 @@ def _skipped(data: RunData) -> str:
     """Files not used: a count per reason and the first SKIPPED_SHOWN files with theirs ('' when none)."""
     if not data.skipped:
         return ""
-    counts: dict[str, int] = {}
-    for _, reason in data.skipped:
-        kind = reason.split(":", 1)[0].strip() or "(no reason given)"  # 'corrupt or truncated image: <detail>'
-        counts[kind] = counts.get(kind, 0) + 1
-    by_reason = "".join(f'<tr><td class="l">{escape(kind)}</td><td>{n:,}</td></tr>'
-                        for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    counts = count_reasons(reason or "(no reason given)" for _, reason in data.skipped)
+    by_reason = "".join(f'<tr><td class="l">{escape(kind)}</td><td>{n:,}</td></tr>' for kind, n in counts.items())
     shown = data.skipped[:SKIPPED_SHOWN]
     files = "".join(f'<tr><td class="l"><code>{escape(path)}</code></td><td class="l">{escape(reason)}</td></tr>'
                     for path, reason in shown)
