@@ -23,6 +23,18 @@ import numpy as np
 # iterating: bounded scratch memory instead of a second copy of every path as Python objects.
 _CHUNK = 65_536
 
+_POSIX = os.sep == "/" and os.altsep is None
+
+
+def path_str(text: str) -> str:
+    """str(Path(text)), without making a Path when `text` is already in the form Path gives it
+    (the common case: a name from os.walk or glob): no '//', no '.' component (but '.' itself),
+    no trailing '/', not empty. On a POSIX system only; elsewhere always through Path."""
+    if (_POSIX and text and "//" not in text and "/./" not in text and not text.startswith("./")
+            and not text.endswith(("/", "/."))):
+        return text
+    return os.fspath(Path(text))
+
 
 class PathList(Sequence):
     """n paths, in order; each item is a new pathlib.Path.

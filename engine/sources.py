@@ -28,7 +28,7 @@ from typing import Sequence
 from .errors import InputError
 from .loaders.decode import has_image_extension, name_suffix
 from .hidden_entries import LeftOut, is_hidden_file
-from .pathlist import PathList
+from .pathlist import PathList, path_str
 from .recursive_glob import is_recursive, recursive_glob
 
 INCLUDE_HINT = "pass files explicitly or via an @list.txt to have their content checked"
@@ -139,7 +139,7 @@ def no_images_message(inputs: Sequence[str | bytes | os.PathLike], found: Discov
     return f"no image files found in {where}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
+def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
           avoid: frozenset = frozenset(), outputs: RunOutputs | None = None,
           left_out: LeftOut | None = None) -> list[str]:
     """All image-extension files under `folder`, following symlinked folders once (no loops),
@@ -194,7 +194,8 @@ def _walk(folder: Path, skipped: list, ignored: Counter | None = None,
                     found.append(join(root, name))
             else:
                 ignored[name_suffix(name)] += 1
-    # Path order is component by component. os.walk's roots are normalised (folder is a Path), so
+    # Path order is component by component. os.walk's roots are normalised (folder is a Path, or
+    # a str as a Path gives it: _expand_glob's pathlist.path_str), so
     # with each separator replaced by "\0" (which no name holds and which sorts before every
     # character a name can hold) string order is that order: the sort key is one str a file
     # (~124 bytes) instead of a list of its components (text.split(os.sep): ~420 bytes, 4 GB
@@ -254,37 +255,44 @@ def _expand_path(path: Path, skipped: list, ignored: Counter, explicit: bool,
 def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs | None = None,
                  left_out: LeftOut | None = None) -> list[str]:
     """The files a glob names, sorted as Paths; a matching folder is walked in its place. A run's
-    own files (outputs.owns) are left out."""
-    entries: list[tuple[Path, frozenset | None]] = []  # (path, None for a file or the ids to avoid in a folder)
+    own files (outputs.owns) are left out.
+
+    Strings, not Paths (a glob can name millions of files): each match as str(Path(match))
+    (pathlist.path_str: './a//b' -> 'a/b', no Path made for a match already in that form), sorted
+    on it with separators as NUL, which is Path order as in _walk: a glob's matches share one root
+    ('/' or none), and NUL sorts before every character a name can hold."""
+    entries: list[tuple[str, frozenset | None]] = []  # (path, None for a file or the ids to avoid in a folder)
     if is_recursive(text):
         files, folders, matched = recursive_glob(text, skipped)
         for f in files:
             if outputs is not None and outputs.owns(f):
                 outputs.left_out = True
             elif has_image_extension(os.path.basename(f)):
-                entries.append((Path(f), None))
+                entries.append((path_str(f), None))
             else:
                 ignored[name_suffix(os.path.basename(f))] += 1
-        entries += [(Path(d), avoid) for d, avoid in folders]
+        entries += [(path_str(d), avoid) for d, avoid in folders]
     else:  # no recursion, so no loop: glob.glob as it is
         matches = glob.glob(text)
         matched = bool(matches)
         for m in matches:
-            p = Path(m)
-            if p.is_dir():
-                entries.append((p, frozenset()))
+            if os.path.isdir(m):
+                entries.append((path_str(m), frozenset()))
             elif outputs is not None and outputs.owns(m):
                 outputs.left_out = True
-            elif has_image_extension(p.name):
-                entries.append((p, None))
             else:
-                ignored[name_suffix(p.name)] += 1
+                m = path_str(m)
+                name = os.path.basename(m)  # Path(m).name (m, not a folder, is not '.' or '/')
+                if has_image_extension(name):
+                    entries.append((m, None))
+                else:
+                    ignored[name_suffix(name)] += 1
     if not matched:
         raise InputError(f"no files match {text}")
-    entries.sort(key=lambda entry: entry[0])
+    entries.sort(key=lambda entry: entry[0].replace(os.sep, "\0"))
     out: list[str] = []
     for p, avoid in entries:
-        out.extend([os.fspath(p)] if avoid is None else _walk(p, skipped, ignored, avoid, outputs, left_out))
+        out.extend([p] if avoid is None else _walk(p, skipped, ignored, avoid, outputs, left_out))
     return out
 
 

@@ -151,6 +151,42 @@ def test_folder_order_is_path_order_with_awkward_names(tmp_path):
     assert [os.path.relpath(p, tmp_path) for p in found][:4] == ["A/x.jpg", "a/b/z.jpg", "a/x.JPG", "a/x.jpg"]
 
 
+AWKWARD = ["a/x.jpg", "a-b/x.jpg", "a.b/y.png", "a/b/z.jpg", "A/x.jpg", "a/x.JPG", "ab.jpg", "a b/c.jpg",
+           "a b.jpg", "a.jpg", "a-.jpg", "a\x01.jpg", "a\x01b/x.jpg", "\u00e9/x.jpg", "\u00e9.jpg", "a/notes.txt",
+           os.fsdecode(b"\xe9\xff/x.jpg"), os.fsdecode(b"\xe9\xff.jpg")]
+
+
+@pytest.mark.parametrize("pattern", ["*", "./*", "*/*.jpg", ".//*/*", "*/", "*/.", "a*", "**/*.jpg", "./**/x.jpg",
+                                     "**/", "*/**/*.jpg", "{root}/*/*.jpg", "{root}//a*/*.jpg", "{root}/**/*"])
+def test_glob_order_is_path_order_with_awkward_names(tmp_path, monkeypatch, pattern):
+    """A glob's files are kept as strings and sorted with separators as NUL (no Path a match):
+    the order, and the text, of sorted Paths of glob.glob's matches, a matched folder walked in
+    its place ('a/x.jpg' before 'a b/c.jpg' and 'a-b/x.jpg'; './' and '//' normalised away)."""
+    import glob
+    from pathlib import Path
+
+    root = tmp_path / "in"
+    for rel in AWKWARD:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.fsencode(rel))  # distinct contents: distinct files
+    monkeypatch.chdir(root)
+    pattern = pattern.format(root=root)
+    # discover reads the pattern as a Path ('*/' is '*', './*' is '*')
+    matches = sorted(Path(m) for m in glob.glob(str(Path(pattern)), recursive=True))
+    expected = []
+    for m in matches:
+        if m.is_dir():
+            expected += discover([m]).paths
+        elif m.suffix.lower() in {".jpg", ".png"}:
+            expected.append(m)
+    expected = list(dict.fromkeys(expected))  # a file under a matched folder and matched itself: once
+    assert len(expected) > 1
+    found = discover([pattern]).paths
+    assert [os.fspath(p) for p in found] == [os.fspath(p) for p in expected]
+    assert list(found) == expected
+
+
 @pytest.mark.parametrize("name", ["a.jpg", "a.JPEG", "..jpg", "...png", ".jpg", "a.", "a", "a.tar.gif", "a.jpg.txt"])
 def test_extension_filter_takes_the_suffix_as_pathlib_does(name):
     from pathlib import Path

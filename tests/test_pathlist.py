@@ -129,3 +129,17 @@ def test_memory_per_path_is_its_bytes_plus_offsets():
     assert compact / n < 100, f"{compact / n:.1f} bytes a path"
     assert compact * 3 < as_paths, f"PathList {compact / n:.1f} vs list[Path] {as_paths / n:.1f} bytes a path"
     assert subset / n < 20, f"take: {subset / n:.1f} bytes a path"
+
+
+def test_path_str_is_str_of_path_for_any_text():
+    """engine.pathlist.path_str's shortcut (the text as it is) never differs from str(Path(text)):
+    every text of up to 5 characters from separators, dots, a letter and a NUL."""
+    from itertools import product
+
+    from engine.pathlist import path_str
+
+    texts = ["", "/", "//", "///", ".", "..", "./", "/.", "a/.", "./a", "a/./b", "a//b", "a/", "//a", "///a",
+             "a/..", "../a", ".a", "a.", "a/.b", os.fsdecode(b"caf\xe9/./x.jpg"), "a b/x.jpg", "a\x01b/"]
+    texts += ["".join(t) for n in range(1, 6) for t in product("/.a\0", repeat=n)]
+    for text in texts:
+        assert path_str(text) == str(Path(text)), repr(text)
