@@ -143,3 +143,32 @@ def test_path_str_is_str_of_path_for_any_text():
     texts += ["".join(t) for n in range(1, 6) for t in product("/.a\0", repeat=n)]
     for text in texts:
         assert path_str(text) == str(Path(text)), repr(text)
+
+
+def test_strings_are_the_items_as_text():
+    """strings() gives str() of each item without making it: Path's normalisation, non-UTF-8
+    names as surrogate escapes, slices and take() over a shared blob."""
+    names = NAMES + ["./a//b.jpg", "c/", "/abs//x/./y.png", ".", "a\x01b/x.jpg", "//two/roots.jpg"]
+    paths = PathList.from_strings(names)
+    assert list(paths.strings()) == [str(p) for p in paths] == [str(Path(n)) for n in names]
+    picked = paths.take(np.array([7, 4, 0]))
+    assert list(picked.strings()) == [str(Path(names[i])) for i in (7, 4, 0)]
+    assert list(paths[::-3].strings()) == [str(p) for p in paths[::-3]]
+    assert list(PathList().strings()) == []
+
+
+def test_write_predictions_of_a_pathlist_is_that_of_its_paths(tmp_path):
+    """write_predictions reads a PathList as text (no Path a row): the same file, byte for byte,
+    as for the list of Path it stands for (relative and absolute paths as they are)."""
+    from engine.report import outputs
+
+    names = NAMES + ["./a//b.jpg", "rel/dir/", "a b/x,y \"z\".jpg", "new\nline.jpg", "a\x01b/x.jpg"] * 3
+    paths = PathList.from_strings(names).take(np.arange(len(names))[::-1])
+    labels = np.arange(len(names)) % 4
+    (tmp_path / "list").mkdir()
+    (tmp_path / "pathlist").mkdir()
+    outputs.write_predictions(tmp_path / "list", list(paths), labels)
+    outputs.write_predictions(tmp_path / "pathlist", paths, labels)
+    written = (tmp_path / "pathlist" / "predictions.csv").read_bytes()
+    assert written == (tmp_path / "list" / "predictions.csv").read_bytes()
+    assert b"\\udce9" in written and b"/abs/dir/c.gif" in written and b"\na/b.jpg," in written

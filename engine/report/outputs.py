@@ -238,9 +238,11 @@ def remove_stale(out_dir, features: bool, report: bool) -> None:
 
 
 def write_predictions(out_dir, paths, labels) -> Path:
-    """paths: n paths (str/Path); labels: (n,) int cluster ids."""
+    """paths: n paths (str/Path, or a PathList: read as its strings(), no Path made a row);
+    labels: (n,) int cluster ids."""
     labels = labels.tolist() if isinstance(labels, np.ndarray) else [int(c) for c in labels]
-    return write_csv(Path(out_dir) / PREDICTIONS, ["path", "cluster"], zip(map(path_to_text, paths), labels))
+    texts = paths.strings() if isinstance(paths, PathList) else paths
+    return write_csv(Path(out_dir) / PREDICTIONS, ["path", "cluster"], zip(map(path_to_text, texts), labels))
 
 
 def write_skipped(out_dir, skipped, name: str = SKIPPED) -> Path:
