@@ -12,6 +12,7 @@ import glob
 import inspect
 import os
 import threading
+from itertools import chain
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +25,7 @@ from .config import DEFAULT_K, DEFAULT_PCA, DEFAULT_PCA_FIT_LIMIT, Config
 from .errors import ConfigError, NotFittedError
 from .loaders.decode import DEFAULT_MAX_PIXELS
 from .model import FittedModel, ModelState
+from .pathlist import PathList
 from .pipeline import RunResult, run_pipeline
 from .progress import Reporter
 from .sources import discover
@@ -176,8 +178,9 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         return self.model_.predict_paths(self.prediction_paths(paths)).labels
 
     @staticmethod
-    def prediction_paths(paths) -> list[Path]:
-        """The files predict(paths) labels, in its order (see predict)."""
+    def prediction_paths(paths) -> Sequence[Path]:
+        """The files predict(paths) labels, in its order (see predict): a sequence of Path, as a
+        PathList (~70 bytes a path: engine.pathlist) unless a name cannot be a file's ('\\ud800')."""
         return _prediction_paths(paths)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -231,27 +234,49 @@ def _same(value, default) -> bool:
         return False
 
 
-def _prediction_paths(inputs) -> list[Path]:
+def _prediction_paths(inputs) -> PathList | list[Path]:
     """The files `ImageClusterer.predict` labels, in order: a named file (existing or not) as
     itself, a folder, glob or @list expanded as `run` does. TypeError for things that are not
-    paths (encoded bytes, arrays, images), which have their own FittedModel methods."""
+    paths (encoded bytes, arrays, images), which have their own FittedModel methods.
+
+    A PathList (no Path per image: discover's own for one folder, glob or @list), or a list of
+    Path when a named file's str cannot be a file name at all ('\\ud800': not encodable), which
+    predict then labels -1 as any missing file."""
     if isinstance(inputs, (str, bytes, os.PathLike)):
         inputs = [inputs]
     elif isinstance(inputs, np.ndarray):
         inputs = inputs.tolist()
-    out: list[Path] = []
+    pieces: list[PathList | list[str]] = []  # discovered PathLists, and runs of named files between them
+    encodable = True
+
+    def named(text: str) -> None:
+        nonlocal encodable
+        if not pieces or isinstance(pieces[-1], PathList):
+            pieces.append([])
+        pieces[-1].append(text)
+        if encodable:
+            try:
+                os.fsencode(text)
+            except UnicodeEncodeError:
+                encodable = False
+
     for item in inputs:
         if isinstance(item, bytes) and b"\0" in item or not isinstance(item, (str, bytes, os.PathLike)):
             raise TypeError(f"predict takes paths, got {type(item).__name__}: for encoded images use "
                             "model_.predict_bytes, for arrays or PIL images model_.predict_arrays")
         text = os.fsdecode(item)
         if os.path.lexists(text) and not os.path.isdir(text):
-            out.append(Path(text))  # a file, even one named like a glob or an @list
+            named(text)  # a file, even one named like a glob or an @list
         elif text.startswith("@") or os.path.isdir(text) or glob.glob(text):
-            out += discover([item]).paths
+            pieces.append(discover([item]).paths)
         else:
-            out.append(Path(text))
-    return out
+            named(text)
+    if not encodable:
+        return [Path(p) for piece in pieces for p in piece]
+    if len(pieces) == 1 and isinstance(pieces[0], PathList):
+        return pieces[0]
+    return PathList.from_strings(chain.from_iterable(
+        piece.strings() if isinstance(piece, PathList) else piece for piece in pieces))
 
 
 def cluster_images(paths, out_dir=None, **config) -> RunResult:

@@ -34,6 +34,37 @@ def test_predict_expands_folders_and_says_which_files(fitted, three_groups):
     assert fitted.predict(np.array([str(files[0])])).tolist() == fitted.predict([files[0]]).tolist()
 
 
+def test_prediction_paths_are_a_pathlist_in_input_order(fitted, three_groups, tmp_path):
+    """Folders, globs and named files (existing, missing, non-UTF-8, un-normalised, named like a
+    glob) in one PathList: no Path per image, the files and order of the list of Path it was."""
+    from pathlib import Path
+
+    from engine.pathlist import PathList
+    from engine.sources import discover
+
+    a = sorted(three_groups.glob("*/*.jpg"))[0]
+    folder = sorted(p for p in three_groups.iterdir() if p.is_dir())[0]
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9[1].jpg")  # not UTF-8, named like a glob
+    with open(odd, "wb") as handle:
+        handle.write(a.read_bytes())
+    pattern = str(three_groups / "*" / "*[05].jpg")
+    inputs = [a, str(folder), "./missing//x.jpg", odd, pattern, str(a), np.str_(folder)]
+    files = fitted.prediction_paths(inputs)
+    expected = [a, *discover([folder]).paths, Path("missing/x.jpg"), Path(os.fsdecode(odd)),
+                *discover([pattern]).paths, a, *discover([folder]).paths]
+    assert isinstance(files, PathList) and files == expected
+    assert os.fsencode(files[len(discover([folder]).paths) + 2]) == odd
+    one = fitted.prediction_paths(folder)
+    assert isinstance(one, PathList) and one == discover([folder]).paths
+    assert fitted.prediction_paths([]) == []
+
+    # a name no file can have: a list of Path as before, labelled -1 in place
+    labels = fitted.predict([a, "\ud800.jpg", folder])
+    assert fitted.prediction_paths([a, "\ud800.jpg"]) == [a, Path("\ud800.jpg")]
+    assert labels[1] == -1 and labels[0] == fitted.predict([a])[0] and len(labels) == 2 + len(one)
+    assert fitted.predict(inputs).tolist() == fitted.model_.predict_paths(expected).labels.tolist()
+
+
 @pytest.mark.parametrize("item", [b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", object(), np.zeros((4, 4, 3))])
 def test_predict_rejects_what_is_not_a_path(fitted, item):
     with pytest.raises(TypeError, match="predict takes paths"):
