@@ -429,8 +429,8 @@ def test_read_paths_reads_the_column_as_read_csv_would(tmp_path):
 
 
 def test_read_paths_holds_no_object_per_row(tmp_path):
-    """recluster's paths of a 50,000-row predictions.csv: well under the ~400 B a row of a list
-    of Path (or the ~500 B of read_csv's dicts), at the peak and once read."""
+    """recluster's paths of a 50,000-row predictions.csv: well under the ~380 B a row that
+    read_csv's dicts (~300), then the texts and a list of Path held, at the peak and once read."""
     import tracemalloc
 
     from engine.report import outputs
@@ -446,8 +446,8 @@ def test_read_paths_holds_no_object_per_row(tmp_path):
     finally:
         tracemalloc.stop()
     assert len(paths) == n and paths[-1] == Path(f"photos/2024/album-0049/IMG_{n - 1:08d}_some_longer_name.jpg")
-    assert held / n < 100, held / n  # ~72: 56 bytes + 16 of offsets (the list of Path: ~344)
-    assert peak / n < 320, peak / n  # ~235: one chunk of bytes while built (the list of Path: ~460)
+    assert held / n < 100, held / n  # ~72: 56 bytes + 16 of offsets (recluster before: ~380, texts and Paths)
+    assert peak / n < 320, peak / n  # ~234: one chunk of bytes while built (before: ~380)
 
 
 @pytest.mark.parametrize("setup, needle", [
