@@ -175,13 +175,14 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         holds (prediction_paths(paths) lists them). Same code path as
         engine.model.FittedModel.predict_paths (model_ has distances, confidences and the reasons for -1)."""
         self._check_fitted()
-        return self.model_.predict_paths(self.prediction_paths(paths)).labels
+        return self.model_.predict_paths(self.prediction_paths(paths, self.include_hidden)).labels
 
     @staticmethod
-    def prediction_paths(paths) -> Sequence[Path]:
+    def prediction_paths(paths, include_hidden: bool = False) -> Sequence[Path]:
         """The files predict(paths) labels, in its order (see predict): a sequence of Path, as a
-        PathList (~70 bytes a path: engine.pathlist) unless a name cannot be a file's ('\\ud800')."""
-        return _prediction_paths(paths)
+        PathList (~70 bytes a path: engine.pathlist) unless a name cannot be a file's ('\\ud800').
+        include_hidden: as the parameter of that name (predict passes the clusterer's)."""
+        return _prediction_paths(paths, include_hidden)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the fitted model to ONE file (safetensors arrays + JSON metadata, no pickle; see
@@ -234,7 +235,7 @@ def _same(value, default) -> bool:
         return False
 
 
-def _prediction_paths(inputs) -> PathList | list[Path]:
+def _prediction_paths(inputs, include_hidden: bool = False) -> PathList | list[Path]:
     """The files `ImageClusterer.predict` labels, in order: a named file (existing or not) as
     itself, a folder, glob or @list expanded as `run` does. TypeError for things that are not
     paths (encoded bytes, arrays, images), which have their own FittedModel methods.
@@ -268,7 +269,7 @@ def _prediction_paths(inputs) -> PathList | list[Path]:
         if os.path.lexists(text) and not os.path.isdir(text):
             named(text)  # a file, even one named like a glob or an @list
         elif text.startswith("@") or os.path.isdir(text) or glob.glob(text):
-            pieces.append(discover([item]).paths)
+            pieces.append(discover([item], include_hidden=include_hidden).paths)
         else:
             named(text)
     if not encodable:

@@ -150,3 +150,15 @@ def test_report_says_what_was_left_out(nas_folder, tmp_path):
     page = (tmp_path / "out" / "report" / "index.html").read_text()
     assert "left out by the folder walk" in page
     assert "4 hidden or system folder(s)" in page and "2 hidden image file(s)" in page
+
+
+def test_api_predict_follows_include_hidden(nas_folder):
+    from engine import ImageClusterer
+
+    _image(nas_folder / "c.jpg", (30, 200, 30))
+    default = ImageClusterer(model="pixels", k=2).fit([nas_folder])
+    assert len(default.prediction_paths(nas_folder)) == 3 and len(default.predict(nas_folder)) == 3
+    taken = ImageClusterer(model="pixels", k=2, include_hidden=True).fit([nas_folder])
+    assert len(taken.predict(nas_folder)) == 3 + 4 + 2  # + the 4 images in hidden folders and the 2 ._ files (-1)
+    listed = ImageClusterer.prediction_paths(nas_folder, include_hidden=True)
+    assert len(listed) == 9 and set(taken.paths_) <= set(listed)  # the fit's walk took the same files
