@@ -6,7 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .device import capabilities, resolve_cluster_backend, resolve_decoder, resolve_device, resolve_precision
-from .loaders.decode import HEIF_HINT, avif_available, heif_available
+from .loaders.decode import avif_available, heif_status
 from .versions import versions
 
 
@@ -29,7 +29,8 @@ def doctor_report() -> dict:
 def image_formats() -> dict[str, dict]:
     """The optional image formats: {"HEIC/HEIF": {"available", "reason"}, "AVIF": {...}}. Files
     of a format that is not available are skipped with this reason (skipped.csv)."""
-    return {"HEIC/HEIF": {"available": heif_available(), "reason": "" if heif_available() else HEIF_HINT},
+    heif = heif_status()
+    return {"HEIC/HEIF": {"available": not heif, "reason": heif},
             "AVIF": {"available": avif_available(),
                      "reason": "" if avif_available() else "this Pillow has no AVIF support (Pillow >= 11.3 wheels have it)"}}
 

@@ -116,7 +116,7 @@ def test_every_loader_reads_heic_like_the_reference(tmp_path, kind):
 @pytest.fixture()
 def without_heif_plugin(monkeypatch):
     """As if pillow-heif were not installed: the opener is neither registered nor registrable."""
-    monkeypatch.setattr(decode, "_ensure_heif_opener", lambda: False)
+    monkeypatch.setattr(decode, "heif_status", lambda: HEIF_HINT)
     monkeypatch.setattr(Image, "ID", [name for name in Image.ID if name != "HEIF"])
     return monkeypatch
 
@@ -159,3 +159,45 @@ def test_a_rerun_after_installing_the_plugin_reads_the_heic_files(tmp_path, with
     labels = dict(zip((p.name for p in second.paths_), second.labels_.tolist()))
     assert len({labels[f"g0_{i}.{'heic' if i % 2 else 'jpg'}"] for i in range(4)}) == 1
     assert labels["g0_0.jpg"] != labels["g1_0.jpg"]
+
+
+def test_a_broken_plugin_install_is_tried_once_and_reported_with_the_hint(monkeypatch):
+    """find_spec finds pillow-heif but importing it fails (an ABI mismatch): every HEIC gets that
+    reason (environment-dependent, so not cached), the import is not retried per file, and other
+    ISO-container files (AVIF) still decode."""
+    import builtins
+
+    real_import = builtins.__import__
+    calls = []
+
+    def failing_import(name, *args, **kwargs):
+        if name == "pillow_heif":
+            calls.append(name)
+            raise ImportError("libheif.so.1: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    monkeypatch.setattr(decode, "_heif_state", None)
+    monkeypatch.setattr(Image, "ID", [name for name in Image.ID if name != "HEIF"])
+    data = save_heic(smooth(64, 64, 3), io.BytesIO()).getvalue()
+    for _ in range(3):
+        with pytest.raises(decode.DecodeError, match="pillow-heif is installed but does not load .ImportError") as info:
+            decode_image(data)
+        assert depends_on_environment(str(info.value))
+    assert calls == ["pillow_heif"]
+    if decode.avif_available():
+        out = io.BytesIO()
+        smooth(64, 64, 4).save(out, "AVIF", quality=90)
+        assert decode_image(out.getvalue()).size == (64, 64)
+
+
+def test_a_multi_image_heif_gives_its_primary_image(tmp_path):
+    """A HEIF file can hold several images; the primary one is the picture (not image 0)."""
+    red, blue = Image.new("RGB", (64, 48), (250, 0, 0)), Image.new("RGB", (80, 60), (0, 0, 250))
+    heif = pillow_heif.from_pillow(red)
+    heif.add_from_pillow(blue)
+    heif.save(tmp_path / "two.heic", quality=95, primary_index=1)
+    out = decode_image(tmp_path / "two.heic")
+    assert out.size == (80, 60)
+    r, g, b = np.asarray(out, np.float32).mean(axis=(0, 1))
+    assert b > 200 and r < 50

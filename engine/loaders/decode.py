@@ -128,11 +128,6 @@ def check_header(img: Image.Image, max_pixels: int | None) -> str:
     return fmt
 
 
-def heif_available() -> bool:
-    """True when pillow-heif is installed (found without importing it: ~45 ms)."""
-    return importlib.util.find_spec("pillow_heif") is not None
-
-
 def avif_available() -> bool:
     """True when this Pillow reads AVIF (its own plugin, built with libavif)."""
     from PIL import features
@@ -141,22 +136,33 @@ def avif_available() -> bool:
 
 
 _heif_lock = threading.Lock()
-_heif_registered = False
+_heif_state: str | None = None  # None: not tried yet; "": the opener is registered; else why not
 
 
-def _ensure_heif_opener() -> bool:
-    """Register pillow-heif's opener with PIL once, on the first HEIF-looking file (not at import:
-    JPEG-only runs do not pay for it). Returns whether HEIF can be read. Thread-safe."""
-    global _heif_registered
+def heif_status() -> str:
+    """'' when HEIC/HEIF can be read, else why not (a reason carrying HEIF_HINT).
+
+    The first call registers pillow-heif's opener with PIL (not at import: importing it costs
+    ~45 ms that JPEG-only runs need not pay); later calls return the remembered answer, so a
+    broken install is tried once, not once a file. Thread-safe (decoder threads call it)."""
+    global _heif_state
     with _heif_lock:
-        if not _heif_registered and heif_available():
-            import pillow_heif
+        if _heif_state is None:
+            if importlib.util.find_spec("pillow_heif") is None:
+                _heif_state = HEIF_HINT
+            else:
+                try:
+                    import pillow_heif
 
-            # HEIF's own rotation (irot/imir) is applied on open and the EXIF orientation reset to 1,
-            # so ImageOps.exif_transpose does not turn the image a second time.
-            pillow_heif.register_heif_opener()
-            _heif_registered = True
-        return _heif_registered
+                    # HEIF's own rotation (irot/imir) is applied on open and the EXIF orientation
+                    # reset to 1, so ImageOps.exif_transpose does not turn the image a second time.
+                    pillow_heif.register_heif_opener()
+                    _heif_state = ""
+                except Exception as exc:  # an ABI mismatch, a missing shared library...
+                    detail = str(exc).splitlines()[0][:100] if str(exc) else ""
+                    _heif_state = (f"pillow-heif is installed but does not load ({type(exc).__name__}"
+                                   f"{': ' + detail if detail else ''}); {HEIF_HINT}")
+        return _heif_state
 
 
 def _iso_brand(data) -> bytes | None:
@@ -175,12 +181,12 @@ def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = max_pixels
     brand = _iso_brand(data)
     if brand is not None:
-        _ensure_heif_opener()
+        heif_status()  # registers the opener on the first such file
     try:
         return Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
-        if brand in _HEIF_BRANDS and not _ensure_heif_opener():
-            raise DecodeError(f"HEIF image: {HEIF_HINT}") from None
+        if brand in _HEIF_BRANDS and heif_status():
+            raise DecodeError(f"HEIF image: {heif_status()}") from None
         if brand in _AVIF_BRANDS and not avif_available():
             raise DecodeError("AVIF image: this Pillow has no AVIF support (Pillow >= 11.3 wheels have it)") from None
         raise
@@ -210,8 +216,10 @@ def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEF
     with pil_errors_as_decode_errors():
         img = open_image(data, max_pixels)
         check_header(img, max_pixels)
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)  # animated GIF/WebP/TIFF: first frame
+        if getattr(img, "n_frames", 1) > 1 and img.format != "HEIF":
+            # animated GIF/WebP/TIFF: first frame. A HEIF file opens at its primary image, which
+            # is the picture; image 0 may be another (a burst's frame, a depth map's source).
+            img.seek(0)
         if min_size is not None and img.format in ("JPEG", "MPO"):
             img.draft(img.mode, (min_size, min_size))  # no-op unless a 1/2..1/8 scale keeps >= min_size
         img.load()
