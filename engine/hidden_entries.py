@@ -5,9 +5,10 @@ with (and outnumber) the photos themselves. macOS copies leave a `._IMG_0001.jpg
 an image) beside every file on non-Mac disks.
 
 Left out: names starting with "." (hidden: `.thumbnails`, `._x.jpg`, `.Trash-1000`, QNAP's
-`.@__thumb`) and the folders in SYSTEM_FOLDERS. Globs already pass over hidden names (as
-glob.glob does). `--include-hidden` takes everything; a folder named on the command line is
-walked whatever its name.
+`.@__thumb`) and the folders in SYSTEM_FOLDERS. Globs pass over hidden names (as glob.glob
+does) and over system folders their wildcards reach (engine.sources._system_folder_filter).
+`--include-hidden` takes everything; a folder named on the command line, or literally in a glob,
+is walked whatever its name.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ SYSTEM_FOLDERS = frozenset({
     "@eaDir",                     # Synology: per-photo thumbnails and metadata
     "#recycle", "#snapshot",      # Synology: recycle bin, snapshots (copies of the same photos)
     "@Recycle", "@Recently-Snapshot",  # QNAP: recycle bin, snapshots
-    "$RECYCLE.BIN", "System Volume Information",  # Windows: recycle bin, restore points
+    # Windows: recycle bin (spelt so on removable drives, "$Recycle.Bin" on system drives), restore points
+    "$RECYCLE.BIN", "$Recycle.Bin", "System Volume Information",
     "lost+found",                 # ext file systems: recovered fragments
 })
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import re
 import stat
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,10 +28,11 @@ from typing import Sequence
 
 from .errors import InputError
 from .loaders.decode import has_image_extension, name_suffix
-from .hidden_entries import LeftOut, is_hidden_file
+from .hidden_entries import SYSTEM_FOLDERS, LeftOut, is_hidden_file
 from .pathlist import PathList, path_str
 from .recursive_glob import is_recursive, recursive_glob
 
+_SEPARATORS = re.compile("[" + re.escape(os.sep + (os.altsep or "")) + "]")
 INCLUDE_HINT = "pass files explicitly or via an @list.txt to have their content checked"
 
 
@@ -262,9 +264,13 @@ def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs
     on it with separators as NUL, which is Path order as in _walk: a glob's matches share one root
     ('/' or none), and NUL sorts before every character a name can hold."""
     entries: list[tuple[str, frozenset | None]] = []  # (path, None for a file or the ids to avoid in a folder)
+    in_system_folder = _system_folder_filter(text, left_out)
     if is_recursive(text):
         files, folders, matched = recursive_glob(text, skipped)
+        folders = [(d, avoid) for d, avoid in folders if not in_system_folder(d, True)]
         for f in files:
+            if in_system_folder(f, False):
+                continue
             if outputs is not None and outputs.owns(f):
                 outputs.left_out = True
             elif has_image_extension(os.path.basename(f)):
@@ -276,6 +282,8 @@ def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs
         matches = glob.glob(text)
         matched = bool(matches)
         for m in matches:
+            if in_system_folder(m, os.path.isdir(m)):
+                continue
             if os.path.isdir(m):
                 entries.append((path_str(m), frozenset()))
             elif outputs is not None and outputs.owns(m):
@@ -294,6 +302,34 @@ def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs
     for p, avoid in entries:
         out.extend([p] if avoid is None else _walk(p, skipped, ignored, avoid, outputs, left_out))
     return out
+
+
+def _system_folder_filter(pattern: str, left_out: LeftOut | None):
+    """in_system_folder(match, is_folder) for the matches of a glob: True when the match is, or is
+    inside, a NAS/OS system folder (hidden_entries.SYSTEM_FOLDERS) that the pattern reached by a
+    wildcard ('photos/**/*.jpg' reaches Synology's 'photos/@eaDir/a.jpg/', named after a photo);
+    each such folder is counted once in `left_out`. A folder the pattern names literally
+    ('photos/@eaDir/*') is the user's choice and taken. Hidden names need no check here: glob
+    wildcards never match them. Always False when left_out is None (include_hidden)."""
+    if left_out is None:
+        return lambda match, is_folder: False
+    parts = _SEPARATORS.split(pattern)
+    literal = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    counted: set[str] = set()
+
+    def in_system_folder(match: str, is_folder: bool) -> bool:
+        names = _SEPARATORS.split(match)
+        folders = names if is_folder else names[:-1]
+        for i in range(literal, len(folders)):
+            if folders[i] in SYSTEM_FOLDERS:
+                where = os.sep.join(names[:i + 1])
+                if where not in counted:
+                    counted.add(where)
+                    left_out.folders[folders[i]] += 1
+                return True
+        return False
+
+    return in_system_folder
 
 
 def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,

@@ -162,3 +162,32 @@ def test_api_predict_follows_include_hidden(nas_folder):
     assert len(taken.predict(nas_folder)) == 3 + 4 + 2  # + the 4 images in hidden folders and the 2 ._ files (-1)
     listed = ImageClusterer.prediction_paths(nas_folder, include_hidden=True)
     assert len(listed) == 9 and set(taken.paths_) <= set(listed)  # the fit's walk took the same files
+
+
+@pytest.mark.parametrize("pattern", ["*", "**/*.jpg", "**", "*/", "[a#@t]*"])
+def test_globs_leave_out_the_system_folders_their_wildcards_reach(nas_folder, monkeypatch, pattern):
+    """Synology names each thumbnail folder after its photo (@eaDir/a.jpg/), so even '**/*.jpg'
+    reaches the thumbnails; wildcards never match hidden names (glob.glob's rule)."""
+    monkeypatch.chdir(nas_folder)
+    found = discover([pattern])
+    names = {p.as_posix() for p in found.paths}
+    assert not any("@eaDir" in n or "#recycle" in n or n.startswith(".") or "/." in n for n in names), names
+    assert "a.jpg" in names or pattern == "*/"
+    assert "trip/b.jpg" in names
+    assert {"@eaDir", "#recycle"} <= set(found.left_out.folders) <= {"@eaDir", "#recycle", ".thumbnails"}
+    taken = discover([pattern], include_hidden=True)
+    assert {p.as_posix() for p in taken.paths} > names and taken.left_out is None
+
+
+def test_a_system_folder_named_literally_in_a_glob_is_taken(nas_folder, monkeypatch):
+    monkeypatch.chdir(nas_folder)
+    assert [p.as_posix() for p in discover(["./@eaDir/*"]).paths] == ["@eaDir/a.jpg/SYNOPHOTO_THUMB_XL.jpg"]
+    assert [p.as_posix() for p in discover(["trip/@eaDir/**/*.jpg"]).paths] == ["trip/@eaDir/b.jpg/SYNOPHOTO_THUMB_XL.jpg"]
+
+
+def test_each_left_out_folder_is_counted_once(nas_folder, monkeypatch):
+    monkeypatch.chdir(nas_folder)
+    for i in range(3):
+        _image(nas_folder / "@eaDir" / "a.jpg" / f"SYNOPHOTO_THUMB_{i}.jpg")
+    found = discover(["**/*.jpg"])
+    assert found.left_out.folders == {"@eaDir": 2, "#recycle": 1}
