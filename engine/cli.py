@@ -256,7 +256,7 @@ def predict(
     io_threads: Optional[int] = IoThreadsOpt,
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights file to use instead of the one the model records (its fingerprint must match)."),
     allow_fingerprint_mismatch: bool = typer.Option(False, "--allow-fingerprint-mismatch", help="Use weights whose fingerprint differs from the model's (a warning instead of an error)."),
-    include_hidden: bool = IncludeHiddenOpt,
+    include_hidden: Optional[bool] = typer.Option(None, "--include-hidden/--exclude-hidden", help="Take (or leave out) hidden folders and files and NAS/OS system folders; default: as the model was fitted.", show_default=False),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
 ):
     """Assign new images to the clusters of a saved model; write path,cluster,distance,confidence to --out.

@@ -414,18 +414,21 @@ class PredictFilesResult:
 
 
 def predict_files(model: FittedModel, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
-                  reporter=None, include_hidden: bool = False) -> PredictFilesResult:
+                  reporter=None, include_hidden: bool | None = None) -> PredictFilesResult:
     """Discover images under `inputs` (folders, files, @lists, globs) as `run` does, assign them,
     and write `out` (CSV: path,cluster,distance,confidence; one row per assigned image, input
     order) and <out's stem>.skipped.csv (path,reason) beside it (named after `out`, so a predict
     into a run's folder never replaces the run's skipped.csv). reporter: an engine.progress.Reporter.
-    include_hidden: as discover's (hidden and system folders are left out by default)."""
+    include_hidden: as discover's; None: as the model was fitted (hidden and system folders are
+    left out unless the fit took them)."""
     from .progress import Reporter
     from .report import outputs
     from .sources import discover, no_images_message
 
     out = outputs.check_out_file(out, "--out")  # before the work, not after it
     reporter = reporter or Reporter()
+    if include_hidden is None:
+        include_hidden = bool(model.state.config.get("include_hidden", False))
     found = discover(list(inputs), include_hidden=include_hidden)
     if not found.paths:
         raise InputError(no_images_message(inputs, found))

@@ -191,3 +191,18 @@ def test_each_left_out_folder_is_counted_once(nas_folder, monkeypatch):
         _image(nas_folder / "@eaDir" / "a.jpg" / f"SYNOPHOTO_THUMB_{i}.jpg")
     found = discover(["**/*.jpg"])
     assert found.left_out.folders == {"@eaDir": 2, "#recycle": 1}
+
+
+def test_cli_predict_follows_the_models_include_hidden_unless_told(runner, nas_folder, tmp_path):
+    from engine import ImageClusterer
+    from engine.cli import app
+
+    _image(nas_folder / "c.jpg", (30, 200, 30))
+    model = tmp_path / "hidden.imgc"
+    ImageClusterer(model="pixels", k=2, include_hidden=True).fit([nas_folder]).save(model)
+    for extra, rows in (([], 3 + 4), (["--exclude-hidden"], 3)):
+        out = tmp_path / f"q{len(extra)}.csv"
+        result = runner.invoke(app, ["predict", str(model), str(nas_folder), "--out", str(out), "--device", "cpu",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        assert len(read_rows(out)) == rows, extra
