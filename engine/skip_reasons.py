@@ -13,15 +13,29 @@ _VARIABLE_OPENINGS = {"duplicate of": "duplicate (the same file reached twice)",
 
 
 def reason_kind(reason: str) -> str:
-    """The kind of a skip reason: its text before the first ':' ("corrupt or truncated image"),
-    one label for reasons that name a file or a size ("duplicate of a.jpg"), or the whole reason
-    when installing something cures it (it carries the install hint)."""
+    """The kind of a skip reason: its text before the first ':' outside parentheses ("corrupt or
+    truncated image"), one label for reasons that name a file or a size ("duplicate of a.jpg"),
+    or the whole reason when installing something cures it (it carries the install hint)."""
     if depends_on_environment(reason):
         return reason
     for opening, label in _VARIABLE_OPENINGS.items():
         if reason.startswith(opening):
             return label
-    return reason.split(":", 1)[0].strip() or reason
+    return _before_first_colon(reason).strip() or reason
+
+
+def _before_first_colon(text: str) -> str:
+    """text up to its first ':' outside parentheses ('removed since the run (not re-extracted:
+    rerun ...)' has none, so it is its own kind)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth = max(0, depth - 1)
+        elif ch == ":" and depth == 0:
+            return text[:i]
+    return text
 
 
 def count_reasons(reasons: Iterable[str]) -> dict[str, int]:

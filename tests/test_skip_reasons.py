@@ -9,6 +9,9 @@ def test_reason_kind_groups_reasons_that_name_files_or_sizes():
     assert reason_kind("invalid dimensions 0x5") == reason_kind("invalid dimensions 7x0")
     assert reason_kind("empty file (0 bytes)") == "empty file (0 bytes)"
     assert reason_kind("decode failed (nvjpeg): bad; PIL: worse") == "decode failed (nvjpeg)"
+    # imgcluster cluster's reasons: the colon inside the parentheses is not the end of the kind
+    removed = "removed since the run (not re-extracted: rerun `imgcluster run`)"
+    assert reason_kind(removed) == removed
     # the install hint survives: it is what the user has to do
     assert HEIF_HINT in reason_kind(f"HEIF image: {HEIF_HINT}")
 
