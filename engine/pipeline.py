@@ -21,6 +21,7 @@ from .device import resolve_cluster_backend, resolve_compile, resolve_cuda_graph
 from .errors import InputError
 from .features import Extraction, StreamingPCA, auto_batch_size, extract_features
 from .loaders import make_loader
+from .loaders.decode import DRAFT_MIN_SIZE
 from .loaders.preprocess import describe as describe_preprocess
 from .progress import Reporter
 from .reduce import PCAResult, fit_pca
@@ -202,7 +203,9 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
 
         store = FeatureStore.open(Path(out_dir) / outputs.FEATURE_CACHE, backbone.fingerprint, notify=reporter.notify,
                                   made_with={"precision": backbone.precision, "decoder": backends.decoder,
-                                             "max_pixels": fc.max_pixels},
+                                             "max_pixels": fc.max_pixels,
+                                             # the PIL path's reduced-scale JPEG decode (every decoder's fallback)
+                                             "pil_jpeg_min_side": DRAFT_MIN_SIZE},
                                   dim=backbone.dim)
 
     streaming = None
@@ -277,7 +280,8 @@ def build_summary(result: RunResult) -> dict:
                        "backend": search.silhouette_backend, "seconds": round(search.timings["silhouette"], 4)},
         "features": {"model": result.backbone.name, "weights": result.backbone.weights, "dim": result.backbone.dim,
                      "fingerprint": result.backbone.fingerprint, "precision": result.backbone.precision,
-                     "preprocess": describe_preprocess(), "micro_batch": ext.micro_batch,
+                     "preprocess": describe_preprocess(), "pil_jpeg_min_side": DRAFT_MIN_SIZE,
+                     "micro_batch": ext.micro_batch,
                      "oom_halvings": ext.oom_halvings},
         "cache": {"resumed": ext.resumed, "extracted": ext.extracted, "shards_written": ext.shards_written},
         "oom_halvings": {"extract": ext.oom_halvings, **search.oom_halvings},
