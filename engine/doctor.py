@@ -32,7 +32,7 @@ def image_formats() -> dict[str, dict]:
     heif = heif_status()
     return {"HEIC/HEIF": {"available": not heif, "reason": heif},
             "AVIF": {"available": avif_available(),
-                     "reason": "" if avif_available() else "this Pillow has no AVIF support (Pillow >= 11.3 wheels have it)"}}
+                     "reason": "" if avif_available() else "this Pillow has no AVIF support (upgrade Pillow: recent wheels include it)"}}
 
 
 def print_doctor(console: Console) -> dict:

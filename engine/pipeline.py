@@ -69,7 +69,7 @@ class RunResult:
     """Everything a finished run knows.
 
     paths:    the n good images, in input order (a sequence of Path: an engine.pathlist.PathList
-              from run_pipeline, a list from recluster); labels: (n,) int64 cluster ids of the chosen K
+              from run_pipeline and from recluster); labels: (n,) int64 cluster ids of the chosen K
     reduced:  (n, n_components) float32 on the device (PCA output, what KMeans saw)
     centroids: (k, n_components) float32 of the chosen K
     skipped:  [(path, reason)] for every input not used

@@ -26,7 +26,7 @@ from ..errors import DecodeError
 from .preprocess import CROP, RESIZE, center_crop_offsets, resized_size, source_crop_box
 
 # Formats we accept by content (whatever the file extension says). HEIF needs pillow-heif, AVIF a
-# Pillow built with libavif (the PyPI wheels since 11.3).
+# Pillow built with libavif (recent PyPI wheels are; 13.0 here).
 ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO", "HEIF", "AVIF"}
 # HEIF/AVIF names are discovered even when they cannot be read here, so that they are listed in
 # skipped.csv with the install hint rather than counted as "not named like images".
@@ -188,7 +188,7 @@ def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
         if brand in _HEIF_BRANDS and heif_status():
             raise DecodeError(f"HEIF image: {heif_status()}") from None
         if brand in _AVIF_BRANDS and not avif_available():
-            raise DecodeError("AVIF image: this Pillow has no AVIF support (Pillow >= 11.3 wheels have it)") from None
+            raise DecodeError("AVIF image: this Pillow has no AVIF support (upgrade Pillow: recent wheels include it)") from None
         raise
 
 
