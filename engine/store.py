@@ -34,6 +34,7 @@ import torch
 from .errors import ConfigError, InputError
 from .loaders.decode import depends_on_environment
 from .loaders.preprocess import describe as describe_preprocess
+from .pathlist import PathList
 from .report.outputs import atomic_write_text, path_to_text, write_npy
 
 FORMAT = 1
@@ -287,7 +288,11 @@ class FeatureStore:
         hit_pos, hit_shard, hit_row = [], [], []
         failed: dict[int, str] = {}
         # an empty cache (a first run) knows nothing: no stat per file (10M files: about a minute)
-        for pos, path in enumerate(paths if (self._rows or self._failed) else ()):
+        if not (self._rows or self._failed):
+            paths = ()
+        elif isinstance(paths, PathList):
+            paths = paths.strings()  # the same text as str(Path), without a Path per image
+        for pos, path in enumerate(paths):
             key = file_key(path, base)
             if key is None:
                 continue
