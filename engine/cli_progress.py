@@ -34,7 +34,7 @@ class RichReporter(Reporter):
         self.console.print(f"[yellow]Warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
     @contextlib.contextmanager
-    def task(self, description: str, total: int):
+    def task(self, description: str, total: int | None, transient: bool = False):
         if self.quiet:
             yield lambda n: None
             return
@@ -45,7 +45,10 @@ class RichReporter(Reporter):
             return
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[speed_text]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-        with Progress(*columns, console=self.console, transient=False) as progress:
+        if total is None:  # a count without a bar: nothing to compare it to yet
+            columns = [TextColumn("{task.description}"), TextColumn("{task.completed:,.0f}"),
+                       TextColumn("{task.fields[speed_text]}"), TimeElapsedColumn()]
+        with Progress(*columns, console=self.console, transient=transient) as progress:
             task = progress.add_task(description, total=total, speed_text="")
 
             def advance(n: int) -> None:
@@ -60,7 +63,7 @@ class _PlainProgress:
     """Progress as plain lines, at most one per `interval` seconds, and a last one at the end when
     any was printed (a stage shorter than the interval prints nothing)."""
 
-    def __init__(self, console: Console, description: str, total: int, interval: float):
+    def __init__(self, console: Console, description: str, total: int | None, interval: float):
         self.console, self.description, self.total, self.interval = console, description, total, interval
         self.done = 0
         self.start = self.last = time.monotonic()
@@ -80,9 +83,13 @@ class _PlainProgress:
     def _line(self, now: float) -> None:
         elapsed = now - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        share = f" ({100 * self.done / self.total:.0f} %)" if self.total else ""
-        eta = f", ETA {_duration((self.total - self.done) / rate)}" if rate and self.done < self.total else ""
-        self.console.print(f"{escape(self.description)}: {self.done:,}/{self.total:,}{share}, {rate:,.1f}/s, "
+        if self.total is None:  # a count without a known end (files found by a walk)
+            done, eta = f"{self.done:,}", ""
+        else:
+            share = f" ({100 * self.done / self.total:.0f} %)" if self.total else ""
+            done = f"{self.done:,}/{self.total:,}{share}"
+            eta = f", ETA {_duration((self.total - self.done) / rate)}" if rate and self.done < self.total else ""
+        self.console.print(f"{escape(self.description)}: {done}, {rate:,.1f}/s, "
                            f"{_duration(elapsed)} elapsed{eta}", highlight=False, soft_wrap=True)
         self.printed = True
 

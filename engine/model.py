@@ -429,7 +429,8 @@ def predict_files(model: FittedModel, inputs: Sequence[str | os.PathLike], out: 
     reporter = reporter or Reporter()
     if include_hidden is None:
         include_hidden = bool(model.state.config.get("include_hidden", False))
-    found = discover(list(inputs), include_hidden=include_hidden)
+    with reporter.task("Finding images", None, transient=True) as advance:
+        found = discover(list(inputs), include_hidden=include_hidden, progress=advance)
     if not found.paths:
         raise InputError(no_images_message(inputs, found))
     if found.left_out:

@@ -173,7 +173,8 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
 
     t0 = time.perf_counter()
     own = run_outputs(out_dir) if out_dir is not None else None
-    found = discover(list(inputs), own, include_hidden=config.inputs.include_hidden)
+    with reporter.task("Finding images", None, transient=True) as advance:
+        found = discover(list(inputs), own, include_hidden=config.inputs.include_hidden, progress=advance)
     if own is not None and own.left_out:
         reporter.notify(f"Left out the earlier run's own files in {out_dir} (its report, feature cache and CSVs): "
                         "they are outputs, not inputs")

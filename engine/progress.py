@@ -14,7 +14,8 @@ logger = logging.getLogger("imgcluster")
 
 class Reporter:
     """notify(msg): a one-line notice. task(description, total): a progress counter (a callable
-    advanced with the number of items done)."""
+    advanced with the number of items done); total None when it is not known in advance (files
+    found by a walk); transient: the counter disappears when its stage ends (a terminal)."""
 
     def notify(self, message: str) -> None:
         logger.info(message)
@@ -23,5 +24,5 @@ class Reporter:
         logger.warning(message)
 
     @contextlib.contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    def task(self, description: str, total: int | None, transient: bool = False) -> Iterator[Callable[[int], None]]:
         yield lambda n: None

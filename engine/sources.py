@@ -24,7 +24,7 @@ import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import InputError
 from .loaders.decode import has_image_extension, name_suffix
@@ -33,6 +33,7 @@ from .pathlist import PathList, path_str
 from .recursive_glob import is_recursive, recursive_glob
 
 _SEPARATORS = re.compile("[" + re.escape(os.sep + (os.altsep or "")) + "]")
+Progress = Callable[[int], None]
 INCLUDE_HINT = "pass files explicitly or via an @list.txt to have their content checked"
 
 
@@ -143,7 +144,7 @@ def no_images_message(inputs: Sequence[str | bytes | os.PathLike], found: Discov
 
 def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
           avoid: frozenset = frozenset(), outputs: RunOutputs | None = None,
-          left_out: LeftOut | None = None) -> list[str]:
+          left_out: LeftOut | None = None, progress: Progress | None = None) -> list[str]:
     """All image-extension files under `folder`, following symlinked folders once (no loops),
     sorted as Path objects sort (component by component). The other files are counted in
     `ignored` by extension (from the names os.walk gives: no stat). avoid: (device, inode) of
@@ -151,7 +152,8 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
     outputs: a run's output folder, whose own subfolders are not entered and whose own files are
     neither taken nor counted. left_out: when given, hidden and system folders are not entered and
     hidden files not taken (engine.hidden_entries), and both are counted there; `folder` itself
-    is walked whatever its name.
+    is walked whatever its name. progress: called with the number of files taken in each folder
+    (a walk of a large share can take minutes).
 
     Strings, not Paths: a Path per file before filtering and sorting cost 21.6 us a file (100,000
     files on the VM), which is 3.6 minutes for 10 million; discover() keeps them in a PathList."""
@@ -188,6 +190,7 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
         if left_out is not None:
             dirs[:] = left_out.filter_folders(dirs)
         dirs.sort()
+        before = len(found)
         for name in files:
             if has_image_extension(name):
                 if left_out is not None and is_hidden_file(name):
@@ -196,6 +199,8 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
                     found.append(join(root, name))
             else:
                 ignored[name_suffix(name)] += 1
+        if progress is not None and len(found) > before:
+            progress(len(found) - before)
     # Path order is component by component. os.walk's roots are normalised (folder is a Path, or
     # a str as a Path gives it: _expand_glob's pathlist.path_str), so
     # with each separator replaced by "\0" (which no name holds and which sorts before every
@@ -223,7 +228,8 @@ def _read_list(list_file: Path, skipped: list) -> list[Path]:
 
 
 def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
-            outputs: RunOutputs | None = None, left_out: LeftOut | None = None) -> list[str]:
+            outputs: RunOutputs | None = None, left_out: LeftOut | None = None,
+            progress: Progress | None = None) -> list[str]:
     """The files one input names, as path strings, in order (see discover)."""
     text = os.fsdecode(arg)  # bytes names (not UTF-8) become str with surrogate escapes, as os.listdir gives
     if isinstance(text, str) and text.startswith("@"):
@@ -232,22 +238,25 @@ def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
             raise InputError(f"path list not found: {list_file}")
         items = []
         for entry in _read_list(list_file, skipped):
-            items.extend(_expand_path(entry, skipped, ignored, explicit=True, outputs=outputs, left_out=left_out))
+            items.extend(_expand_path(entry, skipped, ignored, explicit=True, outputs=outputs, left_out=left_out,
+                                      progress=progress))
         return items
-    return _expand_path(Path(text), skipped, ignored, explicit=False, outputs=outputs, left_out=left_out)
+    return _expand_path(Path(text), skipped, ignored, explicit=False, outputs=outputs, left_out=left_out,
+                        progress=progress)
 
 
 def _expand_path(path: Path, skipped: list, ignored: Counter, explicit: bool,
-                 outputs: RunOutputs | None = None, left_out: LeftOut | None = None) -> list[str]:
+                 outputs: RunOutputs | None = None, left_out: LeftOut | None = None,
+                 progress: Progress | None = None) -> list[str]:
     if path.is_dir():
-        return _walk(path, skipped, ignored, outputs=outputs, left_out=left_out)
+        return _walk(path, skipped, ignored, outputs=outputs, left_out=left_out, progress=progress)
     if path.exists():
         return [os.fspath(path)]  # an explicit file is taken whatever its extension; content decides
     if path.is_symlink():
         return [os.fspath(path)]  # broken or looping: discover() says which
     text = os.fspath(path)
     if glob.has_magic(text):
-        return _expand_glob(text, skipped, ignored, outputs, left_out)
+        return _expand_glob(text, skipped, ignored, outputs, left_out, progress)
     if explicit:
         skipped.append((path, "listed file not found"))
         return []
@@ -255,7 +264,7 @@ def _expand_path(path: Path, skipped: list, ignored: Counter, explicit: bool,
 
 
 def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs | None = None,
-                 left_out: LeftOut | None = None) -> list[str]:
+                 left_out: LeftOut | None = None, progress: Progress | None = None) -> list[str]:
     """The files a glob names, sorted as Paths; a matching folder is walked in its place. A run's
     own files (outputs.owns) are left out.
 
@@ -300,7 +309,12 @@ def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs
     entries.sort(key=lambda entry: entry[0].replace(os.sep, "\0"))
     out: list[str] = []
     for p, avoid in entries:
-        out.extend([p] if avoid is None else _walk(p, skipped, ignored, avoid, outputs, left_out))
+        if avoid is None:
+            out.append(p)
+            if progress is not None:
+                progress(1)
+        else:
+            out.extend(_walk(p, skipped, ignored, avoid, outputs, left_out, progress))
     return out
 
 
@@ -333,11 +347,14 @@ def _system_folder_filter(pattern: str, left_out: LeftOut | None):
 
 
 def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
-             outputs: RunOutputs | None = None, include_hidden: bool = False) -> Discovery:
+             outputs: RunOutputs | None = None, include_hidden: bool = False,
+             progress: Progress | None = None) -> Discovery:
     """Expand `inputs` into a deterministic list of image files. outputs: a run's output folder
     whose own files are not inputs (see RunOutputs); explicitly named files are taken anyway.
     include_hidden: also walk hidden and system folders and take hidden files (by default they are
-    left out and counted in `left_out`: engine.hidden_entries says why).
+    left out and counted in `left_out`: engine.hidden_entries says why). progress: called with
+    the number of image files found as folders are walked (before duplicates and broken links
+    are sorted out).
 
     Raises InputError for a missing path or empty glob (a user mistake). Files that exist but
     cannot be used at this stage (broken symlink, duplicate) go to `skipped` with a reason; files
@@ -353,7 +370,7 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     kept: list[str] = []
     seen: dict[tuple[int, int], int] = {}
     for arg in inputs:
-        for text in _expand(arg, result.skipped, result.ignored, outputs, result.left_out):
+        for text in _expand(arg, result.skipped, result.ignored, outputs, result.left_out, progress):
             try:
                 st = os.stat(text)
             except OSError as exc:

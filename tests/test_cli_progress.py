@@ -30,3 +30,43 @@ def test_a_stage_shorter_than_the_interval_prints_nothing():
     with reporter.task("K search", total=10) as advance:
         advance(10)
     assert buffer.getvalue() == ""
+
+
+def test_a_count_without_a_known_total():
+    """Finding images: the walk does not know how many files there are, so a count and a rate."""
+    reporter, buffer = _reporter(interval=0.0)
+    with reporter.task("Finding images", None, transient=True) as advance:
+        advance(1000)
+        advance(234)
+    lines = buffer.getvalue().splitlines()
+    assert lines[0].startswith("Finding images: 1,000, ") and "elapsed" in lines[0] and "ETA" not in lines[0]
+    assert lines[-1].startswith("Finding images: 1,234, ")
+
+
+def test_a_terminal_count_without_a_total_is_transient():
+    buffer = io.StringIO()
+    reporter = RichReporter(Console(file=buffer, force_terminal=True, width=100))
+    with reporter.task("Finding images", None, transient=True) as advance:
+        advance(5)
+    with reporter.task("Extracting features", 5) as advance:
+        advance(5)
+    text = buffer.getvalue()
+    assert "Finding images 5" in text and "5/5" in text
+    # the transient count leaves no line behind: rich moves up and erases it when its stage ends
+    between = text[text.rindex("Finding images"):text.index("Extracting features")]
+    assert "\x1b[1A\x1b[2K" in between
+
+
+def test_discover_reports_the_files_it_finds(tmp_path):
+    from PIL import Image
+
+    from engine.sources import discover
+
+    for i in range(7):
+        (tmp_path / f"d{i % 3}").mkdir(exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / f"d{i % 3}" / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("x")
+    counts = []
+    found = discover([tmp_path, str(tmp_path / "d0" / "*.png")], progress=counts.append)
+    assert sum(counts) == 7 + 3 and len(counts) == 3 + 3  # one call per folder walked, one per glob match
+    assert len(found.paths) == 7  # the glob's three are duplicates of the walk's
