@@ -118,7 +118,10 @@ def child(dirs: list[str], out: str) -> dict:
 
     class PhaseReporter(Reporter):
         @contextlib.contextmanager
-        def task(self, description, total):
+        def task(self, description, total, transient=False):
+            if description.startswith("Finding"):  # discovery: part of the "start" phase
+                yield lambda k: None
+                return
             state["phase"] = "extract" if description.startswith("Extract") else "k-search"
             yield lambda k: None
             state["phase"] = "pca" if description.startswith("Extract") else "write"

@@ -31,6 +31,10 @@ from .skip_reasons import count_reasons, skipped_note
 from .sources import RunOutputs, discover, no_images_message
 from .versions import imgcluster_version, versions
 
+# How the PIL path decodes JPEGs (engine.loaders.decode.DRAFT_MIN_SIZE), in the feature cache's
+# made_with and summary.json: a change of it must not mix features in one cache.
+PIL_JPEG_DECODE = f"reduced scale, sides >= {DRAFT_MIN_SIZE}"
+
 
 @dataclass
 class Backends:
@@ -206,7 +210,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
                                   made_with={"precision": backbone.precision, "decoder": backends.decoder,
                                              "max_pixels": fc.max_pixels,
                                              # the PIL path's reduced-scale JPEG decode (every decoder's fallback)
-                                             "pil_jpeg_min_side": DRAFT_MIN_SIZE},
+                                             "pil_jpeg_decode": PIL_JPEG_DECODE},
                                   dim=backbone.dim)
 
     streaming = None
@@ -281,7 +285,7 @@ def build_summary(result: RunResult) -> dict:
                        "backend": search.silhouette_backend, "seconds": round(search.timings["silhouette"], 4)},
         "features": {"model": result.backbone.name, "weights": result.backbone.weights, "dim": result.backbone.dim,
                      "fingerprint": result.backbone.fingerprint, "precision": result.backbone.precision,
-                     "preprocess": describe_preprocess(), "pil_jpeg_min_side": DRAFT_MIN_SIZE,
+                     "preprocess": describe_preprocess(), "pil_jpeg_decode": PIL_JPEG_DECODE,
                      "micro_batch": ext.micro_batch,
                      "oom_halvings": ext.oom_halvings},
         "cache": {"resumed": ext.resumed, "extracted": ext.extracted, "shards_written": ext.shards_written},

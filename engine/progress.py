@@ -15,7 +15,9 @@ logger = logging.getLogger("imgcluster")
 class Reporter:
     """notify(msg): a one-line notice. task(description, total): a progress counter (a callable
     advanced with the number of items done); total None when it is not known in advance (files
-    found by a walk); transient: the counter disappears when its stage ends (a terminal)."""
+    found by a walk); transient: the counter disappears when its stage ends (a terminal). A
+    subclass's task must accept all three. advance may be called once per item: implementations
+    keep it cheap (engine.cli_progress throttles its terminal updates)."""
 
     def notify(self, message: str) -> None:
         logger.info(message)

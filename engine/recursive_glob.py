@@ -14,6 +14,9 @@ import glob
 import os
 import re
 from pathlib import Path
+from typing import Callable
+
+from .loaders.decode import has_image_extension
 
 _SEPS = re.compile("[" + re.escape(os.sep + (os.altsep or "")) + "]")
 
@@ -81,12 +84,15 @@ def _ancestor_ids(path: str) -> set[tuple[int, int]]:
         real = parent
 
 
-def recursive_glob(text: str, skipped: list) -> tuple[list[str], list[tuple[str, frozenset]], bool]:
+def recursive_glob(text: str, skipped: list, progress: Callable[[int], None] | None = None
+                   ) -> tuple[list[str], list[tuple[str, frozenset]], bool]:
     """Expand a glob with a `**` component: (matching files, matching folders as (path, the
     (device, inode) ids of the folders above it: not to be entered again), whether anything
     matched). Like glob.glob(text, recursive=True), except that a folder that resolves to itself
     or to one of its ancestors (a symlink loop) is not entered: each real file is found under
-    its path without the detour. Unreadable folders go to `skipped` as [(Path, reason)]."""
+    its path without the detour. Unreadable folders go to `skipped` as [(Path, reason)].
+    progress: called per folder with how many of its matching files are named like images (the
+    walk of a large share takes minutes)."""
     parts = _SEPS.split(text)
     first = parts.index("**")
     head, rest = parts[:first], [p for p in parts[first:] if p]
@@ -120,10 +126,14 @@ def recursive_glob(text: str, skipped: list) -> tuple[list[str], list[tuple[str,
 
         for root, dirs, names in os.walk(top, followlinks=True, onerror=onerror):
             shown, states, chain = pending.pop(root)
+            found = 0
             for name in names:
                 if pattern.last(states, name):
                     matched = True
                     files.append(join(shown, name) if shown else name)
+                    found += has_image_extension(name)
+            if progress is not None and found:
+                progress(found)
             keep = []
             for name in sorted(dirs):
                 below = pattern.advance(states, name)

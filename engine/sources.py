@@ -251,6 +251,8 @@ def _expand_path(path: Path, skipped: list, ignored: Counter, explicit: bool,
     if path.is_dir():
         return _walk(path, skipped, ignored, outputs=outputs, left_out=left_out, progress=progress)
     if path.exists():
+        if progress is not None:  # an @list of millions of files takes a while too
+            progress(1)
         return [os.fspath(path)]  # an explicit file is taken whatever its extension; content decides
     if path.is_symlink():
         return [os.fspath(path)]  # broken or looping: discover() says which
@@ -274,8 +276,9 @@ def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs
     ('/' or none), and NUL sorts before every character a name can hold."""
     entries: list[tuple[str, frozenset | None]] = []  # (path, None for a file or the ids to avoid in a folder)
     in_system_folder = _system_folder_filter(text, left_out)
-    if is_recursive(text):
-        files, folders, matched = recursive_glob(text, skipped)
+    recursive = is_recursive(text)
+    if recursive:
+        files, folders, matched = recursive_glob(text, skipped, progress)  # it counts the files it finds
         folders = [(d, avoid) for d, avoid in folders if not in_system_folder(d, True)]
         for f in files:
             if in_system_folder(f, False):
@@ -291,9 +294,10 @@ def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs
         matches = glob.glob(text)
         matched = bool(matches)
         for m in matches:
-            if in_system_folder(m, os.path.isdir(m)):
+            is_folder = os.path.isdir(m)
+            if in_system_folder(m, is_folder):
                 continue
-            if os.path.isdir(m):
+            if is_folder:
                 entries.append((path_str(m), frozenset()))
             elif outputs is not None and outputs.owns(m):
                 outputs.left_out = True
@@ -311,7 +315,7 @@ def _expand_glob(text: str, skipped: list, ignored: Counter, outputs: RunOutputs
     for p, avoid in entries:
         if avoid is None:
             out.append(p)
-            if progress is not None:
+            if progress is not None and not recursive:  # recursive_glob has counted its files
                 progress(1)
         else:
             out.extend(_walk(p, skipped, ignored, avoid, outputs, left_out, progress))
@@ -323,19 +327,20 @@ def _system_folder_filter(pattern: str, left_out: LeftOut | None):
     inside, a NAS/OS system folder (hidden_entries.SYSTEM_FOLDERS) that the pattern reached by a
     wildcard ('photos/**/*.jpg' reaches Synology's 'photos/@eaDir/a.jpg/', named after a photo);
     each such folder is counted once in `left_out`. A folder the pattern names literally
-    ('photos/@eaDir/*') is the user's choice and taken. Hidden names need no check here: glob
+    ('photos/@eaDir/*', '*/#snapshot/*.jpg') is the user's choice and taken. Hidden names need no check here: glob
     wildcards never match them. Always False when left_out is None (include_hidden)."""
     if left_out is None:
         return lambda match, is_folder: False
     parts = _SEPARATORS.split(pattern)
     literal = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    named = {part for part in parts if not glob.has_magic(part)}  # '*/#snapshot/*.jpg' asks for them
     counted: set[str] = set()
 
     def in_system_folder(match: str, is_folder: bool) -> bool:
         names = _SEPARATORS.split(match)
         folders = names if is_folder else names[:-1]
         for i in range(literal, len(folders)):
-            if folders[i] in SYSTEM_FOLDERS:
+            if folders[i] in SYSTEM_FOLDERS and folders[i] not in named:
                 where = os.sep.join(names[:i + 1])
                 if where not in counted:
                     counted.add(where)

@@ -70,3 +70,15 @@ def test_discover_reports_the_files_it_finds(tmp_path):
     found = discover([tmp_path, str(tmp_path / "d0" / "*.png")], progress=counts.append)
     assert sum(counts) == 7 + 3 and len(counts) == 3 + 3  # one call per folder walked, one per glob match
     assert len(found.paths) == 7  # the glob's three are duplicates of the walk's
+
+
+def test_a_terminal_bar_updated_per_item_ends_at_its_total():
+    """advance(1) per file (a glob's matches): rich is told at most 10 times a second, and what is
+    still pending when the stage ends is flushed, so the bar ends at the real count."""
+    buffer = io.StringIO()
+    reporter = RichReporter(Console(file=buffer, force_terminal=True, width=100))
+    with reporter.task("Extracting features", 5000) as advance:
+        for _ in range(5000):
+            advance(1)
+    assert "5000/5000" in buffer.getvalue()
+    assert buffer.getvalue().count("\r") < 100  # not one redraw per item

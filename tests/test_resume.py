@@ -189,7 +189,7 @@ def test_another_precision_does_not_mix_features(small_set, runner, tmp_path):
     assert _summary(out)["cache"]["resumed"] == 0 and _summary(out)["cache"]["extracted"] == 12
     manifest = json.loads((out / "features" / "manifest.json").read_text())
     assert manifest["made_with"] == {"precision": "bf16", "decoder": "pil", "max_pixels": 178956970,
-                                     "pil_jpeg_min_side": 512}
+                                     "pil_jpeg_decode": "reduced scale, sides >= 512"}
     assert "Resumed 12 of 12" in _run(runner, small_set, out, "--precision", "bf16").output
 
 
@@ -212,10 +212,10 @@ def test_a_cache_from_before_made_with_is_kept(small_set, runner, tmp_path):
     del manifest["made_with"]
     manifest_path.write_text(json.dumps(manifest))
     result = _run(runner, small_set, out)
-    assert "predates recording precision, decoder, max_pixels, pil_jpeg_min_side: kept" in " ".join(result.output.split())
+    assert "predates recording precision, decoder, max_pixels, pil_jpeg_decode: kept" in " ".join(result.output.split())
     assert "Resumed 12 of 12" in result.output
     assert json.loads(manifest_path.read_text())["made_with"] == {"precision": "fp32", "decoder": "pil",
-                                                                  "max_pixels": 178956970, "pil_jpeg_min_side": 512}
+                                                                  "max_pixels": 178956970, "pil_jpeg_decode": "reduced scale, sides >= 512"}
 
 
 def test_a_cache_from_before_max_pixels_was_recorded_is_kept(small_set, runner, tmp_path):
