@@ -6,7 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .device import capabilities, resolve_cluster_backend, resolve_decoder, resolve_device, resolve_precision
-from .loaders.decode import avif_available, heif_status
+from .loaders.decode import AVIF_HINT, avif_available, heif_status
 from .versions import versions
 
 
@@ -32,7 +32,7 @@ def image_formats() -> dict[str, dict]:
     heif = heif_status()
     return {"HEIC/HEIF": {"available": not heif, "reason": heif},
             "AVIF": {"available": avif_available(),
-                     "reason": "" if avif_available() else "this Pillow has no AVIF support (upgrade Pillow: recent wheels include it)"}}
+                     "reason": "" if avif_available() else AVIF_HINT}}
 
 
 def print_doctor(console: Console) -> dict:

@@ -18,7 +18,8 @@ from typing import Callable
 
 from .loaders.decode import has_image_extension
 
-_SEPS = re.compile("[" + re.escape(os.sep + (os.altsep or "")) + "]")
+# a path's separators (os.sep and os.altsep): sources.py splits glob matches with the same one
+SEPARATORS = re.compile("[" + re.escape(os.sep + (os.altsep or "")) + "]")
 
 
 def _is_hidden(name: str) -> bool:
@@ -93,7 +94,7 @@ def recursive_glob(text: str, skipped: list, progress: Callable[[int], None] | N
     its path without the detour. Unreadable folders go to `skipped` as [(Path, reason)].
     progress: called per folder with how many of its matching files are named like images (the
     walk of a large share takes minutes)."""
-    parts = _SEPS.split(text)
+    parts = SEPARATORS.split(text)
     first = parts.index("**")
     head, rest = parts[:first], [p for p in parts[first:] if p]
     base_text = os.sep.join(head)
@@ -160,4 +161,4 @@ def recursive_glob(text: str, skipped: list, progress: Callable[[int], None] | N
 
 def is_recursive(text: str) -> bool:
     """Whether a glob has a whole `**` component (what recursive_glob expands)."""
-    return "**" in _SEPS.split(text)
+    return "**" in SEPARATORS.split(text)

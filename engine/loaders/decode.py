@@ -33,6 +33,7 @@ ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO", "HEIF", 
 EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif",
               ".heic", ".heif", ".hif", ".avif"}
 HEIF_HINT = "install pillow-heif to read HEIC/HEIF images (pip install 'imgcluster[heif]')"
+AVIF_HINT = "this Pillow has no AVIF support (upgrade Pillow: recent wheels include it)"
 # ISO base media file brands (bytes 8..12 of the file) of HEIF images (HEVC-coded: iPhone photos)
 # and of AVIF images (AV1-coded).
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
@@ -188,14 +189,14 @@ def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
         if brand in _HEIF_BRANDS and heif_status():
             raise DecodeError(f"HEIF image: {heif_status()}") from None
         if brand in _AVIF_BRANDS and not avif_available():
-            raise DecodeError("AVIF image: this Pillow has no AVIF support (upgrade Pillow: recent wheels include it)") from None
+            raise DecodeError(f"AVIF image: {AVIF_HINT}") from None
         raise
 
 
 def depends_on_environment(reason: str) -> bool:
     """True for a decode failure that installing a plugin can cure (the feature cache must not
     remember it: the next run, with the plugin, reads the file)."""
-    return HEIF_HINT in reason or "no AVIF support" in reason
+    return HEIF_HINT in reason or AVIF_HINT in reason
 
 
 def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
