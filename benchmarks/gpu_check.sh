@@ -2,7 +2,8 @@
 # GPU check, for a CUDA machine: the GPU tests, the Triton silhouette kernels' table at 200k points
 # (methods, precisions, launch configurations, against float64), the all-K silhouette at 1M points,
 # a profile of the nvJPEG loader's pieces, (KSEARCH=1) the batched K search against one K at a time, then `imgcluster bench` (eager with the seed-like run,
-# eager with --cuda-graphs, and --compile); ends with a short table. Second H100 run: 331 s for the steps other than the profile.
+# eager with --cuda-graphs, and --compile); ends with a short table. Second H100 run: 331 s for the steps other than the profile;
+# third (4dde190, BUDGET=480, every step): 388 s.
 # Each step has its own time limit, so one that hangs or fails still leaves the others' figures.
 # First H100 run (2026-11-27, 420 s budget): 406 s. BUDGET (default 570 s) keeps the whole script
 # inside one device call (600 s); the later steps are skipped when it is spent.
@@ -84,7 +85,7 @@ echo "== bench (eager, with the seed-like configuration in the same run)"
 run_step 120 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$BENCH_N" --json "$OUT/bench.json" 2>&1 \
   | tee "$OUT/bench.txt" | tail -20
 stamp
-echo "== bench (--cuda-graphs: the eager model replayed from CUDA graphs, one launch per batch; not measured before)"
+echo "== bench (--cuda-graphs: the eager model replayed from CUDA graphs, one launch per batch; run 3: no faster than eager)"
 if [ "$DEVICE" = cpu ]; then echo "(skipped: CUDA graphs need CUDA)"; else
 run_step 75 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$BENCH_N" --cuda-graphs --no-seed-like \
   --json "$OUT/bench_graphs.json" 2>&1 | tee "$OUT/bench_graphs.txt" | tail -16
