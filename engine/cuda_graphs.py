@@ -21,7 +21,9 @@ Rules a graph imposes, and how GraphedForward meets them:
   capture_error_mode="thread_local" checks only this thread's calls.
 - the capture stream is this object's own high-priority stream, never one of the pool's
   streams (a round robin of 32 that torchvision's decoder draws from too).
-Not measured on a GPU yet: `imgcluster bench --cuda-graphs` and the GPU tests have the figures.
+Measured on an H100 (benchmarks/RESULTS.md, run 3): correct (tests/test_cuda_graphs.py passed there)
+but not faster: the backbone alone ran 6,536 img/s against eager's 6,452, and end to end 3,716
+against 4,061. The launch tax it removes was not what held the eager run back, so it stays opt-in.
 """
 from __future__ import annotations
 

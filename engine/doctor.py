@@ -57,7 +57,7 @@ def print_doctor(console: Console) -> dict:
     table.add_row("nvJPEG decoder", "[green]yes[/green]" if nvjpeg_ok else "[red]no[/red]", "",
                   "" if nvjpeg_ok else escape("needs CUDA: " + caps["cuda"]["reason"]))
     table.add_row("CUDA graphs", "[green]yes[/green]" if nvjpeg_ok else "[red]no[/red]", "",
-                  "--cuda-graphs (off unless asked for)" if nvjpeg_ok else escape("needs CUDA: " + caps["cuda"]["reason"]))
+                  "--cuda-graphs (opt-in: no faster on an H100)" if nvjpeg_ok else escape("needs CUDA: " + caps["cuda"]["reason"]))
     formats = {"HEIC/HEIF": report["versions"].get("pillow-heif", ""), "AVIF": report["versions"].get("pillow", "")}
     for name, fmt in report["image_formats"].items():
         ok = "[green]yes[/green]" if fmt["available"] else "[red]no[/red]"

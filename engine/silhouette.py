@@ -85,11 +85,10 @@ def default_exact_limit(device: torch.device | str) -> int:
     - CPU: 75,000, from the torch backend on the 2-core development machine while it was shared
       with other jobs: 40,000 points in 16.6 s gives 76,000 (the same machine less busy ran 20,000
       points in 1.2 to 2.0 s, which would give 110,000 to 140,000); rounded down.
-    - CUDA: 1,000,000. Measured on an H100 (benchmarks/RESULTS.md): K = 2..30 (464 columns, more
-      than the rule's 119) on 1M points took 9.6 s with the default tiled method, so time alone
-      would allow ~2.5M. Kept at 1M because the tensor cores' long fp32 sums drift with n (mean
-      silhouette 1.1e-4 from float64 at 200k before the sums were split; the split is not yet
-      measured on a GPU).
+    - CUDA: 1,000,000. Measured on an H100 (benchmarks/RESULTS.md, run 3): K = 2..30 (464 columns,
+      more than the rule's 119) on 1M points took 6.2 s with the default tiled method, so time alone
+      would allow ~3M. Kept at 1M, the largest n whose time was measured; the accuracy was measured
+      at 200k (mean silhouette 1.4e-6 from float64 with the split sums), not above.
     """
     dev = torch.device(device) if isinstance(device, str) else device
     if dev.type == "cuda":

@@ -13,8 +13,9 @@ of every K. The silhouette itself is finished from these sums in `engine.silhoue
 - `cluster_distance_sums_tiled` (the default, DEFAULT_METHOD): for each block of rows a Triton
   kernel writes the fp16 distances to the columns from the block on (symmetry: each distance once)
   into a (rows, n) buffer in device memory, and cuBLAS multiplies that tile into the one-hot matrix
-  (fp16 operands, fp32 sums split every SUM_CHUNK terms). Measured fastest on an H100: 0.25 s at
-  200k points, 9.6 s at 1M for K = 2..30 (benchmarks/RESULTS.md).
+  (fp16 operands, fp32 sums split every SUM_CHUNK terms). Measured fastest on an H100: 0.23 s at
+  200k points (mean silhouette 1.4e-6 from float64; 1.1e-4 without the split), 6.2 s at 1M for
+  K = 2..30 (benchmarks/RESULTS.md, run 3).
 - `cluster_distance_sums_triton` ("fused"): one kernel. Each program owns BLOCK_M rows and BLOCK_C
   cluster columns; it walks all column blocks j, builds the BLOCK_M x BLOCK_N distance tile in
   registers (||x||^2 + ||y||^2 - 2 x.y, clamped at 0, self-distance forced to 0, sqrt) and
