@@ -191,6 +191,8 @@ def _measure_extraction(table: dict, paths, loader, backbone, batch_size: int, d
     _sync(device)
     seconds = time.perf_counter() - t0
     _record(table, Stage("extract", seconds, n))
+    # how much of extract the model spent waiting for decoded batches: decode-bound or model-bound
+    table["extract"]["waited_for_loader_s"] = round(extraction.waited_for_loader, 4)
     return extraction, seconds
 
 
@@ -297,6 +299,11 @@ def print_bench(result: BenchResult, console) -> None:
     if measured and measured["images"] != result.n_images:
         console.print(f"backbone row: the model alone on {measured['images']:,} random 224x224 images "
                       f"({measured['seconds']:.3f} s), scaled to {result.n_images:,}", highlight=False)
+    for side, table_of in (("ours", result.ours), ("seed-like", result.seed_like)):
+        extract = table_of.get("extract") or {}
+        if "waited_for_loader_s" in extract:
+            console.print(f"extract ({side}): the model waited {extract['waited_for_loader_s']:.3f} s of "
+                          f"{extract['seconds']:.3f} s for decoded batches", highlight=False)
     console.print("Backends: " + ", ".join(f"{k}={v}" for k, v in result.backends.items()), highlight=False)
     if result.seed_like:
         console.print(f"End to end: ours is [bold]{result.ratio:.2f}×[/bold] the seed-like configuration "

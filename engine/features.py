@@ -87,6 +87,8 @@ class Extraction:
     resumed:  how many images came from the feature cache instead of being decoded
     extracted: how many images were given to the loader (decoded or failed) in this call
     shards_written: cache shards written to disk in this call (0 without a store)
+    waited_for_loader: seconds the model's thread spent waiting for the loader's next batch; a
+        large share of `seconds` means decoding, not the model, sets the pace
     """
 
     features: torch.Tensor
@@ -98,6 +100,7 @@ class Extraction:
     micro_batch: int = 0
     oom_halvings: int = 0
     shards_written: int = 0
+    waited_for_loader: float = 0.0
     pca: object | None = None  # engine.reduce.PCAResult when features were reduced while streaming
 
     def drop_non_finite(self) -> int:
@@ -143,6 +146,7 @@ class _Extractor:
         self.ok = np.zeros(len(paths), dtype=bool)
         self.failures: dict[int, str] = {}
         self.resumed = self.extracted = 0
+        self.waited = [0.0]  # seconds spent waiting for the loader (a list: _waiting adds to it)
         self.runner = OOMBackoff(backbone, batch_size, notify, pad_to_micro_batch=getattr(backbone, "static_shapes", False))
         # Test-only hook (tests/test_resume.py): sleep this long per batch so a kill lands mid-extraction.
         self.slow = float(os.environ.get("IMGCLUSTER_TEST_SLOW_BATCH_S", "0") or 0)
@@ -175,7 +179,7 @@ class _Extractor:
             # capture at the batch size now, while no loader thread uses the GPU (engine.cuda_graphs)
             self.backbone.prepare_graphs(self.runner.micro_batch, runner=self.runner)
         try:
-            for batch in self.loader.batches(_subset(self.paths, todo), self.batch_size):
+            for batch in _waiting(self.loader.batches(_subset(self.paths, todo), self.batch_size), self.waited):
                 if self.slow > 0:
                     time.sleep(self.slow)
                 done = todo[batch.indices] if len(batch.indices) else np.zeros(0, dtype=np.int64)
@@ -196,6 +200,25 @@ class _Extractor:
             if self.store is not None:
                 self.store.flush()
             raise
+
+
+def _waiting(items, clock: list[float]):
+    """Yield from `items`, adding the seconds spent waiting for each one to clock[0]."""
+    iterator = iter(items)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                clock[0] += time.perf_counter() - t0
+            yield item
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:  # stop the loader's threads now, not when the iterator is collected
+            close()
 
 
 def _subset(paths: Sequence, positions: np.ndarray) -> Sequence:
@@ -288,6 +311,6 @@ def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_
         torch.cuda.synchronize(device)
     return Extraction(features, good, sorted(ex.failures.items()), time.perf_counter() - started,
                       resumed=ex.resumed, extracted=ex.extracted, micro_batch=ex.runner.micro_batch,
-                      oom_halvings=ex.runner.halvings,
+                      oom_halvings=ex.runner.halvings, waited_for_loader=ex.waited[0],
                       shards_written=(store.shards_written - shards_before) if store is not None else 0,
                       pca=pca)

@@ -227,6 +227,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     if extraction.resumed:
         reporter.notify(f"Resumed {extraction.resumed} of {len(found.paths)} images from the feature cache")
     timings["extract"] = _stage(extraction.seconds, len(found.paths))
+    timings["extract"]["waited_for_loader_s"] = round(extraction.waited_for_loader, 4)
     extraction.drop_non_finite()  # before PCA and KMeans, which a NaN row would fail or poison
     skipped = list(found.skipped) + [(found.paths[i], reason) for i, reason in extraction.failures]
     good_paths = found.paths.take(extraction.good)  # a PathList sharing found.paths' bytes

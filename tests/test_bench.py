@@ -40,6 +40,11 @@ def test_bench_cpu_prints_stages_and_ratio(runner, tmp_path):
     assert f"on {backbone['measured']['images']} random 224x224 images" in result.output
     assert figures["seed_like"]["end_to_end"]["seconds"] > 0
     assert figures["ratio_end_to_end"] > 0
+    for side, label in (("ours", "ours"), ("seed_like", "seed-like")):
+        extract = figures[side]["extract"]
+        assert 0 < extract["waited_for_loader_s"] <= extract["seconds"]
+        assert (f"extract ({label}): the model waited {extract['waited_for_loader_s']:.3f} s of "
+                f"{extract['seconds']:.3f} s") in " ".join(result.output.split())
 
     no_seed = tmp_path / "no-seed.json"
     result = runner.invoke(app, [*args, "--no-seed-like", "--json", str(no_seed)])
