@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # GPU check, for a CUDA machine: the GPU tests, the Triton silhouette kernels' table at 200k points
 # (methods, precisions, launch configurations, against float64), the all-K silhouette at 1M points,
-# a profile of the nvJPEG loader's pieces, (KSEARCH=1) the batched K search against one K at a time, then `imgcluster bench` (eager with the seed-like run,
-# eager with --cuda-graphs, and --compile); ends with a short table. Second H100 run: 331 s for the steps other than the profile;
-# third (4dde190, BUDGET=480, every step): 388 s.
+# a profile of the nvJPEG loader's pieces (with A/B rows of its tuning knobs under the model),
+# (KSEARCH=1) the batched K search against one K at a time, then `imgcluster bench` (eager with the
+# seed-like run, (GRAPHS=1) eager with --cuda-graphs, and --compile); ends with a short table.
+# Second H100 run: 331 s for the steps other than the profile; third (4dde190, BUDGET=480, every
+# step, graphs included): 388 s.
 # Each step has its own time limit, so one that hangs or fails still leaves the others' figures.
 # First H100 run (2026-11-27, 420 s budget): 406 s. BUDGET (default 570 s) keeps the whole script
 # inside one device call (600 s); the later steps are skipped when it is spent.
@@ -71,7 +73,9 @@ run_step 90 "$PY" benchmarks/bench_silhouette.py --n "$SIL_N" --k-max 30 --devic
 stamp
 
 echo "== nvJPEG loader, piece by piece (decode was the bottleneck in the first runs)"
-run_step 60 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" 2>&1 | tee "$OUT/nvjpeg_profile.txt" | tail -12
+# with the A/B rows of the loader's knobs (decode look-ahead, stream priority, resize overlap) under the model
+run_step 100 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" --model "$MODEL" --extract-n "$BENCH_N" 2>&1 \
+  | tee "$OUT/nvjpeg_profile.txt" | tail -22
 stamp
 
 if [ "${KSEARCH:-0}" = 1 ]; then  # opt-in since the --cuda-graphs bench joined: the budget is for the targets
@@ -85,12 +89,14 @@ echo "== bench (eager, with the seed-like configuration in the same run)"
 run_step 120 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$BENCH_N" --json "$OUT/bench.json" 2>&1 \
   | tee "$OUT/bench.txt" | tail -20
 stamp
+if [ "${GRAPHS:-0}" = 1 ]; then  # opt-in since run 3 measured it no faster than eager
 echo "== bench (--cuda-graphs: the eager model replayed from CUDA graphs, one launch per batch; run 3: no faster than eager)"
 if [ "$DEVICE" = cpu ]; then echo "(skipped: CUDA graphs need CUDA)"; else
 run_step 75 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$BENCH_N" --cuda-graphs --no-seed-like \
   --json "$OUT/bench_graphs.json" 2>&1 | tee "$OUT/bench_graphs.txt" | tail -16
 fi
 stamp
+fi
 echo "== bench (--compile)"
 run_step 150 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$COMPILE_N" --compile --no-seed-like \
   --json "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt" | tail -16
@@ -100,9 +106,11 @@ echo "== summary"
 "$PY" - "$OUT" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-print(f"{'bench':<20}{'e2e img/s':>12}{'decode img/s':>14}{'model img/s':>13}{'vs seed':>9}")
+print(f"{'bench':<20}{'e2e img/s':>12}{'decode img/s':>14}{'model img/s':>13}{'vs seed':>9}{'waited s':>10}")
 for name in ("bench.json", "bench_graphs.json", "bench_compile.json"):
     p = out / name
+    if name == "bench_graphs.json" and not p.exists():
+        continue  # opt-in step (GRAPHS=1)
     if not p.exists():
         print(f"{name:<20}{'missing (see ' + name.replace('.json', '.txt') + ')':>48}")
         continue
@@ -110,7 +118,7 @@ for name in ("bench.json", "bench_graphs.json", "bench_compile.json"):
     o = r["ours"]
     ratio = f"{r['ratio_end_to_end']:.1f}x" if r.get("seed_like") else "-"
     print(f"{name:<20}{o['end_to_end']['images_per_s']:>12,.0f}{o['decode_resize']['images_per_s']:>14,.0f}"
-          f"{o['backbone']['images_per_s']:>13,.0f}{ratio:>9}")
+          f"{o['backbone']['images_per_s']:>13,.0f}{ratio:>9}{o['extract'].get('waited_for_loader_s', float('nan')):>10.3f}")
 for name in ("silhouette.txt", "triton_tune.txt"):
     lines = (out / name).read_text().splitlines() if (out / name).exists() else []
     table = [ln for ln in lines if ln.startswith(("silhouette all K", "backend", "torch", "triton", "auto", "tiled",

@@ -13,7 +13,11 @@ the time. Each row times one piece over the same files, after a warm-up, in imag
 - decode_batch: everything after the CPU stage (decode, EXIF, resize, normalize), per batch;
 - loader (N io): `NvJpegLoader.batches` end to end (what `bench` calls decode_resize) with N io
   threads: the row that decides DEFAULT_IO_THREADS on a GPU machine;
-- launch tax: the host time of a tiny op (a kernel launch) alone and while the loader runs.
+- launch tax: the host time of a tiny op (a kernel launch) alone and while the loader runs;
+- extract (CUDA, --extract-n images, the bench's batch size): the loader and a bf16 ResNet-152
+  together (`extract_features`, what `bench` calls extract) for the loader's tuning knobs, the
+  run-3 settings first, then each change alone, then the defaults; with the seconds the model
+  waited for decoded batches.
 Dry run on a CPU machine: --device cpu (decode_jpeg then runs libjpeg; no loader row).
 """
 from __future__ import annotations
@@ -42,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "imgcluster-bench"))
     p.add_argument("--device", default="cuda")
+    p.add_argument("--model", default="resnet152", help="backbone for the extract rows")
+    p.add_argument("--extract-n", type=int, default=4096, help="images for the extract rows (0: none)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -88,6 +94,8 @@ def main(argv=None) -> int:
             row(f"loader ({count or 'auto'} io)", lambda: [b.images.shape for b in loader.batches(paths, args.batch)])
             if count is None:
                 print(f"  (auto chose {loader.io_threads_used} io threads)", flush=True)
+        run3 = NvJpegLoader(device, **dict(EXTRACT_VARIANTS)["run-3 loader"])
+        row("loader (run-3 knobs)", lambda: [b.images.shape for b in run3.batches(paths, args.batch)])
 
     def whole_loader():  # the front end alone on the CPU (no nvJPEG there)
         if device.type == "cuda":
@@ -96,7 +104,47 @@ def main(argv=None) -> int:
             return [len(r) for _, r in front.batches(paths, args.batch, 2)]
 
     launch_tax(whole_loader, device)
+    if device.type == "cuda" and args.extract_n > 0:
+        extract_rows(Path(args.folder), args.extract_n, args.model, device)
     return 0
+
+
+# The loader's tuning knobs (NvJpegLoader): H100 run 3's settings, each change alone, the defaults.
+EXTRACT_VARIANTS = (
+    ("run-3 loader", dict(decode_ahead=1, high_priority=False, overlap_resize=False)),
+    ("+ high priority", dict(decode_ahead=1, high_priority=True, overlap_resize=False)),
+    ("+ overlap resize", dict(decode_ahead=1, high_priority=False, overlap_resize=True)),
+    ("+ 2 ahead", dict(decode_ahead=2, high_priority=False, overlap_resize=False)),
+    ("defaults (all three)", dict()),
+    ("defaults, 3 ahead", dict(decode_ahead=3)),
+)
+
+
+def extract_rows(folder: Path, n: int, model: str, device: torch.device) -> None:
+    """Loader + model together for each of EXTRACT_VARIANTS, at the bench's batch size: img/s and
+    the seconds the model waited for decoded batches (a warm-up run of each first)."""
+    import warnings
+
+    from engine.backbones import load_backbone
+    from engine.bench import make_bench_set
+    from engine.features import auto_batch_size, extract_features
+    from engine.loaders.nvjpeg import NvJpegLoader
+
+    paths = make_bench_set(folder, n)[:n]
+    batch = auto_batch_size(device, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights are intended here
+        backbone = load_backbone(model, "random", device)
+    print(f"extract: {n} files, batch {batch}, {model} {backbone.precision}", flush=True)
+    for name, knobs in EXTRACT_VARIANTS:
+        loader = NvJpegLoader(device, **knobs)
+        extract_features(paths, loader, backbone, batch)  # warm-up: threads, streams, cuDNN plans
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        extraction = extract_features(paths, loader, backbone, batch)  # ends with a device sync
+        seconds = time.perf_counter() - t0
+        print(f"extract {name:<22}{n / seconds:>9,.0f} img/s{seconds:>8.3f} s   model waited "
+              f"{extraction.waited_for_loader:.3f} s", flush=True)
 
 
 def launch_tax(run_loader, device: torch.device, ops: int = 20000) -> None:

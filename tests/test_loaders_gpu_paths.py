@@ -367,6 +367,47 @@ def test_nvjpeg_pipeline_on_cpu_matches_pil(images, resnet18):
     assert (cos >= COSINE_TOL).all(), cos.tolist()
 
 
+def test_decoded_ahead_two_items_ahead():
+    """ahead=2 (the nvJPEG loader's default): while the consumer holds item i, items i+1 and i+2
+    are decoded or under way; the order stays the input's."""
+    import time
+
+    from engine.loaders.base import decoded_ahead
+
+    started: list[int] = []
+
+    def decode(i):
+        started.append(i)
+        return i
+
+    got = []
+    for i in decoded_ahead(((i,) for i in range(6)), decode, ahead=2):
+        got.append(i)
+        deadline = time.monotonic() + 5
+        while min(i + 2, 5) not in started and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert min(i + 2, 5) in started
+    assert got == list(range(6))
+
+
+def test_nvjpeg_pipeline_on_cpu_same_batches_whatever_the_lookahead(images):
+    """decode_pipeline with the decode thread 1 or 3 batches ahead: the same batches, pixels and
+    failures (the look-ahead changes when a batch is decoded, never what it holds)."""
+    from engine.loaders.nvjpeg import decode_pipeline
+
+    names = ["land1", "zero", "portrait", "exif6", "truncated", "png", "badhuff", "odd", "land2"] * 2
+    paths = [images[k] for k in names]
+
+    def run(ahead):
+        return list(decode_pipeline(paths, 3, torch.device("cpu"), torch.float32, None, num_threads=2, prefetch=1,
+                                    ahead=ahead))
+
+    one, three = run(1), run(3)
+    assert [(b.indices.tolist(), b.failures) for b in one] == [(b.indices.tolist(), b.failures) for b in three]
+    for a, b in zip(one, three):
+        torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
+
+
 def test_nvjpeg_loader_needs_cuda():
     from engine.loaders.nvjpeg import NvJpegLoader
 
@@ -418,6 +459,30 @@ def test_nvjpeg_cuda_matches_pil(images, resnet18):
     from engine.loaders.nvjpeg import NvJpegLoader
 
     _check_gpu_loader(NvJpegLoader(torch.device("cuda"), num_threads=4), images, resnet18, "decode failed (nvjpeg)")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_nvjpeg_cuda_overlapped_decode_gives_the_same_pixels(images):
+    """The default loader (decode 2 batches ahead on a high-priority stream, outputs from their own
+    memory pool so a batch's resize overlaps the next decode) against the loader of H100 run 3
+    (1 ahead, a host wait before each decode): bit-identical batches over many small batches, so
+    memory is reused often. A reuse race would show as differing pixels."""
+    from engine.loaders.nvjpeg import NvJpegLoader
+
+    names = ["land1", "truncated", "portrait", "exif6", "odd", "png", "land2"] * 6
+    paths = [images[k] for k in names]
+    new = NvJpegLoader(torch.device("cuda"), num_threads=4)
+    old = NvJpegLoader(torch.device("cuda"), num_threads=4, decode_ahead=1, high_priority=False,
+                       overlap_resize=False)
+    assert (new.decode_ahead, new.high_priority, new.overlap_resize) == (2, True, True)
+    _, new_idx, new_images, new_failures = run_loader(new, paths, batch_size=4)
+    _, old_idx, old_images, old_failures = run_loader(old, paths, batch_size=4)
+    torch.cuda.synchronize()
+    assert new_idx.tolist() == old_idx.tolist() and new_failures == old_failures
+    assert torch.equal(new_images, old_images)
+    with pytest.raises(ValueError, match="decode_ahead"):
+        NvJpegLoader(torch.device("cuda"), decode_ahead=0)
 
 
 @pytest.mark.gpu

@@ -43,6 +43,10 @@ DEFAULT_DECODE_BUDGET = 1 << 30
 # roi_align samples ceil(scale)^2 points per output pixel; above this scale the image is first
 # box-averaged by an integer factor k (exact area filter) so the grid stays <= MAX_SAMPLING^2.
 MAX_SAMPLING = 4
+# Batches the decode thread may finish ahead of the model. 2, not 1: with one, a batch that decodes
+# slowly (a larger file, a busy GPU) leaves the model idle even when decoding is faster on average.
+# Each costs a batch of fp16 crops in device memory (77 MB at 256 images). Unmeasured on a GPU.
+DEFAULT_DECODE_AHEAD = 2
 
 
 def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -168,26 +172,61 @@ def batched_resize_crop(images: Sequence[torch.Tensor], pixel_budget: int = DEFA
     return out
 
 
-def _decode_jpegs(items: list[tuple[int, ImageProbe, torch.Tensor]], device: torch.device, max_pixels):
+def _decode_jpegs(items: list[tuple[int, ImageProbe, torch.Tensor]], device: torch.device, max_pixels,
+                  alloc_stream: "torch.cuda.Stream | None" = None):
     """Decode [(offset, probe, encoded uint8 CPU tensor)] with torchvision onto `device` (nvJPEG on
-    CUDA, in one batched call on the current stream; libjpeg on the CPU, which the tests use).
+    CUDA, in one batched call; libjpeg on the CPU, which the tests use).
+
+    On CUDA, torchvision allocates its outputs on the current stream but writes them on a stream
+    of its own, so the memory it is handed must not still be read by queued work. Two ways:
+    - alloc_stream None: wait on the host for everything queued on the current stream (the
+      previous batch's resize), so decoding and that resize never overlap on the GPU;
+    - alloc_stream given: decode with alloc_stream current, so the outputs come from that
+      stream's pool, which only ever holds earlier decode outputs; each output is marked as used
+      on the current stream (record_stream), so the allocator hands it out again only after the
+      resize queued there has read it. No host wait: the resize of one batch runs on the GPU
+      while the next batch decodes.
 
     Returns (decoded, slow, failures): decoded [(offset, uint8 (3, H, W) on device, EXIF-oriented)],
     slow {offset: uint8 (3, CROP, CROP)} for files PIL had to redo, failures [(offset, reason)].
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     slow: dict[int, np.ndarray] = {}
     failures: list[tuple[int, str]] = []
     if not items:
         return [], slow, failures
+    consumer = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    if consumer is not None and alloc_stream is None:
+        consumer.synchronize()
+    if consumer is not None and alloc_stream is not None:
+        with torch.cuda.stream(alloc_stream):
+            results = _decode_all(items, device, max_pixels, slow, failures)
+        consumer.wait_stream(alloc_stream)  # torchvision made alloc_stream wait for its decode
+        for _, _, img in results:
+            img.record_stream(consumer)
+    else:
+        results = _decode_all(items, device, max_pixels, slow, failures)
+    decoded = []
+    for k, p, img in results:
+        if img.dim() != 3 or img.shape[0] != 3 or (int(img.shape[1]), int(img.shape[2])) != (p.height, p.width):
+            redo = pil_fallback(p.data, max_pixels)  # the decoder saw another image than PIL did
+            if redo.array is not None:
+                slow[k] = redo.array
+            else:
+                failures.append((k, redo.reason))
+            continue
+        decoded.append((k, apply_exif_orientation(img, p.orientation)))
+    return decoded, slow, failures
+
+
+def _decode_all(items, device: torch.device, max_pixels, slow: dict, failures: list) -> list:
+    """[(offset, probe, uint8 (c, H, W) on device)] for the items torchvision decodes, in one
+    batched call, or one by one when that call fails (one file nvJPEG rejects fails the whole
+    call). Files it rejects go to `slow` (PIL could decode them) or `failures`."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; still what we use
         warnings.simplefilter("ignore", DeprecationWarning)
-        if device.type == "cuda":
-            # torchvision allocates the outputs on the current stream but writes them on its own
-            # stream: make sure nothing still in flight here reads memory it may be handed.
-            torch.cuda.current_stream(device).synchronize()
         try:
             images = decode_jpeg([t for _, _, t in items], mode=ImageReadMode.RGB, device=device)
             results = [(k, p, img) for (k, p, _), img in zip(items, images)]
@@ -202,27 +241,18 @@ def _decode_jpegs(items: list[tuple[int, ImageProbe, torch.Tensor]], device: tor
                         slow[k] = redo.array
                     else:
                         failures.append((k, f"decode failed (nvjpeg): {short_error(exc)}; PIL: {redo.reason}"))
-    decoded = []
-    for k, p, img in results:
-        if img.dim() != 3 or img.shape[0] != 3 or (int(img.shape[1]), int(img.shape[2])) != (p.height, p.width):
-            redo = pil_fallback(p.data, max_pixels)  # the decoder saw another image than PIL did
-            if redo.array is not None:
-                slow[k] = redo.array
-            else:
-                failures.append((k, redo.reason))
-            continue
-        decoded.append((k, apply_exif_orientation(img, p.orientation)))
-    return decoded, slow, failures
+    return results
 
 
 def decode_batch(start: int, prepared: Sequence["PreparedJpeg"], device: torch.device, dtype: torch.dtype,
                  max_pixels, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
-                 decode_budget: int = DEFAULT_DECODE_BUDGET) -> Batch:
+                 decode_budget: int = DEFAULT_DECODE_BUDGET, alloc_stream: "torch.cuda.Stream | None" = None) -> Batch:
     """Everything after the CPU stage for one batch (positions start .. start+len(prepared)-1):
     batched JPEG decode on `device`, EXIF orientation, `batched_resize_crop`, normalization, and
     merging of the PIL-path images in input order. Device-agnostic (the loader calls it on CUDA
     inside its side stream; tests call it on the CPU, where torchvision decodes with libjpeg).
 
+    alloc_stream: the CUDA stream whose memory pool receives the decoded images (_decode_jpegs).
     Returns a Batch with images `dtype` (b, 3, CROP, CROP) on `device`.
     """
     fast = [(k, p.probe, p.tensor) for k, p in enumerate(prepared) if p.probe is not None]
@@ -233,7 +263,7 @@ def decode_batch(start: int, prepared: Sequence["PreparedJpeg"], device: torch.d
     # Decode + resize in groups bounded by decoded bytes, so a batch of 12 MP photos does not
     # hold the whole batch at full resolution on the device at once.
     for group in _decode_groups(fast, decode_budget):
-        decoded, more_slow, more_failures = _decode_jpegs(group, device, max_pixels)
+        decoded, more_slow, more_failures = _decode_jpegs(group, device, max_pixels, alloc_stream)
         slow.update(more_slow)
         failures += more_failures
         if decoded:
@@ -270,13 +300,22 @@ class NvJpegLoader:
     read and probe files (None: "auto", frontend.py says why it starts with one);
     io_threads_used: what the last batches() call ran with.
     prefetch: batches read ahead.
+    Tuning, with A/B rows in benchmarks/profile_nvjpeg.py (the defaults are the new way, the
+    other values the loader of H100 run 3):
+    decode_ahead: batches decoded ahead of the consumer (DEFAULT_DECODE_AHEAD; was 1);
+    high_priority: the decode stream's kernels (resize, normalize) go before the model's queued
+      ones, so a batch is ready sooner while the model keeps the GPU busy (was normal priority);
+    overlap_resize: decode into a separate stream's memory pool instead of waiting on the host
+      for the previous batch's resize (_decode_jpegs; was False).
     """
 
     name = "nvjpeg"
 
     def __init__(self, device: torch.device | str = "cuda", num_threads: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, prefetch: int = 2,
-                 pixel_budget: int = DEFAULT_PIXEL_BUDGET, io_threads: int | None = None):
+                 pixel_budget: int = DEFAULT_PIXEL_BUDGET, io_threads: int | None = None, *,
+                 decode_ahead: int = DEFAULT_DECODE_AHEAD, high_priority: bool = True,
+                 overlap_resize: bool = True):
         device = torch.device(device)
         if device.type != "cuda":
             raise BackendUnavailable(
@@ -294,7 +333,14 @@ class NvJpegLoader:
         self.prefetch = max(1, prefetch)
         self.pixel_budget = pixel_budget
         self.dtype = torch.float16
-        self._stream: torch.cuda.Stream | None = None  # created on first use, not at construction
+        if decode_ahead < 1:
+            raise ValueError(f"decode_ahead must be >= 1, got {decode_ahead}")
+        self.decode_ahead = decode_ahead
+        self.high_priority = high_priority
+        self.overlap_resize = overlap_resize
+        # created on first use, not at construction (no CUDA context before a run needs one)
+        self._stream: torch.cuda.Stream | None = None
+        self._alloc_stream: torch.cuda.Stream | None = None
 
     def batches(self, paths: Sequence[Path], batch_size: int) -> Iterator[Batch]:
         """Yield Batches in input order; every position is in `indices` or in `failures`.
@@ -304,10 +350,13 @@ class NvJpegLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self._stream is None:
-            self._stream = torch.cuda.Stream(self.device)
+            # priority -1: high (CUDA maps it into the device's range; lower numbers go first)
+            self._stream = torch.cuda.Stream(self.device, priority=-1 if self.high_priority else 0)
+            if self.overlap_resize:
+                self._alloc_stream = torch.cuda.Stream(self.device)
         yield from decode_pipeline(paths, batch_size, self.device, self.dtype, self.max_pixels, self.num_threads,
                                    self.prefetch, self.pixel_budget, side=self._stream, io_threads=self.io_threads,
-                                   on_batch=self._record)
+                                   on_batch=self._record, ahead=self.decode_ahead, alloc_stream=self._alloc_stream)
 
     def _record(self, front: FrontEnd) -> None:
         self.io_threads_used = front.threads_in_use
@@ -316,10 +365,11 @@ class NvJpegLoader:
 def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device, dtype: torch.dtype, max_pixels,
                     num_threads: int, prefetch: int, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
                     side: "torch.cuda.Stream | None" = None, io_threads: int | None = None,
-                    on_batch: "Callable[[FrontEnd], None] | None" = None) -> Iterator[Batch]:
+                    on_batch: "Callable[[FrontEnd], None] | None" = None, ahead: int = DEFAULT_DECODE_AHEAD,
+                    alloc_stream: "torch.cuda.Stream | None" = None) -> Iterator[Batch]:
     """The loader's whole pipeline: the front end (frontend.FrontEnd: read + probe on `io_threads`,
     PIL fallbacks on `num_threads`, `prefetch` batches ahead), decode_batch on one decode thread
-    one batch ahead, Batches yielded in input order.
+    `ahead` batches ahead, Batches yielded in input order. alloc_stream: see _decode_jpegs.
 
     On CUDA `side` is the decode thread's stream; each batch is handed over with an event the
     caller's stream waits on. Without `side` (the CPU, where torchvision decodes with libjpeg; the
@@ -329,13 +379,14 @@ def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device
         if side is None:
             return decode_batch(start, prepared, device, dtype, max_pixels, pixel_budget), None
         with torch.cuda.device(device), torch.cuda.stream(side):
-            batch = decode_batch(start, prepared, device, dtype, max_pixels, pixel_budget)
+            batch = decode_batch(start, prepared, device, dtype, max_pixels, pixel_budget, alloc_stream=alloc_stream)
             ready = torch.cuda.Event()
             ready.record(side)
         return batch, ready
 
     with FrontEnd(NVJPEG_FORMATS, max_pixels, PreparedJpeg, io_threads, num_threads, "imgcluster-nvjpeg") as front:
-        for batch, ready in decoded_ahead(front.batches(paths, batch_size, prefetch), decode,
+        # the front end reads at least as far ahead as the decode thread takes batches from it
+        for batch, ready in decoded_ahead(front.batches(paths, batch_size, max(prefetch, ahead)), decode, ahead=ahead,
                                           thread_name="imgcluster-nvjpeg-decode"):
             if ready is not None:
                 # The consumer's stream waits for the batch on the GPU, not the host: the decode of
