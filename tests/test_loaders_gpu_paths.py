@@ -368,7 +368,7 @@ def test_nvjpeg_pipeline_on_cpu_matches_pil(images, resnet18):
 
 
 def test_decoded_ahead_two_items_ahead():
-    """ahead=2 (the nvJPEG loader's default): while the consumer holds item i, items i+1 and i+2
+    """ahead=2 (a knob of the nvJPEG loader): while the consumer holds item i, items i+1 and i+2
     are decoded or under way; the order stays the input's."""
     import time
 
@@ -464,18 +464,17 @@ def test_nvjpeg_cuda_matches_pil(images, resnet18):
 @pytest.mark.gpu
 @needs_cuda
 def test_nvjpeg_cuda_overlapped_decode_gives_the_same_pixels(images):
-    """The default loader (decode 2 batches ahead on a high-priority stream, outputs from their own
-    memory pool so a batch's resize overlaps the next decode) against the loader of H100 run 3
-    (1 ahead, a host wait before each decode): bit-identical batches over many small batches, so
-    memory is reused often. A reuse race would show as differing pixels."""
+    """The loader with every tuning knob on (decode 2 batches ahead on a high-priority stream,
+    outputs from their own memory pool so a batch's resize overlaps the next decode) against the
+    defaults, H100 run 3's loader (1 ahead, a host wait before each decode): bit-identical batches
+    over many small batches, so memory is reused often. A reuse race would show as differing pixels."""
     from engine.loaders.nvjpeg import NvJpegLoader
 
     names = ["land1", "truncated", "portrait", "exif6", "odd", "png", "land2"] * 6
     paths = [images[k] for k in names]
-    new = NvJpegLoader(torch.device("cuda"), num_threads=4)
-    old = NvJpegLoader(torch.device("cuda"), num_threads=4, decode_ahead=1, high_priority=False,
-                       overlap_resize=False)
-    assert (new.decode_ahead, new.high_priority, new.overlap_resize) == (2, True, True)
+    new = NvJpegLoader(torch.device("cuda"), num_threads=4, decode_ahead=2, high_priority=True, overlap_resize=True)
+    old = NvJpegLoader(torch.device("cuda"), num_threads=4)
+    assert (old.decode_ahead, old.high_priority, old.overlap_resize) == (1, False, False)
     _, new_idx, new_images, new_failures = run_loader(new, paths, batch_size=4)
     _, old_idx, old_images, old_failures = run_loader(old, paths, batch_size=4)
     torch.cuda.synchronize()

@@ -43,10 +43,11 @@ DEFAULT_DECODE_BUDGET = 1 << 30
 # roi_align samples ceil(scale)^2 points per output pixel; above this scale the image is first
 # box-averaged by an integer factor k (exact area filter) so the grid stays <= MAX_SAMPLING^2.
 MAX_SAMPLING = 4
-# Batches the decode thread may finish ahead of the model. 2, not 1: with one, a batch that decodes
-# slowly (a larger file, a busy GPU) leaves the model idle even when decoding is faster on average.
-# Each costs a batch of fp16 crops in device memory (77 MB at 256 images). Unmeasured on a GPU.
-DEFAULT_DECODE_AHEAD = 2
+# Batches the decode thread may finish ahead of the model. More than 1 may keep the model busy when
+# one batch decodes slowly (a larger file, a busy GPU) though decoding is faster on average; each
+# costs a batch of fp16 crops in device memory (77 MB at 256 images). 1 until a GPU run shows
+# another value pays (benchmarks/profile_nvjpeg.py has the rows).
+DEFAULT_DECODE_AHEAD = 1
 
 
 def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -300,13 +301,14 @@ class NvJpegLoader:
     read and probe files (None: "auto", frontend.py says why it starts with one);
     io_threads_used: what the last batches() call ran with.
     prefetch: batches read ahead.
-    Tuning, with A/B rows in benchmarks/profile_nvjpeg.py (the defaults are the new way, the
-    other values the loader of H100 run 3):
-    decode_ahead: batches decoded ahead of the consumer (DEFAULT_DECODE_AHEAD; was 1);
+    Tuning knobs, not yet measured on a GPU: the defaults are the loader H100 run 3 measured
+    (benchmarks/RESULTS.md), and benchmarks/profile_nvjpeg.py times each change under the model.
+    Make one the default only when a GPU run shows it pays.
+    decode_ahead: batches decoded ahead of the consumer (DEFAULT_DECODE_AHEAD);
     high_priority: the decode stream's kernels (resize, normalize) go before the model's queued
-      ones, so a batch is ready sooner while the model keeps the GPU busy (was normal priority);
+      ones, so a batch may be ready sooner while the model keeps the GPU busy;
     overlap_resize: decode into a separate stream's memory pool instead of waiting on the host
-      for the previous batch's resize (_decode_jpegs; was False).
+      for the previous batch's resize (_decode_jpegs), so that resize and the next decode overlap.
     """
 
     name = "nvjpeg"
@@ -314,8 +316,8 @@ class NvJpegLoader:
     def __init__(self, device: torch.device | str = "cuda", num_threads: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, prefetch: int = 2,
                  pixel_budget: int = DEFAULT_PIXEL_BUDGET, io_threads: int | None = None, *,
-                 decode_ahead: int = DEFAULT_DECODE_AHEAD, high_priority: bool = True,
-                 overlap_resize: bool = True):
+                 decode_ahead: int = DEFAULT_DECODE_AHEAD, high_priority: bool = False,
+                 overlap_resize: bool = False):
         device = torch.device(device)
         if device.type != "cuda":
             raise BackendUnavailable(
