@@ -121,9 +121,13 @@ EXTRACT_VARIANTS = (
 )
 
 
-def extract_rows(folder: Path, n: int, model: str, device: torch.device) -> None:
+def extract_rows(folder: Path, n: int, model: str, device: torch.device, repeats: int = 3) -> None:
     """Loader + model together for each of EXTRACT_VARIANTS, at the bench's batch size: img/s and
-    the seconds the model waited for decoded batches (a warm-up run of each first)."""
+    the seconds the model waited for decoded batches, the median of `repeats` timed runs taken in
+    rounds (every variant once per round, so drift over time does not favour one), after a warm-up
+    run of each."""
+    import statistics
+
     import warnings
 
     from engine.backbones import load_backbone
@@ -136,16 +140,24 @@ def extract_rows(folder: Path, n: int, model: str, device: torch.device) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights are intended here
         backbone = load_backbone(model, "random", device)
-    print(f"extract: {n} files, batch {batch}, {model} {backbone.precision}", flush=True)
-    for name, knobs in EXTRACT_VARIANTS:
-        loader = NvJpegLoader(device, **knobs)
+    print(f"extract: {n} files, batch {batch}, {model} {backbone.precision}, median of {repeats} rounds",
+          flush=True)
+    loaders = {name: NvJpegLoader(device, **knobs) for name, knobs in EXTRACT_VARIANTS}
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in loaders}
+    for loader in loaders.values():
         extract_features(paths, loader, backbone, batch)  # warm-up: threads, streams, cuDNN plans
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        extraction = extract_features(paths, loader, backbone, batch)  # ends with a device sync
-        seconds = time.perf_counter() - t0
-        print(f"extract {name:<22}{n / seconds:>9,.0f} img/s{seconds:>8.3f} s   model waited "
-              f"{extraction.waited_for_loader:.3f} s", flush=True)
+    for _ in range(repeats):
+        for name, loader in loaders.items():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            extraction = extract_features(paths, loader, backbone, batch)  # ends with a device sync
+            timings[name].append((time.perf_counter() - t0, extraction.waited_for_loader))
+    for name, runs in timings.items():
+        seconds = statistics.median(s for s, _ in runs)
+        waited = statistics.median(w for _, w in runs)
+        spread = max(s for s, _ in runs) - min(s for s, _ in runs)
+        print(f"extract {name:<22}{n / seconds:>9,.0f} img/s{seconds:>8.3f} s (spread {spread:.3f})   "
+              f"model waited {waited:.3f} s", flush=True)
 
 
 def launch_tax(run_loader, device: torch.device, ops: int = 20000) -> None:

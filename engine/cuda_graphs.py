@@ -19,8 +19,10 @@ Rules a graph imposes, and how GraphedForward meets them:
   after that (`capture_new = False`) a batch of a new shape (after an out-of-memory halving)
   runs the plain forward instead of capturing next to a running loader.
   capture_error_mode="thread_local" checks only this thread's calls.
-- the capture stream is this object's own high-priority stream, never one of the pool's
-  streams (a round robin of 32 that torchvision's decoder draws from too).
+- the capture stream is a high-priority stream (torch.cuda.Stream takes it from the
+  high-priority half of torch's stream pool; torchvision's decoder draws from the normal-priority
+  half, so the two never coincide). Capture runs before the loader starts, so sharing that half
+  with the nvJPEG loader's high-priority stream (a knob, off by default) is harmless.
 Measured on an H100 (benchmarks/RESULTS.md, run 3): correct (tests/test_cuda_graphs.py passed there)
 but not faster: the backbone alone ran 6,536 img/s against eager's 6,452, and end to end 3,716
 against 4,061. The launch tax it removes was not what held the eager run back, so it stays opt-in.

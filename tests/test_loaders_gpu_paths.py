@@ -389,6 +389,17 @@ def test_decoded_ahead_two_items_ahead():
         assert min(i + 2, 5) in started
     assert got == list(range(6))
 
+    def slow(i):
+        time.sleep(0.05)
+        started.append(i)
+        return i
+
+    started.clear()
+    early = decoded_ahead(((i,) for i in range(50)), slow, ahead=3)
+    assert next(early) == 0
+    early.close()  # waits for the item in flight, cancels the ones queued behind it
+    assert len(started) <= 3, started
+
 
 def test_nvjpeg_pipeline_on_cpu_same_batches_whatever_the_lookahead(images):
     """decode_pipeline with the decode thread 1 or 3 batches ahead: the same batches, pixels and
@@ -463,12 +474,23 @@ def test_nvjpeg_cuda_matches_pil(images, resnet18):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_nvjpeg_cuda_overlapped_decode_gives_the_same_pixels(images):
+def test_nvjpeg_cuda_overlapped_decode_gives_the_same_pixels(images, monkeypatch):
     """The loader with every tuning knob on (decode 2 batches ahead on a high-priority stream,
     outputs from their own memory pool so a batch's resize overlaps the next decode) against the
     defaults, H100 run 3's loader (1 ahead, a host wait before each decode): bit-identical batches
-    over many small batches, so memory is reused often. A reuse race would show as differing pixels."""
+    over many small batches, so memory is reused often. Each resize is held back on the GPU
+    (a spin kernel queued first), so without the record_stream marks the next decode would write
+    into images still to be read, and the pixels would differ."""
+    import engine.loaders.nvjpeg as nvjpeg
     from engine.loaders.nvjpeg import NvJpegLoader
+
+    resize = nvjpeg.batched_resize_crop
+
+    def late_resize(images, *args, **kwargs):
+        torch.cuda._sleep(20_000_000)  # ~10 ms of GPU cycles on the current (decode) stream
+        return resize(images, *args, **kwargs)
+
+    monkeypatch.setattr(nvjpeg, "batched_resize_crop", late_resize)
 
     names = ["land1", "truncated", "portrait", "exif6", "odd", "png", "land2"] * 6
     paths = [images[k] for k in names]

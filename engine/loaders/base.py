@@ -66,9 +66,10 @@ def decoded_ahead(items: Iterable, decode: Callable[..., T], ahead: int = 1,
     For decoders that block their calling thread (torchvision's nvJPEG call waits for its own CUDA
     stream): on this thread the wait does not hold up the consumer, which meanwhile queues the model
     on the previous batch. An exception in decode is raised here, at that item. Closing the
-    generator early waits for the item in flight, then stops.
+    generator early waits for the item in flight, cancels the ones queued behind it, then stops.
     """
-    with ThreadPoolExecutor(1, thread_name_prefix=thread_name) as worker:
+    worker = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+    try:
         in_flight: deque[Future] = deque()
         for item in items:
             in_flight.append(worker.submit(decode, *item))
@@ -76,13 +77,22 @@ def decoded_ahead(items: Iterable, decode: Callable[..., T], ahead: int = 1,
                 yield in_flight.popleft().result()
         while in_flight:
             yield in_flight.popleft().result()
+    finally:
+        worker.shutdown(wait=True, cancel_futures=True)
 
 
 def index_on(values, device: torch.device) -> torch.Tensor:
     """An int64 index tensor on `device` without a host sync: on CUDA it is uploaded from pinned
     memory with non_blocking=True (torch.tensor(list, device=cuda) copies from pageable memory
     and waits for the stream, which would stop decoding from overlapping the model)."""
-    index = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
+    return tensor_on(values, device, np.int64)
+
+
+def tensor_on(values, device: torch.device, dtype=np.float32) -> torch.Tensor:
+    """`values` (array-like) as a tensor of numpy `dtype` on `device`, uploaded without a host
+    sync on CUDA (pinned memory, non_blocking; the pinned allocator keeps the host copy until the
+    upload is done)."""
+    host = torch.from_numpy(np.ascontiguousarray(values, dtype=dtype))
     if device.type == "cuda":
-        return index.pin_memory().to(device, non_blocking=True)
-    return index
+        return host.pin_memory().to(device, non_blocking=True)
+    return host

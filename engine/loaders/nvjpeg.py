@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailable
-from .base import Batch, decoded_ahead
+from .base import Batch, decoded_ahead, index_on, tensor_on
 from .frontend import FrontEnd, default_fallback_threads
 from .probe import ImageProbe, assemble, pil_fallback, prepare_file, short_error
 from .decode import DEFAULT_MAX_PIXELS
@@ -45,8 +45,8 @@ DEFAULT_DECODE_BUDGET = 1 << 30
 MAX_SAMPLING = 4
 # Batches the decode thread may finish ahead of the model. More than 1 may keep the model busy when
 # one batch decodes slowly (a larger file, a busy GPU) though decoding is faster on average; each
-# costs a batch of fp16 crops in device memory (77 MB at 256 images). 1 until a GPU run shows
-# another value pays (benchmarks/profile_nvjpeg.py has the rows).
+# costs a batch of fp16 crops in device memory (154 MB at the H100's auto batch of 512). 1 until a
+# GPU run shows another value pays (benchmarks/profile_nvjpeg.py has the rows).
 DEFAULT_DECODE_AHEAD = 1
 
 
@@ -160,16 +160,18 @@ def batched_resize_crop(images: Sequence[torch.Tensor], pixel_budget: int = DEFA
             padded = torch.stack([prepared[i][0] for i in group]).to(torch.float32)
         else:
             padded = _padded(prepared, group, sizes, hmax, wmax, device)
-        boxes = torch.tensor([[row, *prepared[i][1]] for row, i in enumerate(group)],
-                             dtype=torch.float32, device=device)
+        # uploads without a host sync (tensor_on): a plain torch.tensor(..., device=cuda) waits for
+        # this stream, i.e. for the resize work queued so far
+        boxes = tensor_on([[row, *prepared[i][1]] for row, i in enumerate(group)], device)
         pooled = roi_align(padded, boxes, output_size=(CROP, CROP), spatial_scale=1.0,
                            sampling_ratio=0, aligned=True)
         del padded
         for flip in (False, True):
             rows = [row for row, i in enumerate(group) if prepared[i][2] == flip]
             if rows:
-                part = pooled[rows].transpose(2, 3) if flip else pooled[rows]
-                out.index_copy_(0, torch.tensor([group[r] for r in rows], device=device), part)
+                part = pooled if len(rows) == len(group) else pooled[index_on(rows, device)]
+                part = part.transpose(2, 3) if flip else part
+                out.index_copy_(0, index_on([group[r] for r in rows], device), part)
     return out
 
 
@@ -352,16 +354,33 @@ class NvJpegLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self._stream is None:
-            # priority -1: high (CUDA maps it into the device's range; lower numbers go first)
-            self._stream = torch.cuda.Stream(self.device, priority=-1 if self.high_priority else 0)
+            self._stream = _loader_stream(self.device, "side-high" if self.high_priority else "side")
             if self.overlap_resize:
-                self._alloc_stream = torch.cuda.Stream(self.device)
+                self._alloc_stream = _loader_stream(self.device, "alloc")
         yield from decode_pipeline(paths, batch_size, self.device, self.dtype, self.max_pixels, self.num_threads,
                                    self.prefetch, self.pixel_budget, side=self._stream, io_threads=self.io_threads,
                                    on_batch=self._record, ahead=self.decode_ahead, alloc_stream=self._alloc_stream)
 
     def _record(self, front: FrontEnd) -> None:
         self.io_threads_used = front.threads_in_use
+
+
+_STREAMS: dict[tuple[torch.device, str], "torch.cuda.Stream"] = {}
+
+
+def _loader_stream(device: torch.device, role: str) -> "torch.cuda.Stream":
+    """One stream per (device, role) for the whole process: "side" (the decode thread's work),
+    "side-high" (the same at high priority), "alloc" (decode outputs' pool, _decode_jpegs).
+
+    Why cached: torch.cuda.Stream draws from a round-robin pool of 32 streams per priority, which
+    torchvision's decoder draws its own stream from too. A new stream per loader would, after 32
+    loaders, share torchvision's stream, whose host waits would then stall the decode thread's
+    resize work. Cached, the loader takes at most three streams from the pool."""
+    key = (device, role)
+    if key not in _STREAMS:
+        # priority -1: high (CUDA maps it into the device's range; lower numbers go first)
+        _STREAMS[key] = torch.cuda.Stream(device, priority=-1 if role == "side-high" else 0)
+    return _STREAMS[key]
 
 
 def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device, dtype: torch.dtype, max_pixels,
@@ -387,8 +406,7 @@ def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device
         return batch, ready
 
     with FrontEnd(NVJPEG_FORMATS, max_pixels, PreparedJpeg, io_threads, num_threads, "imgcluster-nvjpeg") as front:
-        # the front end reads at least as far ahead as the decode thread takes batches from it
-        for batch, ready in decoded_ahead(front.batches(paths, batch_size, max(prefetch, ahead)), decode, ahead=ahead,
+        for batch, ready in decoded_ahead(front.batches(paths, batch_size, prefetch), decode, ahead=ahead,
                                           thread_name="imgcluster-nvjpeg-decode"):
             if ready is not None:
                 # The consumer's stream waits for the batch on the GPU, not the host: the decode of
