@@ -163,7 +163,7 @@ def run_outputs(out_dir) -> RunOutputs:
     """The files a run writes in out_dir, which the next run over a folder holding out_dir must
     not take as inputs (the report's JPEG montages) nor count as ignored files."""
     report_dirs = [os.path.join(outputs.REPORT, sub) for sub in outputs.REPORT_SUBDIRS]
-    names = [*outputs.RUN_FILES, outputs.FEATURES]
+    names = [*outputs.RUN_FILES, outputs.FEATURES, outputs.FAILED_RUN_SKIPPED]
     return RunOutputs.of(out_dir, skip=report_dirs, quiet=[outputs.REPORT, outputs.FEATURE_CACHE], names=names)
 
 
@@ -188,9 +188,8 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     if found.left_out and found.paths:
         reporter.notify(found.left_out.note())
     if not found.paths:
-        if out_dir is not None and found.skipped:
-            outputs.write_skipped(outputs.prepare_out_dir(out_dir), found.skipped)
-        raise InputError(no_images_message(inputs, found, skipped_csv="skipped.csv" if out_dir is not None else None))
+        listed = _write_failed_run_skipped(out_dir, found.skipped)
+        raise InputError(no_images_message(inputs, found, skipped_csv=listed))
     backends = resolve_backends(config, reporter)  # a backend that cannot run leaves no empty folder either
     if out_dir is not None:  # before the heavy work (a mistyped input path leaves no empty folder)
         out_dir = outputs.prepare_out_dir(out_dir)
@@ -232,18 +231,19 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     skipped = list(found.skipped) + [(found.paths[i], reason) for i, reason in extraction.failures]
     good_paths = found.paths.take(extraction.good)  # a PathList sharing found.paths' bytes
     if not good_paths:
-        if out_dir is not None:
-            outputs.write_skipped(out_dir, skipped)
-        raise InputError(f"none of the {len(found.paths)} files could be used (reasons in skipped.csv)")
+        listed = _write_failed_run_skipped(out_dir, skipped)
+        raise InputError(f"none of the {len(found.paths)} files could be used"
+                         + (f" (reasons in {listed})" if listed else ""))
     if skipped:
         reporter.notify(skipped_note(count_reasons(reason for _, reason in skipped)))
 
     try:
         pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster,
                                                                  reporter, pca=extraction.pca)
-    except InputError:  # e.g. fewer good images than the smallest K: still say which files were bad
-        if out_dir is not None:
-            outputs.write_skipped(out_dir, skipped)
+    except InputError as exc:  # e.g. fewer good images than the smallest K: still say which files were bad
+        listed = _write_failed_run_skipped(out_dir, skipped)
+        if listed:
+            raise InputError(f"{exc} ({len(skipped)} skipped file(s) listed in {listed})") from exc
         raise
     timings.update(cluster_timings)
     timings["total"] = _stage(time.perf_counter() - started, len(found.paths))
@@ -322,11 +322,27 @@ def run_analysis(result: RunResult) -> outputs.RunAnalysis:
     )
 
 
+def _write_failed_run_skipped(out_dir, skipped) -> str | None:
+    """Write the skip list of a run that is failing (no images, none usable, too few for K) and
+    return where it went, for the error message; None when there is no out_dir or nothing to list.
+
+    A folder that holds a finished run keeps that run's files as they were: the list goes to
+    outputs.FAILED_RUN_SKIPPED there, not over skipped.csv (which must match predictions.csv)."""
+    if out_dir is None or not skipped:
+        return None
+    out = outputs.prepare_out_dir(out_dir)
+    finished = outputs.is_run_folder(out)
+    name = outputs.FAILED_RUN_SKIPPED if finished else outputs.SKIPPED
+    outputs.write_skipped(out, skipped, name)
+    return f"{out / name}; the finished run there is unchanged" if finished else str(out / name)
+
+
 def write_run(result: RunResult, out_dir, save_features: bool = False, report: bool = False,
               reporter: Reporter | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     earlier_run = outputs.is_run_folder(out)  # before this run's summary replaces it
+    (out / outputs.FAILED_RUN_SKIPPED).unlink(missing_ok=True)  # ours by name; stale once this run is written
     outputs.write_predictions(out, result.paths, result.labels)
     outputs.write_skipped(out, result.skipped)
     outputs.write_analysis(out, run_analysis(result))

@@ -286,3 +286,38 @@ def test_cluster_keeps_a_recorded_list_of_two_ks(three_groups, runner, tmp_path)
     assert result.exit_code == 0, result.output
     scores = json.loads((out / "summary.json").read_text())["scores"]
     assert [s["k"] for s in scores] == [2, 5]  # two values, not the range 2..5
+
+
+def test_failed_run_leaves_a_finished_run_as_it_was(three_groups, runner, tmp_path):
+    """A run that fails (too few images for K, nothing usable) into a folder holding a finished
+    run: that run's files stay as they were (its skipped.csv still matches its predictions); the
+    failed run's list goes to skipped-failed-run.csv, named in the error; the next finished run
+    there removes it."""
+    out = tmp_path / "o"
+    data = tmp_path / "data"
+    data.mkdir()
+    good = sorted(three_groups.glob("*/*.jpg"))
+    (data / "empty.jpg").write_bytes(b"")
+    (data / "broken.jpg").write_bytes(b"garbage")
+    args = ["--out", str(out), "--model", "pixels", "--no-report"]
+    first = runner.invoke(app, ["run", str(three_groups), str(data), *args, "--k", "3"])
+    assert first.exit_code == 0, first.output
+    before = {name: (out / name).read_bytes() for name in ("predictions.csv", "skipped.csv", "summary.json")}
+    assert b"empty.jpg" in before["skipped.csv"]
+
+    too_few = runner.invoke(app, ["run", *map(str, good[:3]), str(data / "broken.jpg"), *args, "--k", "5"])
+    assert too_few.exit_code == 2
+    flat = " ".join(too_few.output.split())
+    assert "fewer than the smallest K" in flat and "skipped-failed-run.csv" in flat.replace(" ", "")
+    assert "the finished run there is unchanged" in flat
+    assert {name: (out / name).read_bytes() for name in before} == before
+    failed = (out / "skipped-failed-run.csv").read_text()
+    assert "broken.jpg" in failed and "empty.jpg" not in failed
+
+    nothing = runner.invoke(app, ["run", str(data / "broken.jpg"), *args])
+    assert nothing.exit_code == 2 and "could be used" in nothing.output
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+    again = runner.invoke(app, ["run", str(three_groups), *args, "--k", "3"])
+    assert again.exit_code == 0, again.output
+    assert not (out / "skipped-failed-run.csv").exists()

@@ -35,6 +35,9 @@ ANALYSIS = "analysis.npz"
 FEATURES = "features.npy"
 FEATURE_CACHE = "features"  # the folder engine.store.FeatureStore writes in a run
 RUN_FILES = (PREDICTIONS, SKIPPED, SUMMARY, ANALYSIS)  # what every run writes at the top of its folder
+# a failed run's skip list, in a folder that holds a finished run (whose skipped.csv must still
+# match its predictions); the next finished run there removes it
+FAILED_RUN_SKIPPED = "skipped-failed-run.csv"
 REPORT = "report"
 REPORT_INDEX = "index.html"
 REPORT_SUBDIRS = ("plots", "montages", "clusters")  # what engine.report.builder writes there
