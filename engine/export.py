@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, ImgclusterError, InputError
+from .hidden_entries import EXPORT_MARKER
 from .progress import Reporter
 from .report import outputs
 from .report.rundata import ReportError, read_predictions
@@ -72,6 +73,7 @@ def _undo(to: Path, created: bool, folders) -> None:
     for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
     (to / MISSING).unlink(missing_ok=True)
+    (to / EXPORT_MARKER).unlink(missing_ok=True)
 
 
 def _place(source: str, target: Path, mode: str) -> None:
@@ -125,6 +127,9 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
     base = _run_cwd(run_dir)
     to = Path(to)
     created = _prepare_target(to)
+    # so that a later run over a folder holding this one does not take these images a second time
+    (to / EXPORT_MARKER).write_text(f"Written by `imgcluster export` from {run_dir}: folder walks of imgcluster "
+                                    "leave this folder out (--include-hidden takes it).\n", encoding="utf-8")
     largest = int(labels.max()) if len(labels) else 0
     taken: dict[int, set[str]] = {}
     missing: list[str] = []

@@ -7,6 +7,8 @@ an image) beside every file on non-Mac disks.
 Left out: names starting with "." (hidden: `.thumbnails`, `._x.jpg`, `.Trash-1000`, QNAP's
 `.@__thumb`) and the folders in SYSTEM_FOLDERS. Globs pass over hidden names (as glob.glob
 does) and over system folders their wildcards reach (engine.sources._system_folder_filter).
+Folder walks also leave out `imgcluster export` folders (known by EXPORT_MARKER): links or copies
+of images already clustered, which would come back as duplicates or as second copies.
 `--include-hidden` takes everything; a folder named on the command line, or literally in a glob,
 is walked whatever its name.
 """
@@ -26,6 +28,10 @@ SYSTEM_FOLDERS = frozenset({
 })
 
 
+# The hidden file `imgcluster export` writes at the top of each export folder.
+EXPORT_MARKER = ".imgcluster-export"
+
+
 def is_hidden_or_system_folder(name: str) -> bool:
     """True for a folder a walk leaves out by default (see the module docstring)."""
     return name.startswith(".") or name in SYSTEM_FOLDERS
@@ -38,18 +44,20 @@ def is_hidden_file(name: str) -> bool:
 
 @dataclass
 class LeftOut:
-    """What folder walks left out: folders by name (name -> how many) and hidden files named
-    like images (others are counted with the files not named like images)."""
+    """What folder walks left out: folders by name (name -> how many), hidden files named like
+    images (others are counted with the files not named like images), and export folders."""
 
     folders: Counter = field(default_factory=Counter)
     files: int = 0
+    exports: int = 0  # folders written by `imgcluster export` (EXPORT_MARKER)
 
     def __bool__(self) -> bool:
-        return bool(self.folders) or self.files > 0
+        return bool(self.folders) or self.files > 0 or self.exports > 0
 
     def as_dict(self) -> dict[str, int]:
-        """summary.json's "left_out": how many folders and hidden image files."""
-        return {"hidden_or_system_folders": sum(self.folders.values()), "hidden_image_files": self.files}
+        """summary.json's "left_out": how many folders, hidden image files and export folders."""
+        return {"hidden_or_system_folders": sum(self.folders.values()), "hidden_image_files": self.files,
+                "export_folders": self.exports}
 
     def filter_folders(self, names: list[str]) -> list[str]:
         """`names` (one folder's subfolders) without those left out, which are counted."""
@@ -76,4 +84,8 @@ class LeftOut:
             parts.append(f"{n:,} hidden or system folder{'s' if n != 1 else ''} ({', '.join(names)})")
         if self.files:
             parts.append(f"{self.files:,} hidden image file{'s' if self.files != 1 else ''} (such as macOS's ._ files)")
-        return f"Left out {' and '.join(parts)}: --include-hidden takes them"
+        if self.exports:
+            parts.append(f"{self.exports:,} imgcluster export folder{'s' if self.exports != 1 else ''} "
+                         "(links or copies of clustered images)")
+        joined = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+        return f"Left out {joined}: --include-hidden takes them"

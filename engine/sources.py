@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 from .errors import InputError
 from .loaders.decode import has_image_extension, name_suffix
-from .hidden_entries import SYSTEM_FOLDERS, LeftOut, is_hidden_file
+from .hidden_entries import EXPORT_MARKER, SYSTEM_FOLDERS, LeftOut, is_hidden_file
 from .pathlist import PathList, path_str
 from .recursive_glob import SEPARATORS, is_recursive, recursive_glob
 
@@ -148,9 +148,9 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
     `ignored` by extension (from the names os.walk gives: no stat). avoid: (device, inode) of
     folders not to enter (a glob's folder above this one: a link back up to it is a loop).
     outputs: a run's output folder, whose own subfolders are not entered and whose own files are
-    neither taken nor counted. left_out: when given, hidden and system folders are not entered and
-    hidden files not taken (engine.hidden_entries), and both are counted there; `folder` itself
-    is walked whatever its name. progress: called with the number of files taken in each folder
+    neither taken nor counted. left_out: when given, hidden and system folders and export folders
+    are not entered and hidden files not taken (engine.hidden_entries), and all are counted there;
+    `folder` itself is walked whatever its name or marker. progress: called with the number of files taken in each folder
     (a walk of a large share can take minutes).
 
     Strings, not Paths: a Path per file before filtering and sorting cost 21.6 us a file (100,000
@@ -164,7 +164,9 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
     def onerror(exc: OSError):
         skipped.append((Path(exc.filename or folder), f"unreadable folder: {exc.strerror}"))
 
+    top = True
     for root, dirs, files in os.walk(folder, followlinks=True, onerror=onerror):
+        below_top, top = not top, False
         try:
             st = os.stat(root)
             key = (st.st_dev, st.st_ino)
@@ -186,6 +188,10 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
             elif key in outputs.quiet_dirs:
                 files = [name for name in files if has_image_extension(name)]
         if left_out is not None:
+            if below_top and EXPORT_MARKER in files:  # an `imgcluster export` folder
+                dirs[:] = []
+                left_out.exports += 1
+                continue
             dirs[:] = left_out.filter_folders(dirs)
         dirs.sort()
         before = len(found)
@@ -389,7 +395,14 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
                 continue
             key = (st.st_dev, st.st_ino)
             if key in seen:
-                result.skipped.append((Path(text), f"duplicate of {Path(kept[seen[key]])}"))
+                first = kept[seen[key]]
+                if os.path.islink(first) and not os.path.islink(text):
+                    # the file itself over a link to it (one lstat each, for duplicates only): the
+                    # run's CSVs name the real file, and the link is what is listed as skipped
+                    kept[seen[key]] = text
+                    result.skipped.append((Path(first), f"duplicate of {Path(text)}"))
+                else:
+                    result.skipped.append((Path(text), f"duplicate of {Path(first)}"))
                 continue
             seen[key] = len(kept)
             kept.append(text)

@@ -30,7 +30,8 @@ def test_every_image_lands_in_its_clusters_folder(run_dir, tmp_path, mode):
     done = export_clusters(run_dir, tmp_path / "by-cluster", mode=mode)
     expected = _predictions(run_dir)
     found = {}
-    for folder in sorted((tmp_path / "by-cluster").iterdir()):
+    assert (tmp_path / "by-cluster" / ".imgcluster-export").is_file()  # the marker folder walks leave out
+    for folder in sorted(p for p in (tmp_path / "by-cluster").iterdir() if p.is_dir()):
         for entry in folder.iterdir():
             source = os.path.realpath(entry) if mode == "symlink" else next(
                 p for p in expected if os.path.basename(p) == entry.name)
@@ -151,3 +152,42 @@ def test_a_failed_export_leaves_nothing_behind(run_dir, tmp_path, monkeypatch, m
     assert target.exists() is not made_by_export and (made_by_export or not any(target.iterdir()))
     monkeypatch.undo()
     assert export_clusters(run_dir, target, mode="symlink").written == 60
+
+
+@pytest.mark.parametrize("mode", ["symlink", "hardlink", "copy"])
+def test_a_run_over_a_folder_holding_an_export_leaves_it_out(three_groups, tmp_path, mode):
+    """An export inside the photo folder (links or copies of images already clustered) is left out
+    of the next run's folder walk, counted in left_out; named on its own it is taken."""
+    import shutil
+
+    from engine import ImageClusterer
+    from engine.sources import discover
+
+    photos = tmp_path / "photos"
+    shutil.copytree(three_groups, photos)
+    first = discover([photos])
+    run = tmp_path / "run"
+    ImageClusterer(model="pixels", device="cpu", pca=10, k="3").fit([photos], out_dir=run)
+    export_clusters(run, photos / "by-cluster", mode=mode)
+    again = discover([photos])
+    assert again.paths == first.paths and again.skipped == first.skipped
+    assert again.left_out.exports == 1
+    assert "1 imgcluster export folder (links or copies of clustered images)" in again.left_out.note()
+    assert len(discover([photos / "by-cluster"]).paths) == len(first.paths)  # named: taken
+    assert len(discover([photos], include_hidden=True).paths) == len(first.paths) * (2 if mode == "copy" else 1)
+
+
+def test_a_duplicate_keeps_the_file_not_the_link_to_it(tmp_path):
+    """A symlink that sorts before the file it points to: the file is kept, the link is the
+    skipped duplicate (the run's CSVs name real files)."""
+    from engine.sources import discover
+
+    (tmp_path / "b_real.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "b_real.jpg", tmp_path / "a_link.jpg")
+    found = discover([tmp_path])
+    assert [p.name for p in found.paths] == ["b_real.jpg"]
+    assert [(p.name, reason) for p, reason in found.skipped] == [("a_link.jpg", f"duplicate of {tmp_path / 'b_real.jpg'}")]
+    os.link(tmp_path / "b_real.jpg", tmp_path / "c_hard.jpg")  # two names of one file: the first is kept
+    found = discover([tmp_path])
+    assert [p.name for p in found.paths] == ["b_real.jpg"]
+    assert sorted(p.name for p, _ in found.skipped) == ["a_link.jpg", "c_hard.jpg"]

@@ -55,7 +55,7 @@ def test_walk_leaves_out_hidden_and_system_entries_and_counts_them(nas_folder):
     assert found.ignored == {"": 1}
     assert found.left_out.note() == ("Left out 4 hidden or system folders (@eaDir ×2, #recycle, .thumbnails) "
                                      "and 2 hidden image files (such as macOS's ._ files): --include-hidden takes them")
-    assert found.left_out.as_dict() == {"hidden_or_system_folders": 4, "hidden_image_files": 2}
+    assert found.left_out.as_dict() == {"hidden_or_system_folders": 4, "hidden_image_files": 2, "export_folders": 0}
 
 
 def test_include_hidden_takes_everything(nas_folder):
@@ -101,7 +101,7 @@ def test_run_notices_and_records_what_it_left_out_and_why_files_were_skipped(run
             "(see skipped.csv)") in flat
     assert sorted(Path(r["path"]).name for r in read_rows(out / "predictions.csv")) == ["a.jpg", "b.jpg", "c.jpg"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["left_out"] == {"hidden_or_system_folders": 3, "hidden_image_files": 2}
+    assert summary["left_out"] == {"hidden_or_system_folders": 3, "hidden_image_files": 2, "export_folders": 0}
     assert summary["skipped_reasons"] == {"empty file (0 bytes)": 1, "not an image (unrecognised content)": 1}
     assert summary["config"]["include_hidden"] is False
 

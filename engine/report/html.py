@@ -132,9 +132,12 @@ def _summary(data: RunData) -> str:
     left_out = s.get("left_out") or {}
     if any(left_out.values()):
         folders, files = left_out.get("hidden_or_system_folders", 0), left_out.get("hidden_image_files", 0)
+        exports = left_out.get("export_folders", 0)
         rows.append(("left out by the folder walk", escape(
-            f"{folders:,} hidden or system folder(s) (such as Synology's @eaDir thumbnails) and {files:,} hidden "
-            "image file(s) (such as macOS's ._ files); --include-hidden takes them")))
+            f"{folders:,} hidden or system folder(s) (such as Synology's @eaDir thumbnails), {files:,} hidden "
+            "image file(s) (such as macOS's ._ files)"
+            + (f" and {exports:,} imgcluster export folder(s)" if exports else "")
+            + "; --include-hidden takes them")))
     if data.skipped:
         rows.append(("skipped files", f'{len(data.skipped):,} — <a href="#skipped">reasons below</a> and in '
                                       f'<a href="../skipped.csv">skipped.csv</a>'))
