@@ -17,6 +17,7 @@ from rich.markup import escape
 from .errors import ConfigError, ImgclusterError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Cluster large unlabeled image collections: ResNet features → PCA → KMeans over K → silhouette picks K.")
 err_console = Console(stderr=True)
 out_console = Console()
@@ -53,21 +54,41 @@ def parse_pca(text: str) -> float | int:
     return value
 
 
+def flag(default: bool, *names: str, **kwargs):
+    """A boolean option, shown in --help without a value: typer labels options with their type
+    (`--compile <bool>`), which reads as if it took one (`--compile true` then fails as a path)."""
+    return typer.Option(default, *names, metavar="", **kwargs)
+
+
 # Options shared by the commands that extract features.
 ModelOpt = typer.Option("resnet152", "--model", "-m", help="Backbone: resnet152 (default), resnet18/34/50/101, or pixels (weight-free).")
 WeightsOpt = typer.Option("auto", "--weights", help="auto (torchvision ImageNet weights: cache, else download), a local .pth/.safetensors state dict, or random.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu.")
 DecoderOpt = typer.Option("auto", "--decoder", help="auto | dali | nvjpeg | pil.")
 BatchOpt = typer.Option(None, "--batch-size", help="Images per batch (default: chosen from the device).")
-IncludeHiddenOpt = typer.Option(False, "--include-hidden", help="Also take hidden folders and files and NAS/OS system folders (Synology @eaDir thumbnails, recycle bins), which folder walks leave out.")
+IncludeHiddenOpt = flag(False, "--include-hidden", help="Also take hidden folders and files and NAS/OS system folders (Synology @eaDir thumbnails, recycle bins), which folder walks leave out.")
 IoThreadsOpt = typer.Option(None, "--io-threads", help="GPU decoders: threads that read files (default auto: one, more when reads wait on storage).")
-CudaGraphsOpt = typer.Option(False, "--cuda-graphs", help="Replay the backbone from CUDA graphs: one launch per batch instead of ~670 (CUDA only; measured no faster than eager on an H100, see README).")
+CudaGraphsOpt = flag(False, "--cuda-graphs", help="Replay the backbone from CUDA graphs: one launch per batch instead of ~670 (CUDA only; measured no faster than eager on an H100, see README).")
 SeedOpt = typer.Option(0, "--seed", help="Random seed (KMeans init, random weights, samples).")
 
 
 def run_config(**kwargs) -> dict:
     """CLI option values -> ImageClusterer keyword arguments (None means 'default')."""
     return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .versions import imgcluster_version
+
+        typer.echo(f"imgcluster {imgcluster_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = flag(False, "--version", callback=_print_version, is_eager=True,
+                                  help="Print the version and exit.")) -> None:
+    """Cluster large unlabeled image collections: ResNet features → PCA → KMeans over K → silhouette picks K."""
 
 
 @app.command()
@@ -92,15 +113,15 @@ def run(
     batch_size: Optional[int] = BatchOpt,
     io_threads: Optional[int] = IoThreadsOpt,
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (faster on GPUs after a warm-up)."),
+    compile: bool = flag(False, "--compile", help="torch.compile the backbone (faster on GPUs after a warm-up)."),
     cuda_graphs: bool = CudaGraphsOpt,
     seed: int = SeedOpt,
-    save_features: bool = typer.Option(False, "--save-features", help="Also write features.npy (n × d float32)."),
+    save_features: bool = flag(False, "--save-features", help="Also write features.npy (n × d float32)."),
     save_model: Optional[Path] = typer.Option(None, "--save-model", help="Also save the fitted model to this file (e.g. model.imgc) for `imgcluster predict`."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write the HTML report to OUT/report/."),
-    cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep a feature cache in OUT/features/ so an interrupted run resumes."),
+    report: bool = flag(True, "--report/--no-report", help="Write the HTML report to OUT/report/."),
+    cache: bool = flag(True, "--cache/--no-cache", help="Keep a feature cache in OUT/features/ so an interrupted run resumes."),
     include_hidden: bool = IncludeHiddenOpt,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
+    quiet: bool = flag(False, "--quiet", "-q", help="No progress bars or notices."),
 ):
     """Cluster the images under PATHS and write predictions.csv, summary.json and skipped.csv to --out.
 
@@ -139,7 +160,7 @@ def demo(
     model: str = typer.Option("resnet152", "--model", "-m", help="Backbone; falls back to pixels when ImageNet weights are unavailable."),
     device: str = DeviceOpt,
     per_group: int = typer.Option(24, "--per-group", help="Sample images per group (6 groups), at least 1."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
+    quiet: bool = flag(False, "--quiet", "-q", help="No progress bars or notices."),
 ):
     """Generate the built-in sample set (6 groups of synthetic images) and cluster it. Works offline.
 
@@ -175,9 +196,9 @@ def bench(
     pca: str = typer.Option("200", "--pca", help="PCA components or variance fraction."),
     batch_size: Optional[int] = BatchOpt,
     io_threads: Optional[int] = IoThreadsOpt,
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone."),
+    compile: bool = flag(False, "--compile", help="torch.compile the backbone."),
     cuda_graphs: bool = CudaGraphsOpt,
-    seed_like: bool = typer.Option(True, "--seed-like/--no-seed-like", help="Also measure the seed-like configuration (PIL + fp32 + scikit-learn) and print the ratio."),
+    seed_like: bool = flag(True, "--seed-like/--no-seed-like", help="Also measure the seed-like configuration (PIL + fp32 + scikit-learn) and print the ratio."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
 ):
     """Measure images/s per stage (read, decode+resize, backbone, PCA, KMeans, silhouette) and end to end.
@@ -226,8 +247,8 @@ def cluster(
     select: Optional[str] = typer.Option(None, "--select", help="How K is chosen: silhouette | calinski | davies (default: the run's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for KMeans init and samples (default: the run's)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN_DIR, replacing its outputs)."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write the HTML report to OUT/report/."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
+    report: bool = flag(True, "--report/--no-report", help="Write the HTML report to OUT/report/."),
+    quiet: bool = flag(False, "--quiet", "-q", help="No progress bars or notices."),
 ):
     """Re-cluster a finished run from its feature cache with a new K range, PCA, selection or seed; decodes no image.
 
@@ -255,9 +276,9 @@ def predict(
     batch_size: Optional[int] = BatchOpt,
     io_threads: Optional[int] = IoThreadsOpt,
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone weights file to use instead of the one the model records (its fingerprint must match)."),
-    allow_fingerprint_mismatch: bool = typer.Option(False, "--allow-fingerprint-mismatch", help="Use weights whose fingerprint differs from the model's (a warning instead of an error)."),
-    include_hidden: Optional[bool] = typer.Option(None, "--include-hidden/--exclude-hidden", help="Take (or leave out) hidden folders and files and NAS/OS system folders; default: as the model was fitted.", show_default=False),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
+    allow_fingerprint_mismatch: bool = flag(False, "--allow-fingerprint-mismatch", help="Use weights whose fingerprint differs from the model's (a warning instead of an error)."),
+    include_hidden: Optional[bool] = typer.Option(None, "--include-hidden/--exclude-hidden", metavar="", help="Take (or leave out) hidden folders and files and NAS/OS system folders; default: as the model was fitted.", show_default=False),
+    quiet: bool = flag(False, "--quiet", "-q", help="No progress bars or notices."),
 ):
     """Assign new images to the clusters of a saved model; write path,cluster,distance,confidence to --out.
 
@@ -284,7 +305,7 @@ def export(
     run_dir: Path = typer.Argument(..., help="A finished run's --out folder (its predictions.csv is read)."),
     to: Path = typer.Option(..., "--to", help="New or empty folder to write cluster_00/, cluster_01/, ... into."),
     mode: str = typer.Option("symlink", "--mode", help="symlink (nothing copied) | hardlink (same file system) | copy (self-contained)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = flag(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Write one folder per cluster holding the run's images (links or copies), to browse a result in any file manager.
 

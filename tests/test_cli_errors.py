@@ -75,6 +75,19 @@ def test_help_has_an_example(runner, command):
     assert "Example" in result.output
 
 
+def test_version_short_help_and_flags_shown_without_a_value(runner):
+    from engine.versions import imgcluster_version
+
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"imgcluster {imgcluster_version()}"
+    short = runner.invoke(app, ["run", "-h"], terminal_width=200)
+    assert short.exit_code == 0 and "Example" in short.output
+    lines = {line.split()[1]: line for line in short.output.splitlines() if line.startswith("│") and "--" in line}
+    for name in ("--compile", "--save-features", "--report", "--cache", "--include-hidden", "--quiet"):
+        assert "<bool>" not in lines[name], lines[name]  # a flag takes no value: `--compile true` was read as a path
+    assert "<str>" in lines["--k"]  # options that take a value still say which
+
+
 def test_error_text_is_not_eaten_as_markup(runner, tmp_path):
     missing = tmp_path / "photos[2020]"
     result = runner.invoke(app, ["run", str(missing), "--out", str(tmp_path / "o"), "--model", "pixels"])
