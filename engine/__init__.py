@@ -13,14 +13,17 @@ def __getattr__(name):
         from . import api
 
         return getattr(api, name)
+    # these two are the CLI's too: the Python-terms wrapper is added here, for API callers only
     if name == "load_model":
+        from .api_wording import python_errors
         from .model import load_model
 
-        return load_model
+        return python_errors(load_model)
     if name == "export_clusters":
+        from .api_wording import python_errors
         from .export import export_clusters
 
-        return export_clusters
+        return python_errors(export_clusters)
     if name == "__version__":
         from .versions import imgcluster_version
 

@@ -26,6 +26,7 @@ from .errors import ConfigError, NotFittedError
 from .loaders.decode import DEFAULT_MAX_PIXELS
 from .model import FittedModel, ModelState
 from .pathlist import PathList
+from .api_wording import python_errors
 from .pipeline import RunResult, run_pipeline
 from .progress import Reporter
 from .sources import discover
@@ -116,6 +117,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         # k: "2:20", 11, [3, 5, 8] (explicit values) or (2, 20) (a range); see config.parse_k
         return Config.from_kwargs(**self.get_params())
 
+    @python_errors
     def fit(self, paths: Sequence[str | os.PathLike] | str | os.PathLike, y=None, *, out_dir=None,
             reporter: Reporter | None = None, save_features: bool = False, report: bool = False,
             cache: bool = True) -> "ImageClusterer":
@@ -168,6 +170,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             state["_model"] = None
         return state
 
+    @python_errors
     def predict(self, paths) -> np.ndarray:
         """Assign new images to the fitted clusters: (m,) int64 labels in input order. A file given
         by name gets exactly one label (-1 when it is missing or cannot be decoded), so the labels
@@ -178,12 +181,14 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         return self.model_.predict_paths(self.prediction_paths(paths, self.include_hidden)).labels
 
     @staticmethod
+    @python_errors
     def prediction_paths(paths, include_hidden: bool = False) -> Sequence[Path]:
         """The files predict(paths) labels, in its order (see predict): a sequence of Path, as a
         PathList (~70 bytes a path: engine.pathlist) unless a name cannot be a file's ('\\ud800').
         include_hidden: as the parameter of that name (predict passes the clusterer's)."""
         return _prediction_paths(paths, include_hidden)
 
+    @python_errors
     def save(self, path: str | os.PathLike) -> Path:
         """Write the fitted model to ONE file (safetensors arrays + JSON metadata, no pickle; see
         engine.model_file), atomically. Load it with ImageClusterer.load or engine.load_model."""
@@ -193,6 +198,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         return self._model.save(path)
 
     @classmethod
+    @python_errors
     def load(cls, path: str | os.PathLike, device: str = "auto", weights: str | os.PathLike | None = None,
              allow_fingerprint_mismatch: bool = False, **options) -> "ImageClusterer":
         """A fitted ImageClusterer from a model file (see engine.model.load_model for the checks and
@@ -280,6 +286,7 @@ def _prediction_paths(inputs, include_hidden: bool = False) -> PathList | list[P
         piece.strings() if isinstance(piece, PathList) else piece for piece in pieces))
 
 
+@python_errors
 def cluster_images(paths, out_dir=None, **config) -> RunResult:
     """One call: cluster the images under `paths` and return the RunResult (labels, k, scores, ...)."""
     clusterer = ImageClusterer(**config).fit(paths, out_dir=out_dir)

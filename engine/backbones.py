@@ -172,7 +172,8 @@ def _plain(text: str) -> str:
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A local state dict: .safetensors, or a torch file loaded with weights_only=True (no pickle code)."""
     if not path.is_file():
-        raise WeightsUnavailable(f"--weights {path}: file not found")
+        raise WeightsUnavailable(f"--weights {path}: not auto, random or an existing file (a local "
+                                 ".pth/.safetensors state dict)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

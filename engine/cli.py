@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .api_wording import without_python_terms
 from .errors import ConfigError, ImgclusterError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -34,8 +35,8 @@ def user_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except ImgclusterError as exc:
-            fail(str(exc), exc.exit_code)
+        except ImgclusterError as exc:  # `run` goes through ImageClusterer: its Python wording is dropped here
+            fail(without_python_terms(str(exc)), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted; rerun the same command to resume from the feature cache", 130)
         except OSError as exc:  # a file system problem the checks before the work could not foresee (disk full, ...)

@@ -227,3 +227,36 @@ def test_scikit_learn_tools_work_on_a_clusterer(fitted):
         unfitted.set_params(kk=3)
     with pytest.raises(TypeError, match="unexpected keyword argument 'kk'"):
         ImageClusterer(kk=3)
+
+
+def test_api_errors_name_the_python_parameters(three_groups, tmp_path, offline_weights):
+    """An error the engine words for the command line ("--weights random") gets the Python form of
+    the flags it names appended when it reaches a Python caller; its type is unchanged, and the
+    CLI's own message is not."""
+    import engine
+    from engine.api_wording import in_python_terms, without_python_terms
+    from engine.cli import app
+    from engine.errors import InputError, WeightsUnavailable
+    from typer.testing import CliRunner
+
+    with pytest.raises(WeightsUnavailable) as offline:
+        ImageClusterer(model="resnet18").fit([three_groups])
+    assert "--weights random" in str(offline.value) and str(offline.value).endswith("[in Python: weights=...]")
+    with pytest.raises(WeightsUnavailable, match=r"not auto, random or an existing file.*\[in Python: weights=\.\.\.\]"):
+        ImageClusterer(model="resnet18", weights=str(tmp_path / "randm")).fit([three_groups])
+    # the two API functions the CLI shares are wrapped where the package exports them
+    from engine.export import export_clusters
+    from engine.model import load_model
+
+    assert engine.export_clusters.__wrapped__ is export_clusters and engine.load_model.__wrapped__ is load_model
+    with pytest.raises(InputError, match=r"is not a finished run \(no predictions.csv\)$"):  # names no flag
+        engine.export_clusters(tmp_path, tmp_path / "new")
+    assert in_python_terms("--decoder nvjpeg needs --device cuda; use --device cpu") == (
+        "--decoder nvjpeg needs --device cuda; use --device cpu [in Python: decoder=..., device=...]")
+    assert in_python_terms("no flag here") == "no flag here"
+    once = in_python_terms("--no-cache")
+    assert once == "--no-cache [in Python: fit(..., cache=False)]" and in_python_terms(once) == once
+    assert without_python_terms(once) == "--no-cache" and without_python_terms("x [y]") == "x [y]"
+
+    cli = CliRunner().invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "o"), "--model", "resnet18"])
+    assert cli.exit_code == 2 and "--weights random" in cli.output and "in Python" not in cli.output
