@@ -169,11 +169,18 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
+def check_weights_argument(model: str, weights) -> None:
+    """WeightsUnavailable when `weights` names a file that is not there (pixels takes no weights).
+    Cheap: a run checks it before walking its inputs, which can take minutes."""
+    text = os.fspath(weights)
+    if model != "pixels" and text not in ("auto", "random") and not Path(text).is_file():
+        raise WeightsUnavailable(f"--weights {text}: not auto, random or an existing file (a local "
+                                 ".pth/.safetensors state dict)")
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A local state dict: .safetensors, or a torch file loaded with weights_only=True (no pickle code)."""
-    if not path.is_file():
-        raise WeightsUnavailable(f"--weights {path}: not auto, random or an existing file (a local "
-                                 ".pth/.safetensors state dict)")
+    check_weights_argument("any", path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .backbones import Backbone, load_backbone
+from .backbones import Backbone, check_weights_argument, load_backbone
 from .config import DEFAULT_PCA, Config
 from .device import resolve_cluster_backend, resolve_compile, resolve_cuda_graphs, resolve_decoder, resolve_device
 from .errors import InputError
@@ -175,6 +175,13 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     started = time.perf_counter()
     timings: dict[str, dict[str, float]] = {}
 
+    # What can be checked without the inputs is checked before walking them (minutes on a large
+    # share): the backends, a weights file, an --out that is a file. The folder is made later, so
+    # a mistyped input path leaves no empty one.
+    backends = resolve_backends(config, reporter)
+    check_weights_argument(config.features.model, config.features.weights)
+    if out_dir is not None:
+        outputs.refuse_file_as_out_dir(out_dir)
     t0 = time.perf_counter()
     own = run_outputs(out_dir) if out_dir is not None else None
     with reporter.task("Finding images", None, transient=True) as advance:
@@ -190,7 +197,6 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     if not found.paths:
         listed = _write_failed_run_skipped(out_dir, found.skipped)
         raise InputError(no_images_message(inputs, found, skipped_csv=listed))
-    backends = resolve_backends(config, reporter)  # a backend that cannot run leaves no empty folder either
     if out_dir is not None:  # before the heavy work (a mistyped input path leaves no empty folder)
         out_dir = outputs.prepare_out_dir(out_dir)
 

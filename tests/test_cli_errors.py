@@ -334,3 +334,26 @@ def test_failed_run_leaves_a_finished_run_as_it_was(three_groups, runner, tmp_pa
     again = runner.invoke(app, ["run", str(three_groups), *args, "--k", "3"])
     assert again.exit_code == 0, again.output
     assert not (out / "skipped-failed-run.csv").exists()
+
+
+def test_arguments_are_checked_before_the_inputs_are_walked(runner, tmp_path, monkeypatch):
+    """An --out that is a file, a weights file that is not there, a device that is not: one line,
+    before the folder walk (which takes minutes on a large share), and no folder made."""
+    import engine.pipeline as pipeline
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("the inputs were walked before the arguments were checked")
+
+    monkeypatch.setattr(pipeline, "discover", no_walk)
+    (tmp_path / "afile").write_text("x")
+    cases = [(["--out", str(tmp_path / "afile"), "--model", "pixels"], "is a file, not a folder"),
+             (["--out", str(tmp_path / "o"), "--model", "resnet18", "--weights", str(tmp_path / "nope.pth")],
+              "not auto, random or an existing file"),
+             (["--out", str(tmp_path / "o"), "--model", "pixels", "--device", "cuda"], "CUDA is not available")]
+    for args, expected in cases:
+        if "cuda" in args and __import__("torch").cuda.is_available():
+            continue
+        result = runner.invoke(app, ["run", str(tmp_path / "photos"), *args])
+        assert result.exit_code == 2, result.output
+        assert expected in " ".join(result.output.split())
+    assert not (tmp_path / "o").exists()

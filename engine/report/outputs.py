@@ -62,12 +62,19 @@ def _writable_folder(folder: Path, what: str) -> None:
         raise OutputPathError(f"{what}: cannot create or write in {folder} ({exc.strerror or exc})") from None
 
 
+def refuse_file_as_out_dir(path, flag: str = "--out") -> None:
+    """OutputPathError naming `flag` when `path` is an existing file. Creates nothing: a run checks
+    it before walking its inputs (minutes on a large share), the folder itself is made later."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a file, not a folder: give a folder (it is created if missing)")
+
+
 def prepare_out_dir(path, flag: str = "--out") -> Path:
     """Create the output folder `path` (with parents) and check a file can be written in it.
     Raises OutputPathError naming `flag` when it is an existing file or not writable."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"{flag} {path} is a file, not a folder: give a folder (it is created if missing)")
+    refuse_file_as_out_dir(path, flag)
     _writable_folder(path, f"{flag} {path}")
     return path
 
