@@ -243,7 +243,8 @@ def test_another_max_pixels_does_not_reuse_the_cache(small_set, runner, tmp_path
     assert fresh.exit_code == 2  # at this limit a fresh run finds every image too large ...
     again = runner.invoke(app, ["run", str(small_set), "--out", str(out), *args])
     assert "made with another max_pixels 178956970 -> 100" in " ".join(again.output.split())
-    assert again.exit_code == 2 and "too large" in (out / "skipped.csv").read_text()  # ... and so does a rerun
+    assert again.exit_code == 2  # ... and so does a rerun, whose list goes beside the finished run's files
+    assert "too large" in (out / "skipped-failed-run.csv").read_text() and "too large" in (tmp_path / "fresh" / "skipped.csv").read_text()
 
 
 def test_corrupt_manifest_is_rebuilt_with_a_message(small_set, runner, tmp_path):
