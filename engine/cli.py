@@ -233,7 +233,9 @@ def report(
     from .report import build_report
 
     if not (run_dir / "summary.json").is_file():
-        fail(f"{run_dir} is not a finished run (no summary.json)")
+        from .report.outputs import not_a_finished_run
+
+        fail(not_a_finished_run(run_dir, "summary.json"))
     index = build_report(run_dir, max_montage=max_montage,
                          warn=lambda message: err_console.print(f"[yellow]Warning:[/yellow] {escape(message)}"))
     out_console.print(f"Report written to {escape(str(index))}")

@@ -119,7 +119,7 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
     run_dir = Path(run_dir)
     predictions = run_dir / outputs.PREDICTIONS
     if not predictions.is_file():
-        raise InputError(f"{run_dir} is not a finished run (no {outputs.PREDICTIONS})")
+        raise InputError(outputs.not_a_finished_run(run_dir, outputs.PREDICTIONS))
     try:
         paths, labels = read_predictions(predictions)
     except ReportError as exc:

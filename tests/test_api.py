@@ -249,7 +249,7 @@ def test_api_errors_name_the_python_parameters(three_groups, tmp_path, offline_w
     from engine.model import load_model
 
     assert engine.export_clusters.__wrapped__ is export_clusters and engine.load_model.__wrapped__ is load_model
-    with pytest.raises(InputError, match=r"is not a finished run \(no predictions.csv\)$"):  # names no flag
+    with pytest.raises(InputError, match=r"is not a finished run \(predictions.csv is missing\)$"):  # names no flag
         engine.export_clusters(tmp_path, tmp_path / "new")
     assert in_python_terms("--decoder nvjpeg needs --device cuda; use --device cpu") == (
         "--decoder nvjpeg needs --device cuda; use --device cpu [in Python: decoder=..., device=...]")

@@ -90,7 +90,13 @@ def test_report_command_rebuilds_from_saved_outputs(three_groups, runner, tmp_pa
 
 def test_report_command_on_a_non_run_is_exit_2(runner, tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
-    assert result.exit_code == 2 and "not a finished run" in result.output
+    assert result.exit_code == 2 and "not a finished run (summary.json is missing)" in result.output
+    result = runner.invoke(app, ["report", str(tmp_path / "nosuch")])
+    assert result.exit_code == 2 and f"{tmp_path / 'nosuch'} not found" in " ".join(result.output.split())
+    (tmp_path / "afile").write_text("x")
+    for command in (["report", str(tmp_path / "afile")], ["export", str(tmp_path / "afile"), "--to", str(tmp_path / "t")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "is a file, not a run's output folder" in " ".join(result.output.split())
 
 
 def test_report_finds_relative_paths_from_another_folder(three_groups, runner, tmp_path, monkeypatch):

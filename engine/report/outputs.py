@@ -213,6 +213,17 @@ def read_paths(path, column: str = "path") -> PathList:
         return PathList.from_strings(texts())
 
 
+def not_a_finished_run(run_dir, missing: str) -> str:
+    """The message for a run folder without its `missing` file: not there at all, a file, or a
+    folder that holds no finished run."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return f"{run_dir} not found"
+    if not run_dir.is_dir():
+        return f"{run_dir} is a file, not a run's output folder"
+    return f"{run_dir} is not a finished run ({missing} is missing)"
+
+
 def is_run_folder(out_dir) -> bool:
     """Whether `out_dir` holds a run's summary.json (an imgcluster run wrote there before)."""
     try:

@@ -150,7 +150,7 @@ def load_run(run_dir) -> RunData:
     run_dir = Path(run_dir)
     for name in (outputs.SUMMARY, outputs.PREDICTIONS, outputs.ANALYSIS):
         if not (run_dir / name).is_file():
-            raise ReportError(f"{run_dir} is not a finished run: {name} is missing")
+            raise ReportError(outputs.not_a_finished_run(run_dir, name))
     try:
         summary = outputs.read_summary(run_dir)
     except (OSError, ValueError) as exc:  # ValueError: not JSON

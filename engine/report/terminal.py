@@ -36,7 +36,8 @@ def run_table(summary: dict) -> Table:
     """Overview: chosen K, mean silhouette, cluster sizes, images, skipped, then time and images/s per stage."""
     k = summary.get("k")
     chosen = next((s for s in summary.get("scores") or [] if s.get("k") == k), {})
-    table = Table(title="imgcluster run", box=box.SIMPLE_HEAVY, show_header=False, title_style="bold")
+    title = "imgcluster cluster (re-clustered)" if summary.get("reclustered_from") else "imgcluster run"
+    table = Table(title=title, box=box.SIMPLE_HEAVY, show_header=False, title_style="bold")
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("chosen K", f"[bold]{k}[/] (by {summary.get('select', 'silhouette')})")
