@@ -203,6 +203,17 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def cached_imagenet_weights() -> tuple[list[str], Path]:
+    """([model, ...] whose ImageNet weights are in torch's hub cache, that cache folder), without
+    downloading anything: what `--weights auto` can use offline."""
+    import torchvision
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = [model for model, (_, enum_name, _) in RESNETS.items()
+              if (folder / os.path.basename(getattr(torchvision.models, enum_name).DEFAULT.url)).is_file()]
+    return cached, folder
+
+
 def _imagenet_state_dict(model: str) -> tuple[dict, str]:
     import torchvision
 

@@ -5,6 +5,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .backbones import DEFAULT_MODEL
 from .device import capabilities, resolve_cluster_backend, resolve_decoder, resolve_device, resolve_precision
 from .loaders.decode import AVIF_HINT, avif_available, heif_status
 from .versions import versions
@@ -22,8 +23,18 @@ def doctor_report() -> dict:
                  "precision": resolve_precision("auto", device),
                  "silhouette": "triton" if device.type == "cuda" and caps["triton"].available else "torch (chunked)"},
         "image_formats": image_formats(),
+        "imagenet_weights": imagenet_weights(),
         "versions": versions(),
     }
+
+
+def imagenet_weights() -> dict:
+    """{"cached": [model, ...], "folder": str}: the ImageNet weights `--weights auto` finds
+    without a download (the default run downloads resnet152's, ~230 MB, on first use)."""
+    from .backbones import cached_imagenet_weights
+
+    cached, folder = cached_imagenet_weights()
+    return {"cached": cached, "folder": str(folder)}
 
 
 def image_formats() -> dict[str, dict]:
@@ -63,6 +74,13 @@ def print_doctor(console: Console) -> dict:
         ok = "[green]yes[/green]" if fmt["available"] else "[red]no[/red]"
         table.add_row(f"{name} images", ok, formats[name] if fmt["available"] else "",
                       escape(fmt["reason"]) or ("pillow-heif" if name == "HEIC/HEIF" else "Pillow's own plugin"))
+    weights = report["imagenet_weights"]
+    default_cached = DEFAULT_MODEL in weights["cached"]
+    table.add_row("ImageNet weights", "[green]yes[/green]" if default_cached else "[yellow]not cached[/yellow]",
+                  ", ".join(weights["cached"]),
+                  escape(f"in {weights['folder']}" if default_cached else
+                         f"{DEFAULT_MODEL}'s are not in {weights['folder']}: the first run downloads them "
+                         "(offline: --weights PATH to a state dict, or --weights random for tests)"))
     console.print(table)
     auto = Table(title="What auto chooses here")
     auto.add_column("stage")

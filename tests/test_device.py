@@ -88,7 +88,27 @@ def test_doctor_lists_backends(runner):
 
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0, result.output
-    for name in ("CUDA", "DALI", "cuML", "Triton", "torch.compile", "nvJPEG", "sklearn", "HEIC/HEIF images", "AVIF images", "What auto chooses"):
+    for name in ("CUDA", "DALI", "cuML", "Triton", "torch.compile", "nvJPEG", "sklearn", "HEIC/HEIF images", "AVIF images",
+                 "ImageNet weights", "What auto chooses"):
         assert name in result.output
     if not dev.capabilities()["cupy"].available:  # the install hint survives rich's markup
         assert "imgcluster[gpu]" in result.output.replace("\n", "")
+
+
+def test_doctor_says_which_imagenet_weights_are_cached(runner, tmp_path, monkeypatch):
+    """Offline, the default run needs resnet152's ImageNet weights in torch's hub cache: doctor
+    says whether they are there, without downloading."""
+    import torchvision
+
+    from engine.backbones import cached_imagenet_weights
+    from engine.cli import app
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)  # get_dir() reads TORCH_HOME again
+    assert cached_imagenet_weights() == ([], tmp_path / "hub" / "checkpoints")
+    flat = " ".join(runner.invoke(app, ["doctor"]).output.split())
+    assert "not cached" in flat and "--weights random" in flat.replace("│ ", "")
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / torchvision.models.ResNet152_Weights.DEFAULT.url.rsplit("/", 1)[1]).write_bytes(b"")
+    assert cached_imagenet_weights()[0] == ["resnet152"]
