@@ -250,6 +250,7 @@ def cluster(
     select: Optional[str] = typer.Option(None, "--select", help="How K is chosen: silhouette | calinski | davies (default: the run's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for KMeans init and samples (default: the run's)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN_DIR, replacing its outputs)."),
+    save_model: Optional[Path] = typer.Option(None, "--save-model", help="Also save the re-clustered model to this file (e.g. model.imgc) for `imgcluster predict`."),
     report: bool = flag(True, "--report/--no-report", help="Write the HTML report to OUT/report/."),
     quiet: bool = flag(False, "--quiet", "-q", help="No progress bars or notices."),
 ):
@@ -261,9 +262,17 @@ def cluster(
     from .recluster import recluster
     from .report.terminal import print_run_summary
 
+    from .model_file import ModelState
+    from .report.outputs import check_out_file
+
+    if save_model is not None:  # checked now: the model is saved after the re-clustering
+        check_out_file(save_model, "--save-model")
     reporter = RichReporter(err_console, quiet=quiet)
     result = recluster(run_dir, out_dir=out, reporter=reporter, report=report,
                        **run_config(k=k, pca=parse_pca(pca) if pca is not None else None, select=select, seed=seed))
+    if save_model is not None:
+        ModelState.from_result(result).save(save_model)
+        reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
     print_run_summary(result.summary, out_console)
     out_console.print(f"Chosen K = [bold]{result.k}[/bold]; results in {escape(str(out or run_dir))}/")
 

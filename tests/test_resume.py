@@ -318,6 +318,21 @@ def test_cluster_recluster_without_decoding(small_set, runner, tmp_path, monkeyp
     assert again.exit_code == 0, again.output
     assert _summary(new)["k"] == 2
 
+    # --save-model: the re-clustered model predicts the run's own images into their clusters
+    monkeypatch.undo()  # predict decodes images
+    model = tmp_path / "k3.imgc"
+    saved = runner.invoke(app, ["cluster", str(out), "--k", "3", "--out", str(tmp_path / "k3"), "--no-report",
+                                "--save-model", str(model)])
+    assert saved.exit_code == 0, saved.output
+    assert f"Model saved to {model}" in " ".join(saved.output.split()).replace(" ", " ")
+    predicted = runner.invoke(app, ["predict", str(model), str(small_set), "--out", str(tmp_path / "p.csv")])
+    assert predicted.exit_code == 0, predicted.output
+    by_path = {Path(r["path"]).name: r["cluster"] for r in read_rows(tmp_path / "k3" / "predictions.csv")}
+    rows = read_rows(tmp_path / "p.csv")
+    assert len(rows) == len(by_path) and all(by_path[Path(r["path"]).name] == r["cluster"] for r in rows)
+    bad = runner.invoke(app, ["cluster", str(out), "--k", "3", "--save-model", str(tmp_path)])  # a folder
+    assert bad.exit_code == 2 and "is a folder" in bad.output
+
 
 def test_cluster_reports_changed_and_removed_files_in_skipped(small_set, runner, tmp_path):
     out = tmp_path / "out"
