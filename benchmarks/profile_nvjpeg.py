@@ -9,6 +9,8 @@ the time. Each row times one piece over the same files, after a warm-up, in imag
 - front end (N io): read + header probe + tensor for every file, the loader's own front end
   (`frontend.FrontEnd`) with N io threads ("auto", the default, then 1, 2, 4, 8, 16);
 - decode_jpeg (CUDA): `torchvision.io.decode_jpeg(list, device="cuda")` on pre-read bytes, per batch;
+  then per call size (64 .. 1024 files a call): the hardware decoder's rate may depend on it, and
+  the loader makes one call per batch (the H100's auto batch is 512);
 - resize+crop: `batched_resize_crop` on the decoded images, per batch;
 - decode_batch: everything after the CPU stage (decode, EXIF, resize, normalize), per batch;
 - loader (N io): `NvJpegLoader.batches` end to end (what `bench` calls decode_resize) with N io
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
         fn()
         sync()
         seconds = time.perf_counter() - t0
-        print(f"{name:<20}{images / seconds:>12,.0f} img/s{seconds:>9.3f} s", flush=True)
+        print(f"{name:<24}{images / seconds:>12,.0f} img/s{seconds:>9.3f} s", flush=True)
 
     with ThreadPoolExecutor(threads) as pool:
         row("read", lambda: list(pool.map(read_bytes, paths)))
@@ -85,6 +87,12 @@ def main(argv=None) -> int:
     encoded = [[pj.tensor for pj in b if pj.probe is not None] for b in prepared]  # the JPEG fast path only
     decoded = [decode_jpeg(e, mode=ImageReadMode.RGB, device=device) for e in encoded]
     row("decode_jpeg", lambda: [decode_jpeg(e, mode=ImageReadMode.RGB, device=device) for e in encoded])
+    flat = [t for e in encoded for t in e]
+    for size in (64, 128, 512, 1024):
+        if size <= len(flat):
+            calls = [flat[i:i + size] for i in range(0, len(flat), size)]
+            row(f"decode_jpeg ({size}/call)", lambda: [decode_jpeg(c, mode=ImageReadMode.RGB, device=device) for c in calls],
+                images=len(flat))
     row("resize+crop", lambda: [batched_resize_crop(d) for d in decoded])
     row("decode_batch", lambda: [decode_batch(i * args.batch, b, device, torch.float16, DEFAULT_MAX_PIXELS)
                                  for i, b in enumerate(prepared)])
