@@ -85,6 +85,7 @@ class Extraction:
     good:     (n_good,) int64 positions into the input path list
     failures: [(position, reason)] of images that could not be decoded
     resumed:  how many images came from the feature cache instead of being decoded
+    resumed_failed: how many of those the cache recorded as unusable (they stay skipped)
     extracted: how many images were given to the loader (decoded or failed) in this call
     shards_written: cache shards written to disk in this call (0 without a store)
     waited_for_loader: seconds the model's thread spent waiting for the loader's next batch; a
@@ -96,6 +97,7 @@ class Extraction:
     failures: list[tuple[int, str]]
     seconds: float
     resumed: int = 0
+    resumed_failed: int = 0
     extracted: int = 0
     micro_batch: int = 0
     oom_halvings: int = 0
@@ -145,7 +147,7 @@ class _Extractor:
         self.device = backbone.device
         self.ok = np.zeros(len(paths), dtype=bool)
         self.failures: dict[int, str] = {}
-        self.resumed = self.extracted = 0
+        self.resumed = self.extracted = self.resumed_failed = 0
         self.waited = [0.0]  # seconds spent waiting for the loader (a list: _waiting adds to it)
         self.runner = OOMBackoff(backbone, batch_size, notify, pad_to_micro_batch=getattr(backbone, "static_shapes", False))
         # Test-only hook (tests/test_resume.py): sleep this long per batch so a kill lands mid-extraction.
@@ -165,6 +167,7 @@ class _Extractor:
             for rel, reason in failed.items():
                 self.failures[int(part[rel])] = reason
                 cached[start + rel] = True
+            self.resumed_failed += len(failed)
         done = int(cached.sum())
         self.resumed += done
         if self.progress and done:
@@ -310,7 +313,7 @@ def extract_features(paths: Sequence, loader: Loader, backbone: Backbone, batch_
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return Extraction(features, good, sorted(ex.failures.items()), time.perf_counter() - started,
-                      resumed=ex.resumed, extracted=ex.extracted, micro_batch=ex.runner.micro_batch,
+                      resumed=ex.resumed, resumed_failed=ex.resumed_failed, extracted=ex.extracted, micro_batch=ex.runner.micro_batch,
                       oom_halvings=ex.runner.halvings, waited_for_loader=ex.waited[0],
                       shards_written=(store.shards_written - shards_before) if store is not None else 0,
                       pca=pca)
