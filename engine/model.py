@@ -324,7 +324,8 @@ class FittedModel:
 def _weights_argument(state: ModelState, override, path) -> tuple[str, int]:
     """(weights argument for load_backbone, seed) from the recorded spec or the override."""
     spec = state.backbone.get("weights") or {}
-    seed = int(spec.get("seed") or state.config.get("seed") or 0)
+    # `is not None`, not `or`: seed 0 is a seed (a re-clustered model's config may hold another)
+    seed = int(spec["seed"] if spec.get("seed") is not None else state.config.get("seed") or 0)
     if override is not None:
         return os.fspath(override), seed
     kind = spec.get("kind")

@@ -136,9 +136,14 @@ class ModelState:
         fc = result.config.features
         bb = result.backbone
         off = pca.mode == "off"
+        # a re-clustered run records how its backbone was made (engine.pipeline.BackboneInfo): the
+        # seed and weights file of the original run, not this config's
+        seed = getattr(bb, "weights_seed", None)
+        weights = getattr(bb, "weights_file", None) or fc.weights
         return cls(
             backbone={"name": bb.name, "dim": int(bb.dim), "precision": bb.precision, "fingerprint": bb.fingerprint,
-                      "weights": weights_spec(bb.name, fc.weights, result.config.cluster.seed, bb.weights)},
+                      "weights": weights_spec(bb.name, weights, result.config.cluster.seed if seed is None else seed,
+                                              bb.weights)},
             preprocess=describe_preprocess(),
             pca={"mode": pca.mode, "n_components": int(centroids.shape[1]), "input_dim": int(bb.dim),
                  "explained_variance": float(pca.explained_variance), "fit_rows": int(pca.fit_rows),

@@ -66,6 +66,10 @@ class BackboneInfo:
     dim: int
     fingerprint: str
     precision: str = "fp32"
+    # how the run got its weights, for a model file saved after re-clustering with another seed or
+    # from another folder: the run's seed (random weights) and its weights file as an absolute path
+    weights_seed: int | None = None
+    weights_file: str | None = None
 
 
 @dataclass
@@ -195,8 +199,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     if found.left_out and found.paths:
         reporter.notify(found.left_out.note())
     if not found.paths:
-        listed = _write_failed_run_skipped(out_dir, found.skipped)
-        raise InputError(no_images_message(inputs, found, skipped_csv=listed))
+        raise InputError(no_images_message(inputs, found) + _failed_run_outputs(out_dir, found.skipped))
     if out_dir is not None:  # before the heavy work (a mistyped input path leaves no empty folder)
         out_dir = outputs.prepare_out_dir(out_dir)
 
@@ -239,9 +242,8 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     skipped = list(found.skipped) + [(found.paths[i], reason) for i, reason in extraction.failures]
     good_paths = found.paths.take(extraction.good)  # a PathList sharing found.paths' bytes
     if not good_paths:
-        listed = _write_failed_run_skipped(out_dir, skipped)
         raise InputError(f"none of the {len(found.paths)} files could be used"
-                         + (f" (reasons in {listed})" if listed else ""))
+                         + _failed_run_outputs(out_dir, skipped, store is not None and store.discarded))
     if skipped:
         reporter.notify(skipped_note(count_reasons(reason for _, reason in skipped)))
 
@@ -249,9 +251,9 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster,
                                                                  reporter, pca=extraction.pca)
     except InputError as exc:  # e.g. fewer good images than the smallest K: still say which files were bad
-        listed = _write_failed_run_skipped(out_dir, skipped)
-        if listed:
-            raise InputError(f"{exc} ({len(skipped)} skipped file(s) listed in {listed})") from exc
+        note = _failed_run_outputs(out_dir, skipped, store is not None and store.discarded)
+        if note:
+            raise InputError(f"{exc}{note}") from exc
         raise
     timings.update(cluster_timings)
     timings["total"] = _stage(time.perf_counter() - started, len(found.paths))
@@ -330,19 +332,30 @@ def run_analysis(result: RunResult) -> outputs.RunAnalysis:
     )
 
 
-def _write_failed_run_skipped(out_dir, skipped) -> str | None:
-    """Write the skip list of a run that is failing (no images, none usable, too few for K) and
-    return where it went, for the error message; None when there is no out_dir or nothing to list.
+def _failed_run_outputs(out_dir, skipped, cache_discarded: bool = False) -> str:
+    """For a run that is failing (no images, none usable, too few for K): write its skip list and
+    return what the error should add, " (... listed in ...; ...)", or "".
 
-    A folder that holds a finished run keeps that run's files as they were: the list goes to
-    outputs.FAILED_RUN_SKIPPED there, not over skipped.csv (which must match predictions.csv)."""
-    if out_dir is None or not skipped:
-        return None
+    A folder that holds a finished run keeps that run's CSVs and summary as they were: the list
+    goes to outputs.FAILED_RUN_SKIPPED there, not over skipped.csv (which must match
+    predictions.csv). cache_discarded: this run's feature store emptied the folder's cache (another
+    configuration), which the error must say, since `imgcluster cluster` there needs it."""
+    if out_dir is None:
+        return ""
     out = outputs.prepare_out_dir(out_dir)
     finished = outputs.is_run_folder(out)
-    name = outputs.FAILED_RUN_SKIPPED if finished else outputs.SKIPPED
-    outputs.write_skipped(out, skipped, name)
-    return f"{out / name}; the finished run there is unchanged" if finished else str(out / name)
+    parts = []
+    if skipped:
+        name = outputs.FAILED_RUN_SKIPPED if finished else outputs.SKIPPED
+        outputs.write_skipped(out, skipped, name)
+        parts.append(f"{len(skipped)} skipped file(s) listed in {out / name}")
+    elif finished:
+        (out / outputs.FAILED_RUN_SKIPPED).unlink(missing_ok=True)  # an earlier failure's, stale now
+    if finished:
+        parts.append("the finished run's predictions.csv, skipped.csv and summary.json there are unchanged"
+                     + (", but its feature cache was restarted for this run's settings: rerun that run before "
+                        "`imgcluster cluster` on it" if cache_discarded else ""))
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def write_run(result: RunResult, out_dir, save_features: bool = False, report: bool = False,

@@ -14,6 +14,7 @@ removed since the run is not decoded again but reported in skipped.csv with the 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -75,6 +76,13 @@ def _config(summary: dict, overrides: dict) -> Config:
     flat = {k: v for k, v in (summary.get("config") or {}).items() if k in known}
     flat.update({k: v for k, v in overrides.items() if v is not None})
     return Config.from_kwargs(**flat)
+
+
+def _weights_seed(description, run_config: dict) -> int:
+    """The seed random weights were made with: from the backbone's description, "random(seed=0)"
+    (a re-clustered run's config may hold another seed, for KMeans), else the run's seed."""
+    found = re.fullmatch(r"random\(seed=(-?\d+)\)", str(description or ""))
+    return int(found.group(1)) if found else int(run_config.get("seed", 0))
 
 
 def _cache_folder(run_dir: Path, summary: dict) -> Path:
@@ -150,9 +158,14 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
 
     extraction = Extraction(features, positions, [], load_seconds, resumed=len(positions), extracted=0,
                             shards_written=0)
+    run_config = summary.get("config") or {}
+    run_weights = os.fspath(run_config.get("weights", "auto"))
     backbone = BackboneInfo(name=feat.get("model", "?"), weights=feat.get("weights", "?"),
                             dim=int(feat.get("dim", features.shape[1])), fingerprint=feat["fingerprint"],
-                            precision=feat.get("precision", "fp32"))
+                            precision=feat.get("precision", "fp32"),
+                            weights_seed=_weights_seed(feat.get("weights"), run_config),
+                            weights_file=None if run_weights in ("auto", "random")
+                            else os.path.join(run_cwd, run_weights))  # relative to where the run started
     fit = search.fits[search.chosen_k]
     result = RunResult(config=config, paths=paths.take(positions), labels=fit.labels.cpu().numpy(),
                        k=search.chosen_k, search=search, pca=pca, reduced=reduced, centroids=fit.centroids,

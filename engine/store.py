@@ -100,6 +100,7 @@ class FeatureStore:
         self.dim = dim
         self.shard_size = shard_size
         self.notify = notify or (lambda message: None)
+        self.discarded = False  # an existing cache was emptied (another model or configuration, damage)
         self._rows: dict[str, int] = {}  # _index_key -> _location(shard id, row)
         self._failed: dict[str, str] = {}  # _index_key -> reason
         self._shards: dict[int, np.ndarray] = {}
@@ -153,6 +154,7 @@ class FeatureStore:
     def _reset(self, why: str | None) -> None:
         if why:
             self.notify(why)
+            self.discarded = True
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_store_files(self.folder)
         manifest = {"format": FORMAT, "fingerprint": self.fingerprint, "preprocess": describe_preprocess(),

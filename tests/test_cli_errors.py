@@ -322,14 +322,17 @@ def test_failed_run_leaves_a_finished_run_as_it_was(three_groups, runner, tmp_pa
     assert too_few.exit_code == 2
     flat = " ".join(too_few.output.split())
     assert "fewer than the smallest K" in flat and "skipped-failed-run.csv" in flat.replace(" ", "")
-    assert "the finished run there is unchanged" in flat
+    assert "the finished run's predictions.csv, skipped.csv and summary.json there are unchanged" in flat
+    assert "feature cache was restarted" not in flat  # same settings: the cache is the finished run's still
     assert {name: (out / name).read_bytes() for name in before} == before
     failed = (out / "skipped-failed-run.csv").read_text()
     assert "broken.jpg" in failed and "empty.jpg" not in failed
 
-    nothing = runner.invoke(app, ["run", str(data / "broken.jpg"), *args])
+    nothing = runner.invoke(app, ["run", str(data / "broken.jpg"), *args, "--max-pixels", "100"])
     assert nothing.exit_code == 2 and "could be used" in nothing.output
     assert {name: (out / name).read_bytes() for name in before} == before
+    # another --max-pixels restarted the cache: the error says so, since `cluster` there needs it
+    assert "its feature cache was restarted for this run's settings" in " ".join(nothing.output.split())
 
     again = runner.invoke(app, ["run", str(three_groups), *args, "--k", "3"])
     assert again.exit_code == 0, again.output

@@ -531,3 +531,33 @@ def test_nan_rows_in_the_cache_are_skipped_not_fed_to_pca(small_set, runner, tmp
     assert result.exit_code == 0, result.output
     assert len(read_rows(out / "predictions.csv")) == 12 - 4
     assert _summary(out)["pca"]["mode"] == "streamed"
+
+
+def test_cluster_with_another_seed_saves_a_model_predict_accepts(small_set, runner, tmp_path, monkeypatch):
+    """Random weights are made from the run's seed: a model saved by `cluster --seed 5` (a KMeans
+    seed) must still name the weights the features came from (seed 0), also after re-clustering a
+    re-clustered folder, and a relative weights file must be found from another folder."""
+    import torch
+    import torchvision
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "w.pth")
+    for weights in ("random", "w.pth"):
+        out = tmp_path / f"run-{weights}"
+        first = runner.invoke(app, ["run", str(small_set), "--out", str(out), "--model", "resnet18", "--weights",
+                                    weights, "--k", "2:3", "--no-report"])
+        assert first.exit_code == 0, first.output
+        elsewhere = tmp_path / f"elsewhere-{weights}"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)  # `cluster` started from another folder than the run
+        folder, model = out, None
+        for seed in (5, 7):  # the second re-clusters the re-clustered folder
+            model = elsewhere / f"m{seed}.imgc"
+            new = elsewhere / f"k-{seed}"
+            done = runner.invoke(app, ["cluster", str(folder), "--k", "3", "--seed", str(seed), "--out", str(new),
+                                       "--no-report", "--save-model", str(model)])
+            assert done.exit_code == 0, done.output
+            predicted = runner.invoke(app, ["predict", str(model), str(small_set), "--out", str(elsewhere / "p.csv")])
+            assert predicted.exit_code == 0, (weights, seed, predicted.output)
+            folder = new
+        monkeypatch.chdir(tmp_path)
