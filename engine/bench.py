@@ -302,8 +302,9 @@ def print_bench(result: BenchResult, console) -> None:
     for side, table_of in (("ours", result.ours), ("seed-like", result.seed_like)):
         extract = table_of.get("extract") or {}
         if "waited_for_loader_s" in extract:
-            console.print(f"extract ({side}): the model waited {extract['waited_for_loader_s']:.3f} s of "
-                          f"{extract['seconds']:.3f} s for decoded batches", highlight=False)
+            console.print(f"extract ({side}): the model's thread waited {extract['waited_for_loader_s']:.3f} s of "
+                          f"{extract['seconds']:.3f} s for decoded batches (host time; on a GPU it queues work "
+                          "ahead, so this counts only the waits that left it nothing to queue)", highlight=False)
     console.print("Backends: " + ", ".join(f"{k}={v}" for k, v in result.backends.items()), highlight=False)
     if result.seed_like:
         console.print(f"End to end: ours is [bold]{result.ratio:.2f}×[/bold] the seed-like configuration "

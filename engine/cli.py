@@ -17,9 +17,9 @@ from rich.markup import escape
 from .api_wording import without_python_terms
 from .errors import ConfigError, ImgclusterError
 
+APP_HELP = "Cluster large unlabeled image collections: ResNet features → PCA → KMeans over K → silhouette picks K."
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  context_settings={"help_option_names": ["-h", "--help"]},
-                  help="Cluster large unlabeled image collections: ResNet features → PCA → KMeans over K → silhouette picks K.")
+                  context_settings={"help_option_names": ["-h", "--help"]}, help=APP_HELP)
 err_console = Console(stderr=True)
 out_console = Console()
 
@@ -86,10 +86,10 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(help=APP_HELP)
 def _options(version: bool = flag(False, "--version", callback=_print_version, is_eager=True,
                                   help="Print the version and exit.")) -> None:
-    """Cluster large unlabeled image collections: ResNet features → PCA → KMeans over K → silhouette picks K."""
+    """The options before the command (--version)."""
 
 
 @app.command()

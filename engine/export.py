@@ -127,14 +127,15 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
     base = _run_cwd(run_dir)
     to = Path(to)
     created = _prepare_target(to)
-    # so that a later run over a folder holding this one does not take these images a second time
-    (to / EXPORT_MARKER).write_text(f"Written by `imgcluster export` from {run_dir}: folder walks of imgcluster "
-                                    "leave this folder out (--include-hidden takes it).\n", encoding="utf-8")
     largest = int(labels.max()) if len(labels) else 0
     taken: dict[int, set[str]] = {}
     missing: list[str] = []
     written = 0
     try:
+        # so that a later run over a folder holding this one does not take these images a second time
+        (to / EXPORT_MARKER).write_text(f"Written by `imgcluster export` from {run_dir}: folder walks of "
+                                        "imgcluster leave this folder out (--include-hidden takes it).\n",
+                                        encoding="utf-8")
         with reporter.task(f"Exporting ({mode})", len(paths)) as advance:
             for text, cluster in zip(paths, labels.tolist()):
                 source = outputs.file_for_text(text, base)
@@ -154,6 +155,7 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
     except BaseException:  # a failed link, a full disk, Ctrl-C: leave no half export behind
         _undo(to, created, [to / cluster_folder_name(c, largest) for c in taken])
         raise
+    if missing:
         reporter.warn(f"{len(missing)} image(s) in {predictions} no longer exist (moved or deleted since the run); "
                       f"not exported, listed in {to / MISSING}")
     return ExportResult(to, mode, len(taken), written, missing)

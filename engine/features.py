@@ -88,8 +88,10 @@ class Extraction:
     resumed_failed: how many of those the cache recorded as unusable (they stay skipped)
     extracted: how many images were given to the loader (decoded or failed) in this call
     shards_written: cache shards written to disk in this call (0 without a store)
-    waited_for_loader: seconds the model's thread spent waiting for the loader's next batch; a
-        large share of `seconds` means decoding, not the model, sets the pace
+    waited_for_loader: seconds the model's thread spent waiting for the loader's next batch (host
+        time: on a GPU the thread queues work ahead of the device, so a wait here may overlap
+        device work, and a wait on the device for a decode event is not counted); a large share
+        of `seconds` means decoding, not the model, sets the pace
     """
 
     features: torch.Tensor

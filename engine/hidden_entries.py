@@ -7,8 +7,9 @@ an image) beside every file on non-Mac disks.
 Left out: names starting with "." (hidden: `.thumbnails`, `._x.jpg`, `.Trash-1000`, QNAP's
 `.@__thumb`) and the folders in SYSTEM_FOLDERS. Globs pass over hidden names (as glob.glob
 does) and over system folders their wildcards reach (engine.sources._system_folder_filter).
-Folder walks also leave out `imgcluster export` folders (known by EXPORT_MARKER): links or copies
-of images already clustered, which would come back as duplicates or as second copies.
+Folder walks also leave out `imgcluster export` folders below the folder they start from (known by
+EXPORT_MARKER): links or copies of images already clustered, which would come back as duplicates
+or as second copies. Globs do not look for the marker.
 `--include-hidden` takes everything; a folder named on the command line, or literally in a glob,
 is walked whatever its name.
 """
@@ -69,23 +70,30 @@ class LeftOut:
                 kept.append(name)
         return kept
 
+    @staticmethod
+    def describe(folders: int, files: int, exports: int, folder_names: str = "") -> str:
+        """'3 hidden or system folders (@eaDir ×2, .thumbnails), 2 hidden image files (such as
+        macOS's ._ files) and 1 imgcluster export folder (...)': the parts that are not zero.
+        folder_names: the parenthesis after the folders (default: Synology's @eaDir as example)."""
+        parts = []
+        if folders:
+            parts.append(f"{folders:,} hidden or system folder{'s' if folders != 1 else ''} "
+                         f"({folder_names or 'such as Synology @eaDir thumbnails'})")
+        if files:
+            parts.append(f"{files:,} hidden image file{'s' if files != 1 else ''} (such as macOS's ._ files)")
+        if exports:
+            parts.append(f"{exports:,} imgcluster export folder{'s' if exports != 1 else ''} "
+                         "(links or copies of clustered images)")
+        return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
     def note(self, limit: int = 4) -> str:
         """'Left out 3 hidden or system folders (@eaDir ×2, .thumbnails) and 5 hidden image
         files (such as macOS's ._ files): --include-hidden takes them', or '' when nothing was."""
         if not self:
             return ""
-        parts = []
-        if self.folders:
-            n = sum(self.folders.values())
-            ranked = sorted(self.folders.items(), key=lambda kv: (-kv[1], kv[0]))
-            names = [f"{name} ×{count}" if count > 1 else name for name, count in ranked[:limit]]
-            if len(ranked) > limit:
-                names.append(f"{len(ranked) - limit} other name(s)")
-            parts.append(f"{n:,} hidden or system folder{'s' if n != 1 else ''} ({', '.join(names)})")
-        if self.files:
-            parts.append(f"{self.files:,} hidden image file{'s' if self.files != 1 else ''} (such as macOS's ._ files)")
-        if self.exports:
-            parts.append(f"{self.exports:,} imgcluster export folder{'s' if self.exports != 1 else ''} "
-                         "(links or copies of clustered images)")
-        joined = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
-        return f"Left out {joined}: --include-hidden takes them"
+        ranked = sorted(self.folders.items(), key=lambda kv: (-kv[1], kv[0]))
+        names = [f"{name} ×{count}" if count > 1 else name for name, count in ranked[:limit]]
+        if len(ranked) > limit:
+            names.append(f"{len(ranked) - limit} other name(s)")
+        what = self.describe(sum(self.folders.values()), self.files, self.exports, ", ".join(names))
+        return f"Left out {what}: --include-hidden takes them"

@@ -46,8 +46,9 @@ def _read_run(run_dir: Path) -> tuple[dict, PathList, list[tuple[str, str]]]:
     dict per row), previous skipped [(path text, reason)])."""
     try:
         summary = outputs.read_summary(run_dir)
-    except FileNotFoundError:
-        raise InputError(f"{run_dir} is not a run folder: no {outputs.SUMMARY} (make one with `imgcluster run`)") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(outputs.not_a_finished_run(run_dir, outputs.SUMMARY)
+                         + (" (make one with `imgcluster run`)" if run_dir.is_dir() else "")) from None
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {run_dir / outputs.SUMMARY}: {exc}") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("features"), dict) \

@@ -381,8 +381,9 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     result = Discovery(left_out=None if include_hidden else LeftOut())
     # Strings until the end (a Path each would cost ~320 bytes a file), and the position of each
     # kept file's string, not a Path, for the "duplicate of" message.
-    kept: list[str] = []
+    kept: list[str | None] = []  # None: a link whose file turned up later (see below)
     seen: dict[tuple[int, int], int] = {}
+    duplicates: list[tuple[int, tuple[int, int]]] = []  # (row in skipped, file key): reasons named at the end
     for arg in inputs:
         for text in _expand(arg, result.skipped, result.ignored, outputs, result.left_out, progress):
             try:
@@ -398,16 +399,23 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
                 first = kept[seen[key]]
                 if os.path.islink(first) and not os.path.islink(text):
                     # the file itself over a link to it (one lstat each, for duplicates only): the
-                    # run's CSVs name the real file, and the link is what is listed as skipped
-                    kept[seen[key]] = text
-                    result.skipped.append((Path(first), f"duplicate of {Path(text)}"))
+                    # run's CSVs name the real file, in its own place in the order, and the link
+                    # is listed as skipped
+                    kept[seen[key]] = None
+                    duplicates.append((len(result.skipped), key))
+                    result.skipped.append((Path(first), ""))
+                    seen[key] = len(kept)
+                    kept.append(text)
                 else:
-                    result.skipped.append((Path(text), f"duplicate of {Path(first)}"))
+                    duplicates.append((len(result.skipped), key))
+                    result.skipped.append((Path(text), ""))
                 continue
             seen[key] = len(kept)
             kept.append(text)
+    for row, key in duplicates:  # named after the walk: the file kept may have changed on the way
+        result.skipped[row] = (result.skipped[row][0], f"duplicate of {Path(kept[seen[key]])}")
     del seen  # ~170 bytes a file (tracemalloc): freed before the PathList is built
-    result.paths = PathList.from_strings(kept)
+    result.paths = PathList.from_strings([t for t in kept if t is not None] if None in kept else kept)
     return result
 
 

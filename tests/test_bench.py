@@ -43,7 +43,7 @@ def test_bench_cpu_prints_stages_and_ratio(runner, tmp_path):
     for side, label in (("ours", "ours"), ("seed_like", "seed-like")):
         extract = figures[side]["extract"]
         assert 0 < extract["waited_for_loader_s"] <= extract["seconds"]
-        assert (f"extract ({label}): the model waited {extract['waited_for_loader_s']:.3f} s of "
+        assert (f"extract ({label}): the model's thread waited {extract['waited_for_loader_s']:.3f} s of "
                 f"{extract['seconds']:.3f} s") in " ".join(result.output.split())
 
     no_seed = tmp_path / "no-seed.json"

@@ -68,9 +68,18 @@ def test_moved_images_are_listed_not_fatal(run_dir, tmp_path):
     lines = (run_dir / "predictions.csv").read_text().splitlines()
     gone = str(tmp_path / "gone.jpg")
     (run / "predictions.csv").write_text("\n".join(lines + [f"{gone},1"]) + "\n")
-    done = export_clusters(run, tmp_path / "out")
+    from engine.progress import Reporter
+
+    warnings = []
+
+    class Warned(Reporter):
+        def warn(self, message):
+            warnings.append(message)
+
+    done = export_clusters(run, tmp_path / "out", reporter=Warned())
     assert done.missing == [gone] and done.written == len(lines) - 1
     assert (tmp_path / "out" / "missing.csv").read_text().splitlines() == ["path", gone]
+    assert len(warnings) == 1 and "1 image(s)" in warnings[0] and "missing.csv" in warnings[0]
 
 
 def test_nothing_is_overwritten_and_bad_arguments_are_one_line_errors(run_dir, tmp_path, runner):
@@ -178,8 +187,8 @@ def test_a_run_over_a_folder_holding_an_export_leaves_it_out(three_groups, tmp_p
 
 
 def test_a_duplicate_keeps_the_file_not_the_link_to_it(tmp_path):
-    """A symlink that sorts before the file it points to: the file is kept, the link is the
-    skipped duplicate (the run's CSVs name real files)."""
+    """Symlinks that sort before the file they point to: the file is kept, in its own place in
+    the sorted order, and every link is a skipped duplicate of it (the run's CSVs name real files)."""
     from engine.sources import discover
 
     (tmp_path / "b_real.jpg").write_bytes(b"x")
@@ -187,7 +196,19 @@ def test_a_duplicate_keeps_the_file_not_the_link_to_it(tmp_path):
     found = discover([tmp_path])
     assert [p.name for p in found.paths] == ["b_real.jpg"]
     assert [(p.name, reason) for p, reason in found.skipped] == [("a_link.jpg", f"duplicate of {tmp_path / 'b_real.jpg'}")]
+
     os.link(tmp_path / "b_real.jpg", tmp_path / "c_hard.jpg")  # two names of one file: the first is kept
     found = discover([tmp_path])
     assert [p.name for p in found.paths] == ["b_real.jpg"]
     assert sorted(p.name for p, _ in found.skipped) == ["a_link.jpg", "c_hard.jpg"]
+
+    many = tmp_path.parent / (tmp_path.name + "-many")
+    many.mkdir()
+    for name in ("m.jpg", "y_real.jpg", "z_real.jpg"):
+        (many / name).write_bytes(name.encode())
+    os.symlink(many / "z_real.jpg", many / "a_link.jpg")
+    os.symlink(many / "z_real.jpg", many / "b_link.jpg")
+    found = discover([many])
+    assert [p.name for p in found.paths] == ["m.jpg", "y_real.jpg", "z_real.jpg"]  # sorted, as without links
+    assert sorted((p.name, r) for p, r in found.skipped) == [("a_link.jpg", f"duplicate of {many / 'z_real.jpg'}"),
+                                                             ("b_link.jpg", f"duplicate of {many / 'z_real.jpg'}")]

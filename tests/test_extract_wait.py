@@ -48,7 +48,8 @@ def test_waiting_adds_each_wait_and_closes_what_it_wraps():
     assert clock[0] >= 5 * 0.02 and closed == [True]
 
     clock, closed[:] = [0.0], []
-    early = _waiting(items(), clock)
+    inner = items()  # held here, so garbage collection cannot be what closes it
+    early = _waiting(inner, clock)
     assert next(early) == 0
     early.close()  # the consumer stops early: the loader's generator is closed now, not at collection
     assert closed == [True] and 0.02 <= clock[0] < 0.5

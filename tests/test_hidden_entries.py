@@ -149,7 +149,7 @@ def test_report_says_what_was_left_out(nas_folder, tmp_path):
     ImageClusterer(model="pixels", k=2).fit([nas_folder], out_dir=tmp_path / "out", report=True)
     page = (tmp_path / "out" / "report" / "index.html").read_text()
     assert "left out by the folder walk" in page
-    assert "4 hidden or system folder(s)" in page and "2 hidden image file(s)" in page
+    assert "4 hidden or system folders (such as Synology @eaDir thumbnails) and 2 hidden image files" in page
 
 
 def test_api_predict_follows_include_hidden(nas_folder):

@@ -469,7 +469,9 @@ def test_read_paths_holds_no_object_per_row(tmp_path):
 
 
 @pytest.mark.parametrize("setup, needle", [
-    ("empty", "not a run folder"),
+    ("empty", "is not a finished run (summary.json is missing) (make one with `imgcluster run`)"),
+    ("missing", "out not found"),
+    ("file", "is a file, not a run's output folder"),
     ("no-cache", "no feature cache"),
     ("bad-k", "below 2"),
     ("other-cache", "different model"),
@@ -478,7 +480,9 @@ def test_cluster_errors_exit_2(small_set, runner, tmp_path, setup, needle):
     out = tmp_path / "out"
     if setup == "empty":
         out.mkdir()
-    else:
+    elif setup == "file":
+        out.write_text("x")
+    elif setup != "missing":
         _run(runner, small_set, out, *(["--no-cache"] if setup == "no-cache" else []))
     if setup == "other-cache":
         manifest = out / "features" / "manifest.json"
@@ -486,7 +490,7 @@ def test_cluster_errors_exit_2(small_set, runner, tmp_path, setup, needle):
     args = ["cluster", str(out), "--no-report"] + (["--k", "1"] if setup == "bad-k" else [])
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
-    assert needle in result.output
+    assert needle in " ".join(result.output.split())
     assert "Traceback" not in result.output
 
 

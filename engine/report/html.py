@@ -131,12 +131,11 @@ def _summary(data: RunData) -> str:
                                                 "paths on this page and in the CSVs are as given to the run)"))
     left_out = s.get("left_out") or {}
     if any(left_out.values()):
-        folders, files = left_out.get("hidden_or_system_folders", 0), left_out.get("hidden_image_files", 0)
-        exports = left_out.get("export_folders", 0)
+        from ..hidden_entries import LeftOut
+
         rows.append(("left out by the folder walk", escape(
-            f"{folders:,} hidden or system folder(s) (such as Synology's @eaDir thumbnails), {files:,} hidden "
-            "image file(s) (such as macOS's ._ files)"
-            + (f" and {exports:,} imgcluster export folder(s)" if exports else "")
+            LeftOut.describe(int(left_out.get("hidden_or_system_folders") or 0),
+                             int(left_out.get("hidden_image_files") or 0), int(left_out.get("export_folders") or 0))
             + "; --include-hidden takes them")))
     if data.skipped:
         rows.append(("skipped files", f'{len(data.skipped):,} — <a href="#skipped">reasons below</a> and in '
