@@ -444,7 +444,7 @@ def predict_files(model: FittedModel, inputs: Sequence[str | os.PathLike], out: 
     skipped = list(found.skipped) + [(found.paths[i], pred.errors[i]) for i in np.flatnonzero(~ok).tolist()]
     rows = ((outputs.path_to_text(p), int(pred.labels[i]), f"{float(pred.distances[i]):.6g}",
              f"{float(pred.confidences[i]):.6g}") for p, i in zip(good, idx))
-    outputs.write_csv(out, ["path", "cluster", "distance", "confidence"], rows)
+    outputs.write_csv(out, ["path", "cluster", "distance", "confidence"], rows, check_cr=good.may_hold("\r"))
     skipped_csv = outputs.write_skipped(out.parent, skipped, name=f"{out.stem}.skipped.csv")
     part = Prediction(pred.labels[idx], pred.distances[idx], pred.confidences[idx], [None] * len(idx))
     return PredictFilesResult(good, part, skipped, out, skipped_csv)

@@ -107,6 +107,11 @@ class PathList(Sequence):
             for s, e in zip(self._starts[a:a + _CHUNK].tolist(), self._ends[a:a + _CHUNK].tolist()):
                 yield path_str(os.fsdecode(blob[s:e]))
 
+    def may_hold(self, character: str) -> bool:
+        """False when no path here holds `character` (one search of the shared bytes, C speed);
+        True may come from a path outside this view (take() shares its parent's bytes)."""
+        return character.encode("utf-8", "surrogateescape") in self._blob
+
     def take(self, indices) -> "PathList":
         """indices: (m,) int positions (negative count from the end) or (n,) bool mask -> a
         PathList of those paths, in that order, sharing this blob (16 bytes an item, no bytes

@@ -160,3 +160,32 @@ def test_cuda_run_matches_the_cpu_run(three_groups, runner, tmp_path, decoder):
     assert [r["path"] for r in gpu_rows] == [r["path"] for r in cpu_rows]
     assert adjusted_rand_score([r["cluster"] for r in cpu_rows], [r["cluster"] for r in gpu_rows]) >= 0.99
     assert abs(gpu_summary["scores"][1]["silhouette"] - cpu_summary["scores"][1]["silhouette"]) < 0.02
+
+
+def test_a_carriage_return_in_a_file_name_survives_every_csv(three_groups, runner, tmp_path):
+    """csv.writer with "\\n" line ends quotes a field holding "\\n" but not "\\r", which readers
+    take as a line end: such a name split its row, and report, export and cluster failed on it."""
+    import csv
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(three_groups, data)
+    odd = next(data.glob("*/*.jpg"))
+    odd.rename(odd.with_name("g\rcr.jpg"))
+    out = tmp_path / "out"
+    model = tmp_path / "m.imgc"
+    result = runner.invoke(app, ["run", str(data), "--out", str(out), "--model", "pixels", "--k", "3",
+                                 "--save-model", str(model)])
+    assert result.exit_code == 0, result.output
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 60 and sum(r["path"].endswith("g\rcr.jpg") for r in rows) == 1
+    assert all(r["cluster"].isdigit() for r in rows)
+    for command in (["report", str(out)], ["cluster", str(out), "--k", "3", "--no-report"],
+                    ["export", str(out), "--to", str(tmp_path / "by-cluster")],
+                    ["predict", str(model), str(data), "--out", str(tmp_path / "p.csv")]):
+        done = runner.invoke(app, command)
+        assert done.exit_code == 0, (command[0], done.output)
+        assert "changed or removed" not in done.output
+    with open(tmp_path / "p.csv", newline="", encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == 60

@@ -172,3 +172,10 @@ def test_write_predictions_of_a_pathlist_is_that_of_its_paths(tmp_path):
     written = (tmp_path / "pathlist" / "predictions.csv").read_bytes()
     assert written == (tmp_path / "list" / "predictions.csv").read_bytes()
     assert b"\\udce9" in written and b"/abs/dir/c.gif" in written and b"\na/b.jpg," in written
+
+
+def test_may_hold_searches_the_shared_bytes():
+    paths = PathList.from_strings(["a/b.jpg", "c/d\re.jpg", "f/\udcff.jpg"])
+    assert paths.may_hold("\r") and not paths.may_hold("\n") and paths.may_hold("\udcff")
+    assert paths.take([0]).may_hold("\r")  # a view shares its parent's bytes: True may be another path's
+    assert not PathList.from_strings(["a/b.jpg"]).may_hold("\r")
