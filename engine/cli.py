@@ -6,6 +6,7 @@ anything a Python user would also need.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -29,6 +30,19 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, Slurm, systemd), handled as Ctrl-C is: the feature rows
+    already queued are written, so a rerun resumes; the exit code is 143 (128 + SIGTERM)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def interrupted_code(exc: KeyboardInterrupt) -> int:
+    return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
+
+
 def user_errors(func):
     """Turn ImgclusterError into a one-line message and exit 2 (no traceback)."""
     @functools.wraps(func)
@@ -37,8 +51,9 @@ def user_errors(func):
             return func(*args, **kwargs)
         except ImgclusterError as exc:  # `run` goes through ImageClusterer: its Python wording is dropped here
             fail(without_python_terms(str(exc)), exc.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted; rerun the same command to resume from the feature cache", 130)
+        except KeyboardInterrupt as exc:
+            fail(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}; rerun the same command to "
+                 "resume from the feature cache", interrupted_code(exc))
         except OSError as exc:  # a file system problem the checks before the work could not foresee (disk full, ...)
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
     return wrapper
@@ -149,9 +164,10 @@ def run(
             reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
         print_run_summary(clusterer.result_.summary, out_console)
         out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/")
-    except KeyboardInterrupt:  # the results are written: say so rather than "rerun to resume"
+    except KeyboardInterrupt as exc:  # the results are written: say so rather than "rerun to resume"
         fail(f"interrupted after the run: its results are in {out}/"
-             + (f" (the model file {save_model} may not be saved)" if save_model is not None else ""), 130)
+             + (f" (the model file {save_model} may not be saved)" if save_model is not None else ""),
+             interrupted_code(exc))
 
 
 @app.command()
@@ -333,6 +349,8 @@ def export(
 
 
 def main():  # console-script entry point
+    # only for the command line: a program that imports engine keeps its own SIGTERM handling
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

@@ -104,7 +104,9 @@ def test_kill_9_mid_extraction_then_resume(tmp_path, runner, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ctrl_c_writes_the_queued_rows_and_says_how_to_resume(tmp_path, runner, monkeypatch):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_writes_the_queued_rows_and_says_how_to_resume(tmp_path, runner, monkeypatch, sig, code, word):
+    """Ctrl-C, and SIGTERM as timeout, docker stop and batch schedulers send it."""
     data = tmp_path / "data"
     generate_sample_set(data, per_group=40, groups=("red_stripes", "green_disc"))
     out = tmp_path / "out"
@@ -119,12 +121,12 @@ def test_ctrl_c_writes_the_queued_rows_and_says_how_to_resume(tmp_path, runner, 
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         time.sleep(1.0)  # a few batches: fewer than one shard of 1000, so only the Ctrl-C flush saves them
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr.decode()
-    assert "interrupted; rerun the same command to resume from the feature cache" in stderr.decode()
+    assert proc.returncode == code, stderr.decode()
+    assert f"{word}; rerun the same command to resume from the feature cache" in stderr.decode()
     saved = _shard_rows(out / "features")
     assert 0 < saved < 80
     monkeypatch.setenv("IMGCLUSTER_SHARD_SIZE", "1000")
