@@ -51,14 +51,16 @@ class LeftOut:
     folders: Counter = field(default_factory=Counter)
     files: int = 0
     exports: int = 0  # folders written by `imgcluster export` (EXPORT_MARKER)
+    run_reports: int = 0  # image folders of other runs' reports (plots, montages) met on the way
 
     def __bool__(self) -> bool:
-        return bool(self.folders) or self.files > 0 or self.exports > 0
+        return bool(self.folders) or self.files > 0 or self.exports > 0 or self.run_reports > 0
 
     def as_dict(self) -> dict[str, int]:
-        """summary.json's "left_out": how many folders, hidden image files and export folders."""
+        """summary.json's "left_out": how many folders, hidden image files, export folders and
+        report image folders of other runs."""
         return {"hidden_or_system_folders": sum(self.folders.values()), "hidden_image_files": self.files,
-                "export_folders": self.exports}
+                "export_folders": self.exports, "run_report_folders": self.run_reports}
 
     def filter_folders(self, names: list[str]) -> list[str]:
         """`names` (one folder's subfolders) without those left out, which are counted."""
@@ -71,7 +73,7 @@ class LeftOut:
         return kept
 
     @staticmethod
-    def describe(folders: int, files: int, exports: int, folder_names: str = "") -> str:
+    def describe(folders: int, files: int, exports: int, folder_names: str = "", run_reports: int = 0) -> str:
         """'3 hidden or system folders (@eaDir ×2, .thumbnails), 2 hidden image files (such as
         macOS's ._ files) and 1 imgcluster export folder (...)': the parts that are not zero.
         folder_names: the parenthesis after the folders (default: Synology's @eaDir as example)."""
@@ -84,6 +86,9 @@ class LeftOut:
         if exports:
             parts.append(f"{exports:,} imgcluster export folder{'s' if exports != 1 else ''} "
                          "(links or copies of clustered images)")
+        if run_reports:
+            parts.append(f"{run_reports:,} image folder{'s' if run_reports != 1 else ''} of other imgcluster "
+                         "runs' reports (plots, montages)")
         return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
     def note(self, limit: int = 4) -> str:
@@ -95,5 +100,5 @@ class LeftOut:
         names = [f"{name} ×{count}" if count > 1 else name for name, count in ranked[:limit]]
         if len(ranked) > limit:
             names.append(f"{len(ranked) - limit} other name(s)")
-        what = self.describe(sum(self.folders.values()), self.files, self.exports, ", ".join(names))
+        what = self.describe(sum(self.folders.values()), self.files, self.exports, ", ".join(names), self.run_reports)
         return f"Left out {what}: --include-hidden takes them"

@@ -155,11 +155,15 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
 
     Strings, not Paths: a Path per file before filtering and sorting cost 21.6 us a file (100,000
     files on the VM), which is 3.6 minutes for 10 million; discover() keeps them in a PathList."""
+    from .report.outputs import PREDICTIONS, REPORT, REPORT_SUBDIRS, SUMMARY
+
     found: list[str] = []
     seen_dirs: set[tuple[int, int]] = set(avoid)
     if ignored is None:
         ignored = Counter()
     join = os.path.join
+    top_real = os.path.realpath(folder)
+    other_reports: set[str] = set()  # image folders of other runs' reports met on the way
 
     def onerror(exc: OSError):
         skipped.append((Path(exc.filename or folder), f"unreadable folder: {exc.strerror}"))
@@ -192,7 +196,21 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
                 dirs[:] = []
                 left_out.exports += 1
                 continue
+            if root in other_reports:
+                dirs[:] = []
+                left_out.run_reports += 1
+                continue
+            if SUMMARY in files and PREDICTIONS in files and REPORT in dirs \
+                    and (outputs is None or key != outputs.folder):  # another run's output folder
+                other_reports.update(join(root, REPORT, sub) for sub in REPORT_SUBDIRS)
             dirs[:] = left_out.filter_folders(dirs)
+        # A symlink to a folder above (or at) where the walk started would walk that folder's
+        # other contents too (`seen_dirs` only stops the second visit): not followed. A loop, not
+        # an input, so not listed (as recursive globs pass over theirs).
+        for name in [d for d in dirs if os.path.islink(join(root, d))]:
+            target = os.path.realpath(join(root, name))
+            if top_real == target or top_real.startswith(target.rstrip(os.sep) + os.sep):
+                dirs.remove(name)
         dirs.sort()
         before = len(found)
         for name in files:
