@@ -110,3 +110,34 @@ def test_nan_features_iterate_as_kmeans_torch_does():
     together = kmeans_all_k(x, [2, 3], n_init=1, max_iter=7, seed=0)
     for k in (2, 3):
         assert together[k].n_iter == kmeans_torch(x, k, n_init=1, max_iter=7, seed=0).n_iter == 7
+
+
+def test_search_says_when_there_is_no_structure_or_clusters_stay_empty():
+    """Noise gets a K anyway: the search says its silhouette is near 0. Near-identical points
+    leave clusters empty at the larger Ks, which the scores table alone does not show."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import make_blobs
+
+    from engine.select import WEAK_SILHOUETTE, search_k
+
+    said: list[str] = []
+    noise = torch.from_numpy(np.random.default_rng(0).normal(size=(300, 50)).astype(np.float32))
+    found = search_k(noise, [2, 3, 4], "torch", notify=said.append)
+    assert found.score(found.chosen_k).silhouette < WEAK_SILHOUETTE
+    assert [m for m in said if m.startswith("Weak cluster structure")] == [
+        f"Weak cluster structure: mean silhouette {found.score(found.chosen_k).silhouette:.3f} at the chosen "
+        f"K = {found.chosen_k} (near 0: the images hardly fall into separate groups; the report's silhouette "
+        "plot shows each image)"]
+
+    said.clear()
+    blobs, _ = make_blobs(300, 10, centers=3, random_state=0)
+    found = search_k(torch.from_numpy(blobs.astype(np.float32)), [2, 3, 4], "torch", notify=said.append)
+    assert found.chosen_k == 3 and found.score(3).silhouette > 0.5 and said == []
+
+    points = np.zeros((9, 5), np.float32)
+    points[6:] += 1e-3  # two groups of identical points
+    found = search_k(torch.from_numpy(points), [2, 3, 4], "torch", notify=said.append)
+    assert found.score(3).cluster_sizes.count(0) == 1 and found.score(4).cluster_sizes.count(0) == 2
+    assert said == ["K = 3, 4: KMeans left some clusters empty (fewer distinct groups than K); their scores "
+                    "describe the clusters that are not empty"]
