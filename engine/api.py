@@ -180,6 +180,20 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self._check_fitted()
         return self.model_.predict_paths(self.prediction_paths(paths, self.include_hidden)).labels
 
+    @python_errors
+    def predict_bytes(self, blobs) -> np.ndarray:
+        """Encoded images (a list of bytes: JPEG, PNG, WebP, ...) -> (n,) int64 labels, -1 for one
+        that cannot be decoded (model_.predict_bytes gives distances, confidences and reasons)."""
+        self._check_fitted()
+        return self.model_.predict_bytes(blobs).labels
+
+    @python_errors
+    def predict_arrays(self, arrays) -> np.ndarray:
+        """uint8 arrays ((H, W, 3) RGB, (H, W) grayscale, (H, W, 4) RGBA) -> (n,) int64 labels, -1
+        for one of another dtype or shape (model_.predict_arrays gives the reasons)."""
+        self._check_fitted()
+        return self.model_.predict_arrays(arrays).labels
+
     @staticmethod
     @python_errors
     def prediction_paths(paths, include_hidden: bool = False) -> Sequence[Path]:

@@ -254,8 +254,9 @@ class FittedModel:
         return self._predict_normalized(images)
 
     def predict_arrays(self, arrays: Sequence[np.ndarray]) -> Prediction:
-        """arrays: n uint8 (H, W, 3) RGB images (any H, W) -> Prediction with n items. Each is resized
-        and center-cropped like training; an item of another dtype or shape fails alone."""
+        """arrays: n uint8 images (any H, W): (H, W, 3) RGB, (H, W) or (H, W, 1) grayscale, (H, W, 4)
+        RGBA (alpha on white, as for files) -> Prediction with n items. Each is resized and
+        center-cropped like training; an item of another dtype or shape fails alone."""
         return self._predict_uint8(self._map(self._prepare_array, list(arrays)))
 
     def predict_bytes(self, blobs: Sequence[bytes]) -> Prediction:
@@ -304,15 +305,23 @@ class FittedModel:
             return None, f"could not decode: {type(exc).__name__}"
 
     def _prepare_array(self, array) -> tuple[np.ndarray | None, str | None]:
+        """uint8 (H, W) or (H, W, 1) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA -> the model's
+        input, converted as image files of those kinds are (alpha composited on white)."""
         from PIL import Image
 
+        from .loaders.decode import _to_rgb
+
         arr = np.asarray(array) if not isinstance(array, np.ndarray) else array
-        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
-            return None, f"expected a uint8 (H, W, 3) RGB array, got {arr.dtype} {tuple(arr.shape)}"
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        mode = "L" if arr.ndim == 2 else {3: "RGB", 4: "RGBA"}.get(arr.shape[2]) if arr.ndim == 3 else None
+        if arr.dtype != np.uint8 or mode is None or min(arr.shape[:2]) < 1:
+            return None, (f"expected a uint8 (H, W) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA array, got "
+                          f"{arr.dtype} {tuple(arr.shape)}")
         if self.max_pixels is not None and arr.shape[0] * arr.shape[1] > self.max_pixels:
             return None, f"too large: {arr.shape[1]}x{arr.shape[0]} exceeds max_pixels={self.max_pixels}"
         try:
-            return preprocess_pil(Image.fromarray(np.ascontiguousarray(arr), "RGB")), None
+            return preprocess_pil(_to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode))), None
         except Exception as exc:
             return None, f"could not resize: {type(exc).__name__}"
 

@@ -431,7 +431,8 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
             seen[key] = len(kept)
             kept.append(text)
     for row, key in duplicates:  # named after the walk: the file kept may have changed on the way
-        result.skipped[row] = (result.skipped[row][0], f"duplicate of {Path(kept[seen[key]])}")
+        path, first = result.skipped[row][0], Path(kept[seen[key]])
+        result.skipped[row] = (path, "given twice (the same path)" if path == first else f"duplicate of {first}")
     del seen  # ~170 bytes a file (tracemalloc): freed before the PathList is built
     result.paths = PathList.from_strings([t for t in kept if t is not None] if None in kept else kept)
     return result

@@ -184,6 +184,12 @@ def test_a_loaded_clusterer_pickles_and_load_options_are_checked(fitted, three_g
     loaded = ImageClusterer.load(path, device="cpu")
     image = sorted(three_groups.glob("*/*.jpg"))[0]
     assert pickle.loads(pickle.dumps(loaded)).predict([image]).tolist() == loaded.predict([image]).tolist()
+    # the encoded and decoded forms of that image get its label, as from load_model's predictor
+    from PIL import Image
+
+    label = loaded.predict([image]).tolist()
+    assert loaded.predict_bytes([image.read_bytes(), b"not an image"]).tolist() == label + [-1]
+    assert loaded.predict_arrays([np.asarray(Image.open(image).convert("RGB"))]).tolist() == label
     with pytest.raises(ConfigError, match="batch_size='8' must be an integer"):
         load_model(path, device="cpu", batch_size="8")
     with pytest.raises(ConfigError, match="max_pixels=0 must be >= 1"):

@@ -205,7 +205,7 @@ def test_file_list_glob_and_duplicates(tmp_path):
     assert [p.name for p in found.paths] == ["2.jpg", "c.gif", "1.png"]
     reasons = {p.name: r for p, r in found.skipped}
     assert reasons["missing.jpg"] == "listed file not found"
-    assert reasons["c.gif"].startswith("duplicate of")
+    assert reasons["c.gif"] == "given twice (the same path)"  # listed, and named again
 
 
 def test_symlinks(tmp_path):

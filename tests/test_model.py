@@ -313,11 +313,11 @@ def test_bad_items_fail_alone(loaded, blobs, fitted):
 def test_predict_arrays_and_tensors_match_bytes(loaded, blobs):
     arrays = [np.asarray(decode_image(b)) for b in blobs[:5]]
     by_bytes = loaded.predict_bytes(blobs[:5])
-    by_arrays = loaded.predict_arrays(arrays + [np.zeros((10, 10), np.uint8), np.zeros((8, 8, 3), np.float32)])
+    by_arrays = loaded.predict_arrays(arrays + [np.zeros((10, 10, 2), np.uint8), np.zeros((8, 8, 3), np.float32)])
     np.testing.assert_array_equal(by_arrays.labels[:5], by_bytes.labels)
     np.testing.assert_array_equal(by_arrays.distances[:5], by_bytes.distances)
     assert by_arrays.labels[5:].tolist() == [-1, -1]
-    assert "expected a uint8 (H, W, 3) RGB array, got uint8 (10, 10)" in by_arrays.errors[5]
+    assert "(H, W, 4) RGBA array, got uint8 (10, 10, 2)" in by_arrays.errors[5]
     assert "float32" in by_arrays.errors[6]
     batch = normalize_uint8(torch.from_numpy(np.stack([load_and_preprocess(b) for b in blobs[:5]])))
     by_tensors = loaded.predict_tensors(batch)
@@ -437,3 +437,25 @@ def test_io_threads_reach_the_prediction_loader(model_file, three_groups, monkey
     assert seen["io_threads"] == 3
     with pytest.raises(ConfigError, match="io_threads=0 must be >= 1"):
         load_model(model_file, device="cpu", io_threads=0)
+
+
+def test_predict_arrays_takes_grayscale_and_rgba_as_files_of_those_kinds_are(loaded):
+    """A grayscale or RGBA array gets the label its PNG file gets (alpha composited on white)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 255, (60, 80), dtype=np.uint8)
+    rgba = rng.integers(0, 255, (60, 80, 4), dtype=np.uint8)
+
+    def png(array, mode):
+        buffer = io.BytesIO()
+        Image.fromarray(array, mode).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    by_arrays = loaded.predict_arrays([gray, gray[:, :, None], rgba])
+    by_files = loaded.predict_bytes([png(gray, "L"), png(gray, "L"), png(rgba, "RGBA")])
+    assert by_arrays.errors == [None, None, None]
+    np.testing.assert_array_equal(by_arrays.labels, by_files.labels)
+    np.testing.assert_allclose(by_arrays.distances, by_files.distances, rtol=1e-5)
