@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .api_wording import without_python_terms
-from .errors import ConfigError, ImgclusterError
+from .errors import ConfigError, ImgclusterError, ReportInterrupted
 
 APP_HELP = "Cluster large unlabeled image collections: ResNet features → PCA → KMeans over K → silhouette picks K."
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -40,7 +40,8 @@ def _terminate(signum, frame):
 
 
 def interrupted_code(exc: KeyboardInterrupt) -> int:
-    return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
+    signalled = exc.__cause__ if isinstance(exc, ReportInterrupted) else exc
+    return 128 + signal.SIGTERM if isinstance(signalled, Terminated) else 130
 
 
 def user_errors(func):
@@ -51,6 +52,9 @@ def user_errors(func):
             return func(*args, **kwargs)
         except ImgclusterError as exc:  # `run` goes through ImageClusterer: its Python wording is dropped here
             fail(without_python_terms(str(exc)), exc.exit_code)
+        except ReportInterrupted as exc:
+            fail(f"interrupted while writing the report: the results are in {exc.out_dir}/; "
+                 f"`imgcluster report {exc.out_dir}` writes the report", interrupted_code(exc))
         except KeyboardInterrupt as exc:
             fail(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}; rerun the same command to "
                  "resume from the feature cache", interrupted_code(exc))

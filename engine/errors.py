@@ -33,5 +33,14 @@ class ModelFileError(ImgclusterError):
     """A saved model file is truncated, tampered with, of another format version, or mismatched."""
 
 
+class ReportInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) while the HTML report was being built: the run's results are already
+    written in `out_dir`, so what is left to do is `imgcluster report`, not the whole run."""
+
+    def __init__(self, out_dir):
+        super().__init__(str(out_dir))
+        self.out_dir = out_dir
+
+
 class DecodeError(Exception):
     """One image could not be decoded. Carries a short reason for skipped.csv; loaders catch it."""

@@ -18,7 +18,7 @@ import torch
 from .backbones import Backbone, check_weights_argument, load_backbone
 from .config import DEFAULT_PCA, Config
 from .device import resolve_cluster_backend, resolve_compile, resolve_cuda_graphs, resolve_decoder, resolve_device
-from .errors import InputError
+from .errors import InputError, ReportInterrupted
 from .features import Extraction, StreamingPCA, auto_batch_size, extract_features
 from .loaders import make_loader
 from .loaders.decode import DRAFT_MIN_SIZE
@@ -376,7 +376,10 @@ def write_run(result: RunResult, out_dir, save_features: bool = False, report: b
         from .report import build_report
 
         t0 = time.perf_counter()
-        build_report(out, warn=reporter.warn if reporter is not None else None)
+        try:
+            build_report(out, warn=reporter.warn if reporter is not None else None)
+        except KeyboardInterrupt as exc:
+            raise ReportInterrupted(out) from exc
         result.summary["timings"]["report"] = _stage(time.perf_counter() - t0, len(result.paths))
         outputs.write_summary(out, result.summary)
     return out

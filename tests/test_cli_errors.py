@@ -360,3 +360,24 @@ def test_arguments_are_checked_before_the_inputs_are_walked(runner, tmp_path, mo
         assert result.exit_code == 2, result.output
         assert expected in " ".join(result.output.split())
     assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_during_the_report_points_at_imgcluster_report(three_groups, runner, tmp_path, monkeypatch):
+    """The results are written before the report: an interrupt there needs `imgcluster report`,
+    not the whole run again."""
+    import engine.report
+
+    real = engine.report.build_report
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.report, "build_report", interrupted)
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3"])
+    assert result.exit_code == 130
+    flat = " ".join(result.output.split())
+    assert f"interrupted while writing the report: the results are in {out}/; `imgcluster report {out}`" in flat
+    assert (out / "predictions.csv").is_file() and (out / "summary.json").is_file()
+    monkeypatch.setattr(engine.report, "build_report", real)
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0 and (out / "report" / "index.html").is_file()
