@@ -44,6 +44,11 @@ def interrupted_code(exc: KeyboardInterrupt) -> int:
     return 128 + signal.SIGTERM if isinstance(signalled, Terminated) else 130
 
 
+def report_interrupted_message(exc: ReportInterrupted) -> str:
+    return (f"interrupted while writing the report: the results are in {exc.out_dir}/; "
+            f"`imgcluster report {exc.out_dir}` writes the report")
+
+
 def user_errors(func):
     """Turn ImgclusterError into a one-line message and exit 2 (no traceback)."""
     @functools.wraps(func)
@@ -53,8 +58,7 @@ def user_errors(func):
         except ImgclusterError as exc:  # `run` goes through ImageClusterer: its Python wording is dropped here
             fail(without_python_terms(str(exc)), exc.exit_code)
         except ReportInterrupted as exc:
-            fail(f"interrupted while writing the report: the results are in {exc.out_dir}/; "
-                 f"`imgcluster report {exc.out_dir}` writes the report", interrupted_code(exc))
+            fail(report_interrupted_message(exc), interrupted_code(exc))
         except KeyboardInterrupt as exc:
             fail(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}; rerun the same command to "
                  "resume from the feature cache", interrupted_code(exc))
@@ -161,7 +165,13 @@ def run(
                         compile=compile, seed=seed, pca_fit_limit=pca_fit_limit, max_pixels=max_pixels,
                         io_threads=io_threads, cuda_graphs=cuda_graphs, include_hidden=include_hidden)
     clusterer = ImageClusterer(**params)
-    clusterer.fit(paths, out_dir=out, reporter=reporter, save_features=save_features, report=report, cache=cache)
+    try:
+        clusterer.fit(paths, out_dir=out, reporter=reporter, save_features=save_features, report=report, cache=cache)
+    except ReportInterrupted as exc:  # the model is saved after fit: say so, and how to get it
+        if save_model is None:
+            raise
+        fail(f"{report_interrupted_message(exc)}; the model file {save_model} was not saved: `imgcluster cluster "
+             f"{out} --no-report --save-model {save_model}` saves it from the cache", interrupted_code(exc))
     try:
         if save_model is not None:
             clusterer.save(save_model)
@@ -169,7 +179,7 @@ def run(
         print_run_summary(clusterer.result_.summary, out_console)
         out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/")
     except KeyboardInterrupt as exc:  # the results are written: say so rather than "rerun to resume"
-        fail(f"interrupted after the run: its results are in {out}/"
+        fail(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'} after the run: its results are in {out}/"
              + (f" (the model file {save_model} may not be saved)" if save_model is not None else ""),
              interrupted_code(exc))
 
@@ -354,7 +364,8 @@ def export(
 
 def main():  # console-script entry point
     # only for the command line: a program that imports engine keeps its own SIGTERM handling
-    signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # an inherited "ignore" stays (as Python does for SIGINT)
+        signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

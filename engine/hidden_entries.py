@@ -51,16 +51,16 @@ class LeftOut:
     folders: Counter = field(default_factory=Counter)
     files: int = 0
     exports: int = 0  # folders written by `imgcluster export` (EXPORT_MARKER)
-    run_reports: int = 0  # image folders of other runs' reports (plots, montages) met on the way
+    run_reports: int = 0  # other runs' output folders met on the way, whose report images were left out
 
     def __bool__(self) -> bool:
         return bool(self.folders) or self.files > 0 or self.exports > 0 or self.run_reports > 0
 
     def as_dict(self) -> dict[str, int]:
         """summary.json's "left_out": how many folders, hidden image files, export folders and
-        report image folders of other runs."""
+        other runs whose report images were left out."""
         return {"hidden_or_system_folders": sum(self.folders.values()), "hidden_image_files": self.files,
-                "export_folders": self.exports, "run_report_folders": self.run_reports}
+                "export_folders": self.exports, "other_runs_reports": self.run_reports}
 
     def filter_folders(self, names: list[str]) -> list[str]:
         """`names` (one folder's subfolders) without those left out, which are counted."""
@@ -87,8 +87,8 @@ class LeftOut:
             parts.append(f"{exports:,} imgcluster export folder{'s' if exports != 1 else ''} "
                          "(links or copies of clustered images)")
         if run_reports:
-            parts.append(f"{run_reports:,} image folder{'s' if run_reports != 1 else ''} of other imgcluster "
-                         "runs' reports (plots, montages)")
+            parts.append(f"the report images (plots, montages) of {run_reports:,} other imgcluster "
+                         f"run{'s' if run_reports != 1 else ''}")
         return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
     def note(self, limit: int = 4) -> str:

@@ -257,6 +257,8 @@ class FittedModel:
         """arrays: n uint8 images (any H, W): (H, W, 3) RGB, (H, W) or (H, W, 1) grayscale, (H, W, 4)
         RGBA (alpha on white, as for files) -> Prediction with n items. Each is resized and
         center-cropped like training; an item of another dtype or shape fails alone."""
+        if isinstance(arrays, np.ndarray) and arrays.ndim in (2, 3):  # one image: list() would split its rows
+            raise TypeError("predict_arrays takes a list of images: predict_arrays([image])")
         return self._predict_uint8(self._map(self._prepare_array, list(arrays)))
 
     def predict_bytes(self, blobs: Sequence[bytes]) -> Prediction:
@@ -311,13 +313,13 @@ class FittedModel:
 
         from .loaders.decode import _to_rgb
 
-        arr = np.asarray(array) if not isinstance(array, np.ndarray) else array
+        arr = given = np.asarray(array) if not isinstance(array, np.ndarray) else array
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
         mode = "L" if arr.ndim == 2 else {3: "RGB", 4: "RGBA"}.get(arr.shape[2]) if arr.ndim == 3 else None
         if arr.dtype != np.uint8 or mode is None or min(arr.shape[:2]) < 1:
             return None, (f"expected a uint8 (H, W) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA array, got "
-                          f"{arr.dtype} {tuple(arr.shape)}")
+                          f"{given.dtype} {tuple(given.shape)}")
         if self.max_pixels is not None and arr.shape[0] * arr.shape[1] > self.max_pixels:
             return None, f"too large: {arr.shape[1]}x{arr.shape[0]} exceeds max_pixels={self.max_pixels}"
         try:

@@ -71,10 +71,14 @@ def _notify_weak_or_empty(scores: list[KScore], chosen: int, single: list[int], 
     if empty:
         notify(f"K = {', '.join(map(str, empty))}: KMeans left some clusters empty (fewer distinct groups than K); "
                "their scores describe the clusters that are not empty")
-    best = next(s for s in scores if s.k == chosen)
-    if chosen not in single and best.silhouette < WEAK_SILHOUETTE:
-        notify(f"Weak cluster structure: mean silhouette {best.silhouette:.3f} at the chosen K = {chosen} (near 0: "
-               "the images hardly fall into separate groups; the report's silhouette plot shows each image)")
+    # the best K by silhouette, whatever --select chose: a low value there means no K separates the images
+    scored = [s for s in scores if s.k not in single]
+    if scored:
+        best = max(scored, key=lambda s: s.silhouette)
+        if best.silhouette < WEAK_SILHOUETTE:
+            notify(f"Weak cluster structure: mean silhouette at most {best.silhouette:.3f} (K = {best.k}) over the "
+                   "Ks tried (near 0: the images hardly fall into separate groups; the report's silhouette plot "
+                   "shows each image)")
 
 
 def usable_ks(ks: Sequence[int], n: int, notify: Callable[[str], None] | None = None) -> list[int]:

@@ -198,11 +198,11 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
                 continue
             if root in other_reports:
                 dirs[:] = []
-                left_out.run_reports += 1
                 continue
             if SUMMARY in files and PREDICTIONS in files and REPORT in dirs \
                     and (outputs is None or key != outputs.folder):  # another run's output folder
                 other_reports.update(join(root, REPORT, sub) for sub in REPORT_SUBDIRS)
+                left_out.run_reports += 1
             dirs[:] = left_out.filter_folders(dirs)
         # A symlink to a folder above (or at) where the walk started would walk that folder's
         # other contents too (`seen_dirs` only stops the second visit): not followed. A loop, not

@@ -189,3 +189,14 @@ def test_a_carriage_return_in_a_file_name_survives_every_csv(three_groups, runne
         assert "changed or removed" not in done.output
     with open(tmp_path / "p.csv", newline="", encoding="utf-8") as handle:
         assert len(list(csv.DictReader(handle))) == 60
+
+
+def test_write_csv_keeps_rows_in_order_whatever_they_hold(tmp_path):
+    import csv
+
+    from engine.report.outputs import write_csv
+
+    rows = [("a\rb", 1), iter(["plain", 2]), ("c\r", 3), ("d,e", 4)]  # an iterator row is read once
+    path = write_csv(tmp_path / "x.csv", ["path", "n"], rows)
+    with open(path, newline="", encoding="utf-8") as handle:
+        assert list(csv.reader(handle)) == [["path", "n"], ["a\rb", "1"], ["plain", "2"], ["c\r", "3"], ["d,e", "4"]]

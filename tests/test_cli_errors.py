@@ -379,5 +379,11 @@ def test_ctrl_c_during_the_report_points_at_imgcluster_report(three_groups, runn
     flat = " ".join(result.output.split())
     assert f"interrupted while writing the report: the results are in {out}/; `imgcluster report {out}`" in flat
     assert (out / "predictions.csv").is_file() and (out / "summary.json").is_file()
+    model = tmp_path / "m.imgc"  # saved after the run: the message says it was not, and how to get it
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3",
+                                 "--save-model", str(model)])
+    assert result.exit_code == 130 and not model.exists()
+    assert (f"the model file {model} was not saved: `imgcluster cluster {out} --no-report --save-model {model}`"
+            in " ".join(result.output.split()))
     monkeypatch.setattr(engine.report, "build_report", real)
     assert runner.invoke(app, ["report", str(out)]).exit_code == 0 and (out / "report" / "index.html").is_file()

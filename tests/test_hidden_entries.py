@@ -56,7 +56,7 @@ def test_walk_leaves_out_hidden_and_system_entries_and_counts_them(nas_folder):
     assert found.left_out.note() == ("Left out 4 hidden or system folders (@eaDir ×2, #recycle, .thumbnails) "
                                      "and 2 hidden image files (such as macOS's ._ files): --include-hidden takes them")
     assert found.left_out.as_dict() == {"hidden_or_system_folders": 4, "hidden_image_files": 2, "export_folders": 0,
-                                         "run_report_folders": 0}
+                                         "other_runs_reports": 0}
 
 
 def test_include_hidden_takes_everything(nas_folder):
@@ -103,7 +103,7 @@ def test_run_notices_and_records_what_it_left_out_and_why_files_were_skipped(run
     assert sorted(Path(r["path"]).name for r in read_rows(out / "predictions.csv")) == ["a.jpg", "b.jpg", "c.jpg"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["left_out"] == {"hidden_or_system_folders": 3, "hidden_image_files": 2, "export_folders": 0,
-                                  "run_report_folders": 0}
+                                  "other_runs_reports": 0}
     assert summary["skipped_reasons"] == {"empty file (0 bytes)": 1, "not an image (unrecognised content)": 1}
     assert summary["config"]["include_hidden"] is False
 
@@ -238,11 +238,11 @@ def test_other_runs_reports_and_links_to_folders_above_are_not_walked(three_grou
     assert any((photos / "results" / "report" / "montages").iterdir())  # images a walk could take
     after = discover([photos])
     assert after.paths == before.paths
-    assert after.left_out.run_reports >= 2  # plots/ and montages/ (clusters/ when written)
-    assert "of other imgcluster runs' reports" in after.left_out.note()
+    assert after.left_out.run_reports == 1  # one other run, whatever its report holds
+    assert "the report images (plots, montages) of 1 other imgcluster run" in after.left_out.note()
 
     (tmp_path / "outside.jpg").write_bytes((photos / before.paths[0].relative_to(photos)).read_bytes())
     os.symlink("../..", photos / (before.paths[0].parent.name) / "up")  # to tmp_path, above photos
-    os.symlink("..", photos / "loop")  # to photos itself
+    os.symlink(".", photos / "loop")  # to photos itself
     linked = discover([photos])
     assert linked.paths == before.paths and linked.skipped == before.skipped  # outside.jpg not reached

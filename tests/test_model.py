@@ -454,6 +454,9 @@ def test_predict_arrays_takes_grayscale_and_rgba_as_files_of_those_kinds_are(loa
         Image.fromarray(array, mode).save(buffer, "PNG")
         return buffer.getvalue()
 
+    with pytest.raises(TypeError, match=r"a list of images: predict_arrays\(\[image\]\)"):
+        loaded.predict_arrays(rgba[:, :, :3])  # one image, not a list: its rows are not images
+    assert "got uint8 (5, 0, 1)" in loaded.predict_arrays([np.zeros((5, 0, 1), np.uint8)]).errors[0]
     by_arrays = loaded.predict_arrays([gray, gray[:, :, None], rgba])
     by_files = loaded.predict_bytes([png(gray, "L"), png(gray, "L"), png(rgba, "RGBA")])
     assert by_arrays.errors == [None, None, None]

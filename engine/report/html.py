@@ -136,7 +136,7 @@ def _summary(data: RunData) -> str:
         rows.append(("left out by the folder walk", escape(
             LeftOut.describe(int(left_out.get("hidden_or_system_folders") or 0),
                              int(left_out.get("hidden_image_files") or 0), int(left_out.get("export_folders") or 0),
-                             run_reports=int(left_out.get("run_report_folders") or 0))
+                             run_reports=int(left_out.get("other_runs_reports") or 0))
             + "; --include-hidden takes them")))
     if data.skipped:
         rows.append(("skipped files", f'{len(data.skipped):,} — <a href="#skipped">reasons below</a> and in '

@@ -183,6 +183,7 @@ def write_csv(path, header: list[str], rows: Iterable[Iterable], check_cr: bool 
 
         def plain_rows():  # writerows writes each row as it is yielded, so the order is kept
             for row in rows:
+                row = tuple(row)  # read once: the check below must not use up an iterator row
                 if any(isinstance(field, str) and "\r" in field for field in row):
                     quoted.writerow(row)
                 else:
