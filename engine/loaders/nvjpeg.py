@@ -46,7 +46,8 @@ MAX_SAMPLING = 4
 # Batches the decode thread may finish ahead of the model. More than 1 may keep the model busy when
 # one batch decodes slowly (a larger file, a busy GPU) though decoding is faster on average; each
 # costs a batch of fp16 crops in device memory (154 MB at the H100's auto batch of 512). 1 until a
-# GPU run shows another value pays (benchmarks/profile_nvjpeg.py has the rows).
+# GPU run shows another value pays (benchmarks/profile_nvjpeg.py has the rows; run 4: 2 ahead had
+# the best median, inside the defaults' spread).
 DEFAULT_DECODE_AHEAD = 1
 
 
@@ -303,9 +304,10 @@ class NvJpegLoader:
     read and probe files (None: "auto", frontend.py says why it starts with one);
     io_threads_used: what the last batches() call ran with.
     prefetch: batches read ahead.
-    Tuning knobs, not yet measured on a GPU: the defaults are the loader H100 run 3 measured
-    (benchmarks/RESULTS.md), and benchmarks/profile_nvjpeg.py times each change under the model.
-    Make one the default only when a GPU run shows it pays.
+    Tuning knobs: the defaults are the loader H100 run 3 measured (benchmarks/RESULTS.md), and
+    benchmarks/profile_nvjpeg.py times each change under the model. Run 4 found every knob correct
+    (bit-identical pixels) but the timings inconclusive (the defaults' own spread was larger than
+    any difference). Make one the default only when a GPU run shows it pays.
     decode_ahead: batches decoded ahead of the consumer (DEFAULT_DECODE_AHEAD);
     high_priority: the decode stream's kernels (resize, normalize) go before the model's queued
       ones, so a batch may be ready sooner while the model keeps the GPU busy;
