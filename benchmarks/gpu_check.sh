@@ -74,7 +74,8 @@ stamp
 
 echo "== nvJPEG loader, piece by piece (decode was the bottleneck in the first runs)"
 # with the A/B rows of the loader's knobs (decode look-ahead, stream priority, resize overlap) under the model
-run_step 100 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" --model "$MODEL" --extract-n "$BENCH_N" 2>&1 \
+run_step 100 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" --model "$MODEL" --extract-n "$BENCH_N" \
+  --rounds "${ROUNDS:-3}" 2>&1 \
   | tee "$OUT/nvjpeg_profile.txt" | tail -22
 stamp
 

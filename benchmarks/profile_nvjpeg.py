@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--model", default="resnet152", help="backbone for the extract rows")
     p.add_argument("--extract-n", type=int, default=4096, help="images for the extract rows (0: none)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds of the extract rows (run 4: 3 were too few)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
 
     launch_tax(whole_loader, device)
     if device.type == "cuda" and args.extract_n > 0:
-        extract_rows(Path(args.folder), args.extract_n, args.model, device)
+        extract_rows(Path(args.folder), args.extract_n, args.model, device, repeats=args.rounds)
     return 0
 
 
