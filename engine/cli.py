@@ -39,6 +39,10 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+def _stopped(exc: KeyboardInterrupt) -> str:
+    return "terminated" if isinstance(exc, Terminated) else "interrupted"
+
+
 def interrupted_code(exc: KeyboardInterrupt) -> int:
     signalled = exc.__cause__ if isinstance(exc, ReportInterrupted) else exc
     return 128 + signal.SIGTERM if isinstance(signalled, Terminated) else 130
@@ -60,8 +64,7 @@ def user_errors(func):
         except ReportInterrupted as exc:
             fail(report_interrupted_message(exc), interrupted_code(exc))
         except KeyboardInterrupt as exc:
-            fail(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}; rerun the same command to "
-                 "resume from the feature cache", interrupted_code(exc))
+            fail(f"{_stopped(exc)}; rerun the same command to resume from the feature cache", interrupted_code(exc))
         except OSError as exc:  # a file system problem the checks before the work could not foresee (disk full, ...)
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
     return wrapper
@@ -179,7 +182,7 @@ def run(
         print_run_summary(clusterer.result_.summary, out_console)
         out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/")
     except KeyboardInterrupt as exc:  # the results are written: say so rather than "rerun to resume"
-        fail(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'} after the run: its results are in {out}/"
+        fail(f"{_stopped(exc)} after the run: its results are in {out}/"
              + (f" (the model file {save_model} may not be saved)" if save_model is not None else ""),
              interrupted_code(exc))
 

@@ -316,7 +316,11 @@ class FittedModel:
         arr = given = np.asarray(array) if not isinstance(array, np.ndarray) else array
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
-        mode = "L" if arr.ndim == 2 else {3: "RGB", 4: "RGBA"}.get(arr.shape[2]) if arr.ndim == 3 else None
+        mode = None  # a PIL mode for the shapes taken
+        if arr.ndim == 2:
+            mode = "L"
+        elif arr.ndim == 3:
+            mode = {3: "RGB", 4: "RGBA"}.get(arr.shape[2])
         if arr.dtype != np.uint8 or mode is None or min(arr.shape[:2]) < 1:
             return None, (f"expected a uint8 (H, W) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA array, got "
                           f"{given.dtype} {tuple(given.shape)}")

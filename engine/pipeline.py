@@ -166,9 +166,9 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
 def run_outputs(out_dir) -> RunOutputs:
     """The files a run writes in out_dir, which the next run over a folder holding out_dir must
     not take as inputs (the report's JPEG montages) nor count as ignored files."""
-    report_dirs = [os.path.join(outputs.REPORT, sub) for sub in outputs.REPORT_SUBDIRS]
     names = [*outputs.RUN_FILES, outputs.FEATURES, outputs.FAILED_RUN_SKIPPED]
-    return RunOutputs.of(out_dir, skip=report_dirs, quiet=[outputs.REPORT, outputs.FEATURE_CACHE], names=names)
+    return RunOutputs.of(out_dir, skip=outputs.RUN_IMAGE_DIRS, quiet=[outputs.REPORT, outputs.FEATURE_CACHE],
+                         names=names)
 
 
 def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: str | os.PathLike | None = None,
@@ -241,9 +241,10 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     extraction.drop_non_finite()  # before PCA and KMeans, which a NaN row would fail or poison
     skipped = list(found.skipped) + [(found.paths[i], reason) for i, reason in extraction.failures]
     good_paths = found.paths.take(extraction.good)  # a PathList sharing found.paths' bytes
+    cache_discarded = store is not None and store.discarded  # for a failure's message: `cluster` needs the cache
     if not good_paths:
         raise InputError(f"none of the {len(found.paths)} files could be used"
-                         + _failed_run_outputs(out_dir, skipped, store is not None and store.discarded))
+                         + _failed_run_outputs(out_dir, skipped, cache_discarded))
     if skipped:
         reporter.notify(skipped_note(count_reasons(reason for _, reason in skipped)))
 
@@ -251,7 +252,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster,
                                                                  reporter, pca=extraction.pca)
     except InputError as exc:  # e.g. fewer good images than the smallest K: still say which files were bad
-        note = _failed_run_outputs(out_dir, skipped, store is not None and store.discarded)
+        note = _failed_run_outputs(out_dir, skipped, cache_discarded)
         if note:
             raise InputError(f"{exc}{note}") from exc
         raise

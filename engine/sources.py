@@ -29,6 +29,7 @@ from .errors import InputError
 from .loaders.decode import has_image_extension, name_suffix
 from .hidden_entries import EXPORT_MARKER, SYSTEM_FOLDERS, LeftOut, is_hidden_file
 from .pathlist import PathList, path_str
+from .report.outputs import PREDICTIONS, REPORT, RUN_IMAGE_DIRS, SUMMARY
 from .recursive_glob import SEPARATORS, is_recursive, recursive_glob
 
 Progress = Callable[[int], None]
@@ -155,7 +156,6 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
 
     Strings, not Paths: a Path per file before filtering and sorting cost 21.6 us a file (100,000
     files on the VM), which is 3.6 minutes for 10 million; discover() keeps them in a PathList."""
-    from .report.outputs import PREDICTIONS, REPORT, REPORT_SUBDIRS, SUMMARY
 
     found: list[str] = []
     seen_dirs: set[tuple[int, int]] = set(avoid)
@@ -201,7 +201,7 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
                 continue
             if SUMMARY in files and PREDICTIONS in files and REPORT in dirs \
                     and (outputs is None or key != outputs.folder):  # another run's output folder
-                other_reports.update(join(root, REPORT, sub) for sub in REPORT_SUBDIRS)
+                other_reports.update(join(root, sub) for sub in RUN_IMAGE_DIRS)
                 left_out.run_reports += 1
             dirs[:] = left_out.filter_folders(dirs)
         # A symlink to a folder above (or at) where the walk started would walk that folder's

@@ -41,6 +41,8 @@ FAILED_RUN_SKIPPED = "skipped-failed-run.csv"
 REPORT = "report"
 REPORT_INDEX = "index.html"
 REPORT_SUBDIRS = ("plots", "montages", "clusters")  # what engine.report.builder writes there
+# a run's own image folders, relative to its output folder: never inputs of a later run
+RUN_IMAGE_DIRS = tuple(os.path.join(REPORT, sub) for sub in REPORT_SUBDIRS)
 
 
 class OutputPathError(ImgclusterError):
