@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# GPU check, for a CUDA machine: the GPU tests, the Triton silhouette kernels' table at 200k points
-# (methods, precisions, launch configurations, against float64), the all-K silhouette at 1M points,
-# a profile of the nvJPEG loader's pieces (with A/B rows of its tuning knobs under the model),
-# (KSEARCH=1) the batched K search against one K at a time, then `imgcluster bench` (eager with the
-# seed-like run, (GRAPHS=1) eager with --cuda-graphs, and --compile); ends with a short table.
-# Second H100 run: 331 s for the steps other than the profile; third (4dde190, BUDGET=480, every
-# step, graphs included): 388 s.
+# GPU check, for a CUDA machine: the GPU tests, the all-K silhouette at 1M points, a profile of the
+# nvJPEG loader's pieces (with extract rows of its knobs and of nvImageCodec under the model), then
+# `imgcluster bench`: eager with the seed-like run, --compile, and (when nvImageCodec is usable)
+# both again with --decoder nvimgcodec; ends with a short table. Opt-in steps: TUNE=1 (the Triton
+# kernels' table at 200k points; #4 is done, run 3 has it), KSEARCH=1 (batched K search against one
+# K at a time), GRAPHS=1 (eager with --cuda-graphs; run 3: no faster).
 # Each step has its own time limit, so one that hangs or fails still leaves the others' figures.
-# First H100 run (2026-11-27, 420 s budget): 406 s. BUDGET (default 570 s) keeps the whole script
-# inside one device call (600 s); the later steps are skipped when it is spent.
+# BUDGET (default 570 s) keeps the whole script inside one device call (600 s); the later steps are
+# skipped when it is spent. Earlier H100 runs: 406 s (run 1), 331 s (run 2, without the profile),
+# 388 s (run 3, every step, BUDGET=480), 352 s (run 4, silhouette steps shrunk).
 # Usage (repo root):  bash benchmarks/gpu_check.sh        figures also go to $OUT (default /tmp/gpu_check)
 #   from the device tool (its $OUT returns at most 8 files, this writes ~11: keep them in one tarball):
 #     mkdir -p /tmp/gc; COMMIT=<git rev-parse --short HEAD here> BUDGET=480 OUT=/tmp/gc \
 #       bash benchmarks/gpu_check.sh 2>&1 | tee /tmp/gc/log.txt; tar czf $OUT/gc.tgz -C /tmp gc
-#   with timeout_s about BUDGET + 25. The device session has 15 minutes in all, start-up included
-#   (~30-60 s): 480 leaves time for one short follow-up call.
+#   with timeout_s about BUDGET + 25, and carry [".whl"] for the nvImageCodec steps. The device
+#   session has 15 minutes in all, start-up included (~30-60 s): 480 leaves time for one short
+#   follow-up call.
 # Needs: torch + torchvision with CUDA, triton, scikit-learn, pillow, typer, rich, matplotlib.
-# DALI and cuML are optional (their tests skip when they are not installed).
+# DALI and cuML are optional (their tests skip when they are not installed). nvImageCodec too: the
+# device image lacks it, so its wheels travel with the tree (carry ".whl", 29 MB; see .whl below)
+# and are installed first; its bench steps run when `doctor` finds it usable.
+# Opt-in steps: TUNE=1 (Triton kernels' table; #4 is done, run 3 has it), KSEARCH=1, GRAPHS=1.
 # Dry run of the script itself on a CPU machine (small sizes, same steps and table):
 #   DEVICE=cpu BENCH_N=16 COMPILE_N=8 SIL_N=3000 SIL_BACKENDS=torch MODEL=resnet18 \
 #     PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
@@ -56,6 +60,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 # COMMIT: pass it in where the copy of the tree has no .git (the device machine's copy)
 echo "commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  date $(date -u +%F)"
 
+echo "== carried wheels (.whl/: nvImageCodec and the nvJPEG library, for --decoder nvimgcodec)"
+# Made on the development machine with:
+#   pip download --no-deps -d .whl nvidia-nvimgcodec-cu13 nvidia-nvjpeg==13.0.*
+if "$PY" -c "import nvidia.nvimgcodec" 2>/dev/null; then
+  echo "(nvImageCodec already installed: nothing installed)"
+elif ls .whl/*.whl >/dev/null 2>&1; then
+  # (--break-system-packages only where the first try is refused: a system Python under PEP 668)
+  run_step 60 "$PY" -m pip install --no-deps --no-index --quiet --disable-pip-version-check .whl/*.whl 2>&1 | tail -3 \
+    || run_step 60 "$PY" -m pip install --no-deps --no-index --quiet --disable-pip-version-check \
+         --break-system-packages .whl/*.whl 2>&1 | tail -3
+  "$PY" -c "from nvidia import nvimgcodec; print('nvimgcodec', nvimgcodec.__version__)" 2>&1 | tail -1
+else
+  echo "(none carried)"
+fi
+
 echo "== doctor"
 run_step 60 "$PY" -m engine.cli doctor 2>&1 | tee "$OUT/doctor.txt"
 
@@ -63,9 +82,11 @@ echo "== GPU tests"
 run_step 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/ 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
 stamp
 
+if [ "${TUNE:-0}" = 1 ]; then  # opt-in since #4 was resolved (run 3 has the table)
 echo "== Triton silhouette kernels, ${TUNE_N} x 200, K=2..30: methods, precisions, launch configurations"
 run_step 130 "$PY" benchmarks/tune_silhouette_triton.py --n "$TUNE_N" --only "$TUNE_ONLY" 2>&1 | tee "$OUT/triton_tune.txt" | tail -14
 stamp
+fi
 
 echo "== all-K silhouette, ${SIL_N} x 200, K=2..30 (target <= 10 s on an H100)"
 run_step 90 "$PY" benchmarks/bench_silhouette.py --n "$SIL_N" --k-max 30 --device "$DEVICE" --backend "$SIL_BACKENDS" \
@@ -74,7 +95,7 @@ stamp
 
 echo "== nvJPEG loader, piece by piece (decode was the bottleneck in the first runs)"
 # with the A/B rows of the loader's knobs (decode look-ahead, stream priority, resize overlap) under the model
-run_step 100 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" --model "$MODEL" --extract-n "$BENCH_N" \
+run_step 130 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" --model "$MODEL" --extract-n "$BENCH_N" \
   --rounds "${ROUNDS:-3}" 2>&1 \
   | tee "$OUT/nvjpeg_profile.txt" | tail -22
 stamp
@@ -102,25 +123,41 @@ echo "== bench (--compile)"
 run_step 150 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$COMPILE_N" --compile --no-seed-like \
   --json "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt" | tail -16
 stamp
+# --decoder nvimgcodec: when doctor found nvImageCodec usable (its nvJPEG library included)
+if grep -q "nvImageCodec decoder.*yes" "$OUT/doctor.txt" 2>/dev/null; then
+echo "== bench (--compile --decoder nvimgcodec)"
+run_step 120 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$COMPILE_N" --compile --no-seed-like \
+  --decoder nvimgcodec --json "$OUT/bench_compile_nvimgcodec.json" 2>&1 | tee "$OUT/bench_compile_nvimgcodec.txt" | tail -16
+stamp
+echo "== bench (eager, --decoder nvimgcodec)"
+run_step 60 "$PY" -m engine.cli bench --device "$DEVICE" --model "$MODEL" --n "$BENCH_N" --no-seed-like \
+  --decoder nvimgcodec --json "$OUT/bench_nvimgcodec.json" 2>&1 | tee "$OUT/bench_nvimgcodec.txt" | tail -16
+stamp
+else
+echo "(nvimgcodec benches skipped: doctor did not find nvImageCodec usable; see doctor.txt)"
+fi
 
 echo "== summary"
 "$PY" - "$OUT" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-print(f"{'bench':<20}{'e2e img/s':>12}{'decode img/s':>14}{'model img/s':>13}{'vs seed':>9}{'waited s':>10}")
-for name in ("bench.json", "bench_graphs.json", "bench_compile.json"):
+print(f"{'bench':<31}{'e2e img/s':>12}{'decode img/s':>14}{'model img/s':>13}{'vs seed':>9}{'waited s':>10}")
+optional = ("bench_graphs.json", "bench_compile_nvimgcodec.json", "bench_nvimgcodec.json")
+for name in ("bench.json", "bench_graphs.json", "bench_compile.json", *optional[1:]):
     p = out / name
-    if name == "bench_graphs.json" and not p.exists():
-        continue  # opt-in step (GRAPHS=1)
+    if name in optional and not p.exists():
+        continue  # opt-in (GRAPHS=1) or needs nvImageCodec
     if not p.exists():
-        print(f"{name:<20}{'missing (see ' + name.replace('.json', '.txt') + ')':>48}")
+        print(f"{name:<31}{'missing (see ' + name.replace('.json', '.txt') + ')':>48}")
         continue
     r = json.loads(p.read_text())
     o = r["ours"]
     ratio = f"{r['ratio_end_to_end']:.1f}x" if r.get("seed_like") else "-"
-    print(f"{name:<20}{o['end_to_end']['images_per_s']:>12,.0f}{o['decode_resize']['images_per_s']:>14,.0f}"
+    print(f"{name:<31}{o['end_to_end']['images_per_s']:>12,.0f}{o['decode_resize']['images_per_s']:>14,.0f}"
           f"{o['backbone']['images_per_s']:>13,.0f}{ratio:>9}{o['extract'].get('waited_for_loader_s', float('nan')):>10.3f}")
 for name in ("silhouette.txt", "triton_tune.txt"):
+    if name == "triton_tune.txt" and not (out / name).exists():
+        continue  # opt-in step (TUNE=1)
     lines = (out / name).read_text().splitlines() if (out / name).exists() else []
     table = [ln for ln in lines if ln.startswith(("silhouette all K", "backend", "torch", "triton", "auto", "tiled",
                                                   "Triton", "float64", "candidate", "fused"))]

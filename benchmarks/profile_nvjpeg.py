@@ -13,13 +13,15 @@ the time. Each row times one piece over the same files, after a warm-up, in imag
   the loader makes one call per batch (the H100's auto batch is 512);
 - resize+crop: `batched_resize_crop` on the decoded images, per batch;
 - decode_batch: everything after the CPU stage (decode, EXIF, resize, normalize), per batch;
+- nvimgcodec decode / decode_batch (nvimgcodec): the same two with nvImageCodec decoding the JPEGs
+  (--decoder nvimgcodec; its GPU decoders on CUDA, libjpeg-turbo on the CPU), when installed;
 - loader (N io): `NvJpegLoader.batches` end to end (what `bench` calls decode_resize) with N io
   threads: the row that decides DEFAULT_IO_THREADS on a GPU machine;
 - launch tax: the host time of a tiny op (a kernel launch) alone and while the loader runs;
 - extract (CUDA, --extract-n images, the bench's batch size): the loader and a bf16 ResNet-152
-  together (`extract_features`, what `bench` calls extract) for the loader's tuning knobs: the
-  defaults (what H100 run 3 measured), each change alone, all of them; with the seconds the model
-  waited for decoded batches.
+  together (`extract_features`, what `bench` calls extract) for EXTRACT_VARIANTS: the nvJPEG
+  loader's defaults, its best knob in run 4 (2 batches ahead), the same two with nvImageCodec
+  decoding; with the seconds the model waited for decoded batches.
 Dry run on a CPU machine: --device cpu (decode_jpeg then runs libjpeg; no loader row).
 """
 from __future__ import annotations
@@ -97,6 +99,7 @@ def main(argv=None) -> int:
     row("resize+crop", lambda: [batched_resize_crop(d) for d in decoded])
     row("decode_batch", lambda: [decode_batch(i * args.batch, b, device, torch.float16, DEFAULT_MAX_PIXELS)
                                  for i, b in enumerate(prepared)])
+    nvimgcodec_rows(prepared, device, args.batch, row)
     if device.type == "cuda":
         for count in io_counts:
             loader = NvJpegLoader(device, io_threads=count)
@@ -105,6 +108,11 @@ def main(argv=None) -> int:
                 print(f"  (auto chose {loader.io_threads_used} io threads)", flush=True)
         tuned = NvJpegLoader(device, **ALL_KNOBS)
         row("loader (all knobs)", lambda: [b.images.shape for b in tuned.batches(paths, args.batch)])
+        if nvimgcodec_usable(device):
+            from engine.loaders.nvimgcodec import NvImageCodecLoader
+
+            other = NvImageCodecLoader(device)
+            row("loader (nvimgcodec)", lambda: [b.images.shape for b in other.batches(paths, args.batch)])
 
     def whole_loader():  # the front end alone on the CPU (no nvJPEG there)
         if device.type == "cuda":
@@ -118,15 +126,53 @@ def main(argv=None) -> int:
     return 0
 
 
+def nvimgcodec_usable(device: torch.device) -> bool:
+    """nvImageCodec importable, and on CUDA its GPU decoders' nvJPEG library found (engine.device)."""
+    from engine.device import capabilities
+
+    if device.type == "cuda":
+        return capabilities()["nvimgcodec"].available
+    try:
+        from nvidia import nvimgcodec  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def nvimgcodec_rows(prepared: list, device: torch.device, batch: int, row) -> None:
+    """The decode alone and decode_batch with nvImageCodec decoding the JPEGs, per batch."""
+    if not nvimgcodec_usable(device):
+        print("nvimgcodec rows: skipped (nvImageCodec or its nvJPEG library is not installed)", flush=True)
+        return
+    from engine.loaders.decode import DEFAULT_MAX_PIXELS
+    from engine.loaders.nvimgcodec import NvImageCodecJpegs
+    from engine.loaders.nvjpeg import decode_batch
+
+    jpegs = NvImageCodecJpegs(device)
+    items = [[(k, pj.probe, pj.tensor) for k, pj in enumerate(b) if pj.probe is not None] for b in prepared]
+    context = torch.cuda.device(device) if device.type == "cuda" else _nothing()
+    with context:
+        row("nvimgcodec decode", lambda: [jpegs(group, DEFAULT_MAX_PIXELS, {}, []) for group in items])
+        row("decode_batch (nvimgcodec)", lambda: [decode_batch(i * batch, b, device, torch.float16, DEFAULT_MAX_PIXELS,
+                                                               jpeg_decoder=jpegs) for i, b in enumerate(prepared)])
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 # The loader's tuning knobs (NvJpegLoader): the defaults (H100 run 3's loader), each change alone, all.
 ALL_KNOBS = dict(decode_ahead=2, high_priority=True, overlap_resize=True)
+# (row name, decoder, loader knobs). Run 4 compared the nvJPEG loader's knobs: all correct, the
+# timings inside the defaults' spread, "+ 2 ahead" the best median. Its rows stay; nvImageCodec's join.
 EXTRACT_VARIANTS = (
-    ("defaults (run 3)", dict()),
-    ("+ high priority", dict(high_priority=True)),
-    ("+ overlap resize", dict(overlap_resize=True)),
-    ("+ 2 ahead", dict(decode_ahead=2)),
-    ("all three", ALL_KNOBS),
-    ("all three, 3 ahead", {**ALL_KNOBS, "decode_ahead": 3}),
+    ("nvjpeg defaults", "nvjpeg", dict()),
+    ("nvjpeg + 2 ahead", "nvjpeg", dict(decode_ahead=2)),
+    ("nvjpeg all knobs", "nvjpeg", ALL_KNOBS),
+    ("nvimgcodec", "nvimgcodec", dict()),
+    ("nvimgcodec + 2 ahead", "nvimgcodec", dict(decode_ahead=2)),
 )
 
 
@@ -151,7 +197,12 @@ def extract_rows(folder: Path, n: int, model: str, device: torch.device, repeats
         backbone = load_backbone(model, "random", device)
     print(f"extract: {n} files, batch {batch}, {model} {backbone.precision}, median of {repeats} rounds",
           flush=True)
-    loaders = {name: NvJpegLoader(device, **knobs) for name, knobs in EXTRACT_VARIANTS}
+    loaders = {name: NvJpegLoader(device, **knobs) for name, decoder, knobs in EXTRACT_VARIANTS if decoder == "nvjpeg"}
+    if nvimgcodec_usable(device):
+        from engine.loaders.nvimgcodec import NvImageCodecLoader
+
+        loaders.update({name: NvImageCodecLoader(device, **knobs)
+                        for name, decoder, knobs in EXTRACT_VARIANTS if decoder == "nvimgcodec"})
     timings: dict[str, list[tuple[float, float]]] = {name: [] for name in loaders}
     for loader in loaders.values():
         extract_features(paths, loader, backbone, batch)  # warm-up: threads, streams, cuDNN plans

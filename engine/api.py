@@ -46,7 +46,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             @eaDir thumbnails, recycle bins...), which folder walks leave out by default.
         model, weights: backbone name (resnet152, resnet50, ..., pixels) and its weights
             ("auto": ImageNet from torchvision's cache or download; "random"; or a state-dict file).
-        device ("auto" | "cpu" | "cuda" | "cuda:N"), decoder ("auto" | "dali" | "nvjpeg" | "pil"),
+        device ("auto" | "cpu" | "cuda" | "cuda:N"), decoder ("auto" | "dali" | "nvjpeg" | "nvimgcodec" | "pil"),
         precision ("auto" | "fp32" | "bf16" | "fp16"), compile (torch.compile the backbone),
         cuda_graphs (replay the backbone from CUDA graphs; CUDA only).
         batch_size, num_threads, io_threads: None chooses from the device.

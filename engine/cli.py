@@ -91,7 +91,7 @@ def flag(default: bool, *names: str, **kwargs):
 ModelOpt = typer.Option("resnet152", "--model", "-m", help="Backbone: resnet152 (default), resnet18/34/50/101, or pixels (weight-free).")
 WeightsOpt = typer.Option("auto", "--weights", help="auto (torchvision ImageNet weights: cache, else download), a local .pth/.safetensors state dict, or random.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu.")
-DecoderOpt = typer.Option("auto", "--decoder", help="auto | dali | nvjpeg | pil.")
+DecoderOpt = typer.Option("auto", "--decoder", help="auto | dali | nvjpeg | nvimgcodec | pil.")
 BatchOpt = typer.Option(None, "--batch-size", help="Images per batch (default: chosen from the device).")
 IncludeHiddenOpt = flag(False, "--include-hidden", help="Also take hidden folders and files and NAS/OS system folders (Synology @eaDir thumbnails, recycle bins), which folder walks leave out.")
 IoThreadsOpt = typer.Option(None, "--io-threads", help="GPU decoders: threads that read files (default auto: one, more when reads wait on storage).")

@@ -22,7 +22,7 @@ GPU_EXTRA_HINT = "install it with: pip install 'imgcluster[gpu]' (needs an NVIDI
 RAPIDS_EXTRA_HINT = "install it with: pip install 'imgcluster[rapids]' (needs an NVIDIA GPU and CUDA 13)"
 
 DEVICES = ("auto", "cuda", "cpu")
-DECODERS = ("auto", "dali", "nvjpeg", "pil")
+DECODERS = ("auto", "dali", "nvjpeg", "nvimgcodec", "pil")
 CLUSTER_BACKENDS = ("auto", "torch", "cuml", "sklearn")
 
 
@@ -70,6 +70,46 @@ def _dali() -> Capability:
     if module is None:
         return Capability("dali", False, reason=f"{err}; {GPU_EXTRA_HINT}")
     return Capability("dali", True, getattr(module, "__version__", "?"))
+
+
+def quiet_nvimgcodec() -> None:
+    """Errors only from nvImageCodec (before its first import): it warns once per file it cannot
+    decode, which would flood the terminal; skipped.csv lists those files with the reason."""
+    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "1")
+
+
+@functools.lru_cache(maxsize=1)
+def _nvimgcodec() -> Capability:
+    """nvImageCodec, the --decoder nvimgcodec JPEG decoder, and the nvJPEG library its GPU
+    decoders load at run time (a separate wheel; without it every GPU decode fails)."""
+    quiet_nvimgcodec()
+    module, err = _module_version("nvidia.nvimgcodec")
+    if module is None:
+        return Capability("nvimgcodec", False, reason=f"{err}; {GPU_EXTRA_HINT}")
+    version = getattr(module, "__version__", "?")
+    if not _cuda().available:
+        return Capability("nvimgcodec", False, version, "its GPU decoders need CUDA: " + _cuda().reason)
+    if not _nvjpeg_library_found(module):
+        return Capability("nvimgcodec", False, version,
+                          "the nvJPEG library (libnvjpeg.so.13) is not installed: pip install nvidia-nvjpeg")
+    return Capability("nvimgcodec", True, version)
+
+
+def _nvjpeg_library_found(nvimgcodec_module) -> bool:
+    """libnvjpeg.so.13 where nvImageCodec's extension looks for it: the nvidia-nvjpeg wheel's
+    folder beside it (nvidia/cu13/lib), the CUDA toolkit, or the loader's search path. Loading the
+    library creates no CUDA context."""
+    import ctypes
+    from pathlib import Path
+
+    beside = Path(nvimgcodec_module.__file__).resolve().parent.parent / "cu13" / "lib" / "libnvjpeg.so.13"
+    if beside.exists() or Path("/usr/local/cuda/lib64/libnvjpeg.so.13").exists():
+        return True
+    try:
+        ctypes.CDLL("libnvjpeg.so.13")
+    except OSError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1)
@@ -151,10 +191,11 @@ def _compile() -> Capability:
 
 
 def capabilities() -> dict[str, Capability]:
-    """Probe everything once (cached). Keys: cuda, dali, cupy, cuml, triton, compile, cpu_bf16."""
+    """Probe everything once (cached). Keys: cuda, dali, nvimgcodec, cupy, cuml, triton, compile, cpu_bf16."""
     return {
         "cuda": _cuda(),
         "dali": _dali(),
+        "nvimgcodec": _nvimgcodec(),
         "cupy": _cupy(),
         "cuml": _cuml(),
         "triton": _triton(),
@@ -214,6 +255,7 @@ def resolve_decoder(requested: str, device, notify=None) -> str:
 
     auto: on CUDA, DALI if installed, else nvJPEG through torchvision; on the CPU, PIL.
     dali on a CPU device runs DALI's CPU operators (used by the tests against PIL).
+    nvimgcodec (nvImageCodec's JPEG decoders, on CUDA) only by name until a GPU run measures it.
     """
     _check_choice("decoder", requested, DECODERS)
     on_gpu = device.type == "cuda"
@@ -228,6 +270,13 @@ def resolve_decoder(requested: str, device, notify=None) -> str:
         if not on_gpu:
             raise BackendUnavailable("--decoder nvjpeg needs --device cuda (nvJPEG decodes on the GPU); " + _cuda().reason)
         return "nvjpeg"
+    if requested == "nvimgcodec":
+        if not on_gpu:
+            raise BackendUnavailable("--decoder nvimgcodec needs --device cuda (it decodes on the GPU); " + _cuda().reason)
+        nvimgcodec = _nvimgcodec()
+        if not nvimgcodec.available:
+            raise BackendUnavailable(f"--decoder nvimgcodec: {nvimgcodec.reason}")
+        return "nvimgcodec"
     if not on_gpu:
         return "pil"
     if _dali().available:

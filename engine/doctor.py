@@ -59,7 +59,7 @@ def print_doctor(console: Console) -> dict:
                 ("sklearn backend", True, report["versions"].get("scikit-learn", ""), "reference clustering")]
     for name, ok, version, note in cpu_rows:
         table.add_row(name, "[green]yes[/green]", version, note)
-    labels = {"cuda": "CUDA (torch)", "dali": "DALI decoder", "cupy": "CuPy", "cuml": "cuML backend",
+    labels = {"cuda": "CUDA (torch)", "dali": "DALI decoder", "nvimgcodec": "nvImageCodec decoder", "cupy": "CuPy", "cuml": "cuML backend",
               "triton": "Triton kernels", "compile": "torch.compile", "cpu_bf16": "bf16 on the CPU"}
     for name, cap in caps.items():
         ok = "[green]yes[/green]" if cap["available"] else "[red]no[/red]"

@@ -22,7 +22,7 @@ def test_import_creates_no_cuda_context():
 
 def test_capabilities_have_reasons():
     caps = dev.capabilities()
-    assert set(caps) == {"cuda", "dali", "cupy", "cuml", "triton", "compile", "cpu_bf16"}
+    assert set(caps) == {"cuda", "dali", "nvimgcodec", "cupy", "cuml", "triton", "compile", "cpu_bf16"}
     for cap in caps.values():
         assert cap.available or cap.reason
 
@@ -69,7 +69,7 @@ def test_named_but_missing_backends_are_errors():
 
 
 def test_unknown_choices_name_the_allowed_values():
-    with pytest.raises(ConfigError, match="auto, dali, nvjpeg, pil"):
+    with pytest.raises(ConfigError, match="auto, dali, nvjpeg, nvimgcodec, pil"):
         dev.resolve_decoder("ffmpeg", torch.device("cpu"))
     with pytest.raises(ConfigError, match="auto, torch, cuml, sklearn"):
         dev.resolve_cluster_backend("faiss", torch.device("cpu"))

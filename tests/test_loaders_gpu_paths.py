@@ -419,6 +419,85 @@ def test_nvjpeg_pipeline_on_cpu_same_batches_whatever_the_lookahead(images):
         torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
 
 
+def _nvimgcodec_or_skip():
+    pytest.importorskip("nvidia.nvimgcodec", reason="nvidia-nvimgcodec-cu13 is not installed: its tests skipped")
+    from engine.loaders.nvimgcodec import NvImageCodecJpegs
+
+    return NvImageCodecJpegs
+
+
+def test_nvimgcodec_pipeline_on_cpu_matches_pil(images, resnet18):
+    """The nvJPEG loader's pipeline with nvImageCodec decoding the JPEGs (--decoder nvimgcodec),
+    run on the CPU with nvImageCodec's libjpeg-turbo decoder: same batches, order and failures as
+    the torchvision path, the PIL reference's pixels and features; one batch decoded group by group
+    gives the same pixels."""
+    from engine.loaders.nvjpeg import decode_batch, decode_pipeline, prepare_jpeg_file
+
+    NvImageCodecJpegs = _nvimgcodec_or_skip()
+    jpegs = NvImageCodecJpegs(torch.device("cpu"), cpu_threads=2)
+    names = ["land1", "zero", "portrait", "exif6", "truncated", "png", "badhuff", "odd", "land2"]
+    paths = [images[k] for k in names]
+    batches = list(decode_pipeline(paths, 4, torch.device("cpu"), torch.float32, None, num_threads=2, prefetch=2,
+                                   jpeg_decoder=jpegs))
+    reference = list(decode_pipeline(paths, 4, torch.device("cpu"), torch.float32, None, num_threads=2, prefetch=2))
+    # Which files fail is the torchvision path's answer too (badhuff included: PIL rejects it).
+    assert [(b.indices.tolist(), [p for p, _ in b.failures]) for b in batches] == [
+        (b.indices.tolist(), [p for p, _ in b.failures]) for b in reference]
+    assert [b.indices.tolist() for b in batches] == [[0, 2, 3], [5, 7], [8]]
+    reasons = dict(f for b in batches for f in b.failures)
+    assert reasons[names.index("badhuff")].startswith("decode failed (nvimgcodec)"), reasons
+    images_out = torch.cat([b.images for b in batches])
+    good = [i for i in range(len(names)) if i not in {1, 4, 6}]
+    _, ref, _ = pil_reference([paths[i] for i in good])
+    pixels = denormalize_to_uint8_scale(images_out)
+    assert (mean_abs_diff(pixels, ref) <= PIXEL_TOL).all()
+    # libjpeg-turbo under both: the same decoded pixels as torchvision's CPU path, up to rounding
+    torch.testing.assert_close(images_out, torch.cat([b.images for b in reference]), rtol=0, atol=1e-3)
+    cos = centred_cosine(features(resnet18, pixels), features(resnet18, ref))
+    assert (cos >= COSINE_TOL).all(), cos.tolist()
+    prepared = [prepare_jpeg_file(p, None) for p in paths]
+    whole = decode_batch(0, prepared, torch.device("cpu"), torch.float32, None, jpeg_decoder=jpegs)
+    one_by_one = decode_batch(0, prepared, torch.device("cpu"), torch.float32, None, decode_budget=1,
+                              jpeg_decoder=jpegs)
+    assert one_by_one.indices.tolist() == whole.indices.tolist() and one_by_one.failures == whole.failures
+    torch.testing.assert_close(one_by_one.images, whole.images)
+
+
+def test_nvimgcodec_decoder_that_decodes_nothing_is_an_error(monkeypatch):
+    """A GPU whose nvJPEG library is missing makes nvImageCodec return None for every file: the
+    loader must say so before the first batch, not send every file to PIL."""
+    _nvimgcodec_or_skip()
+    from nvidia import nvimgcodec
+
+    from engine.loaders import nvimgcodec as module
+
+    class DecodesNothing:
+        def __init__(self, **kwargs):
+            pass
+
+        def decode(self, srcs, **kwargs):
+            return [None for _ in srcs]
+
+    monkeypatch.setattr(nvimgcodec, "Decoder", DecodesNothing)
+    with pytest.raises(BackendUnavailable, match="could not decode a JPEG.*nvidia-nvjpeg"):
+        module.make_decoder(torch.device("cpu"))
+
+
+def test_nvimgcodec_loader_and_decoder_choice_need_cuda():
+    from engine import device as dev
+
+    with pytest.raises(BackendUnavailable, match="nvimgcodec needs --device cuda"):
+        dev.resolve_decoder("nvimgcodec", torch.device("cpu"))
+    if not torch.cuda.is_available():
+        assert not dev.capabilities()["nvimgcodec"].available
+        assert dev.capabilities()["nvimgcodec"].reason
+    pytest.importorskip("nvidia.nvimgcodec")
+    from engine.loaders.nvimgcodec import NvImageCodecLoader
+
+    with pytest.raises(BackendUnavailable, match="--decoder nvimgcodec decodes on the GPU"):
+        NvImageCodecLoader(torch.device("cpu"))
+
+
 def test_nvjpeg_loader_needs_cuda():
     from engine.loaders.nvjpeg import NvJpegLoader
 
@@ -504,6 +583,25 @@ def test_nvjpeg_cuda_overlapped_decode_gives_the_same_pixels(images, monkeypatch
     assert torch.equal(new_images, old_images)
     with pytest.raises(ValueError, match="decode_ahead"):
         NvJpegLoader(torch.device("cuda"), decode_ahead=0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_nvimgcodec_cuda_matches_pil(images, resnet18):
+    """--decoder nvimgcodec on the GPU: nvImageCodec's GPU decoders (hardware, CUDA, hybrid)."""
+    _nvimgcodec_or_skip()
+    from engine import device as dev
+    from engine.loaders.nvimgcodec import NvImageCodecLoader
+
+    if not dev.capabilities()["nvimgcodec"].available:
+        pytest.skip(dev.capabilities()["nvimgcodec"].reason)
+    loader = NvImageCodecLoader("cuda", num_threads=2)
+    _check_gpu_loader(loader, images, resnet18, reject_prefix="decode failed (nvimgcodec)")
+    # a second pass through the same loader (its decoder and held groups reused): same pixels
+    first = torch.cat([b.images for b in loader.batches([images["land1"], images["odd"]] * 3, 2)])
+    second = torch.cat([b.images for b in loader.batches([images["land1"], images["odd"]] * 3, 2)])
+    torch.cuda.synchronize()
+    assert torch.equal(first, second)
 
 
 @pytest.mark.gpu

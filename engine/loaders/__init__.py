@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # torch loads with the loaders themselves, not with the packa
 
 def make_loader(decoder: str, device: torch.device, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                 num_threads: int | None = None, io_threads: int | None = None) -> Loader:
-    """decoder: 'pil' | 'dali' | 'nvjpeg' (resolved, not 'auto'). io_threads: the GPU decoders'
+    """decoder: 'pil' | 'dali' | 'nvjpeg' | 'nvimgcodec' (resolved, not 'auto'). io_threads: the GPU decoders'
     file-reading threads (frontend.py); the PIL loader reads in its decode threads."""
     if decoder == "pil":
         from .pil import PILLoader
@@ -28,6 +28,10 @@ def make_loader(decoder: str, device: torch.device, max_pixels: int | None = DEF
         from .nvjpeg import NvJpegLoader
 
         return NvJpegLoader(device, num_threads=num_threads, max_pixels=max_pixels, io_threads=io_threads)
+    if decoder == "nvimgcodec":
+        from .nvimgcodec import NvImageCodecLoader
+
+        return NvImageCodecLoader(device, num_threads=num_threads, max_pixels=max_pixels, io_threads=io_threads)
     raise ValueError(f"unknown decoder {decoder!r}")
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,18 @@ MAX_SAMPLING = 4
 # GPU run shows another value pays (benchmarks/profile_nvjpeg.py has the rows; run 4: 2 ahead had
 # the best median, inside the defaults' spread).
 DEFAULT_DECODE_AHEAD = 1
+
+
+class JpegDecoder(Protocol):
+    """Decodes a group of JPEGs for decode_batch in place of torchvision (nvimgcodec.NvImageCodecJpegs).
+
+    items: [(offset, probe, encoded uint8 CPU tensor)]. Returns [(offset, probe, uint8 (3, H, W)
+    as stored, on the loader's device, ready on the current stream)] for the files it decoded;
+    each file it could not decode goes to `slow` (PIL decoded it: offset -> uint8 (3, CROP, CROP))
+    or `failures` ((offset, reason)).
+    """
+
+    def __call__(self, items: list, max_pixels, slow: dict, failures: list) -> list: ...
 
 
 def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -177,9 +189,10 @@ def batched_resize_crop(images: Sequence[torch.Tensor], pixel_budget: int = DEFA
 
 
 def _decode_jpegs(items: list[tuple[int, ImageProbe, torch.Tensor]], device: torch.device, max_pixels,
-                  alloc_stream: "torch.cuda.Stream | None" = None):
-    """Decode [(offset, probe, encoded uint8 CPU tensor)] with torchvision onto `device` (nvJPEG on
-    CUDA, in one batched call; libjpeg on the CPU, which the tests use).
+                  alloc_stream: "torch.cuda.Stream | None" = None, jpeg_decoder: "JpegDecoder | None" = None):
+    """Decode [(offset, probe, encoded uint8 CPU tensor)] onto `device`: with `jpeg_decoder` when
+    given (nvimgcodec.NvImageCodecJpegs), else with torchvision (nvJPEG on CUDA, in one batched
+    call; libjpeg on the CPU, which the tests use).
 
     On CUDA, torchvision allocates its outputs on the current stream but writes them on a stream
     of its own, so the memory it is handed must not still be read by queued work. Two ways:
@@ -198,17 +211,10 @@ def _decode_jpegs(items: list[tuple[int, ImageProbe, torch.Tensor]], device: tor
     failures: list[tuple[int, str]] = []
     if not items:
         return [], slow, failures
-    consumer = torch.cuda.current_stream(device) if device.type == "cuda" else None
-    if consumer is not None and alloc_stream is None:
-        consumer.synchronize()
-    if consumer is not None and alloc_stream is not None:
-        with torch.cuda.stream(alloc_stream):
-            results = _decode_all(items, device, max_pixels, slow, failures)
-        consumer.wait_stream(alloc_stream)  # torchvision made alloc_stream wait for its decode
-        for _, _, img in results:
-            img.record_stream(consumer)
+    if jpeg_decoder is not None:  # its own memory and stream order (nvimgcodec.py)
+        results = jpeg_decoder(items, max_pixels, slow, failures)
     else:
-        results = _decode_all(items, device, max_pixels, slow, failures)
+        results = _decode_with_torchvision(items, device, max_pixels, slow, failures, alloc_stream)
     decoded = []
     for k, p, img in results:
         if img.dim() != 3 or img.shape[0] != 3 or (int(img.shape[1]), int(img.shape[2])) != (p.height, p.width):
@@ -220,6 +226,23 @@ def _decode_jpegs(items: list[tuple[int, ImageProbe, torch.Tensor]], device: tor
             continue
         decoded.append((k, apply_exif_orientation(img, p.orientation)))
     return decoded, slow, failures
+
+
+def _decode_with_torchvision(items, device: torch.device, max_pixels, slow: dict, failures: list,
+                             alloc_stream: "torch.cuda.Stream | None") -> list:
+    """_decode_all with the stream handling _decode_jpegs describes (host wait, or alloc_stream)."""
+    consumer = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    if consumer is None:
+        return _decode_all(items, device, max_pixels, slow, failures)
+    if alloc_stream is None:
+        consumer.synchronize()
+        return _decode_all(items, device, max_pixels, slow, failures)
+    with torch.cuda.stream(alloc_stream):
+        results = _decode_all(items, device, max_pixels, slow, failures)
+    consumer.wait_stream(alloc_stream)  # torchvision made alloc_stream wait for its decode
+    for _, _, img in results:
+        img.record_stream(consumer)
+    return results
 
 
 def _decode_all(items, device: torch.device, max_pixels, slow: dict, failures: list) -> list:
@@ -250,13 +273,15 @@ def _decode_all(items, device: torch.device, max_pixels, slow: dict, failures: l
 
 def decode_batch(start: int, prepared: Sequence["PreparedJpeg"], device: torch.device, dtype: torch.dtype,
                  max_pixels, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
-                 decode_budget: int = DEFAULT_DECODE_BUDGET, alloc_stream: "torch.cuda.Stream | None" = None) -> Batch:
+                 decode_budget: int = DEFAULT_DECODE_BUDGET, alloc_stream: "torch.cuda.Stream | None" = None,
+                 jpeg_decoder: JpegDecoder | None = None) -> Batch:
     """Everything after the CPU stage for one batch (positions start .. start+len(prepared)-1):
     batched JPEG decode on `device`, EXIF orientation, `batched_resize_crop`, normalization, and
     merging of the PIL-path images in input order. Device-agnostic (the loader calls it on CUDA
     inside its side stream; tests call it on the CPU, where torchvision decodes with libjpeg).
 
     alloc_stream: the CUDA stream whose memory pool receives the decoded images (_decode_jpegs).
+    jpeg_decoder: decodes the JPEGs instead of torchvision (None: torchvision).
     Returns a Batch with images `dtype` (b, 3, CROP, CROP) on `device`.
     """
     fast = [(k, p.probe, p.tensor) for k, p in enumerate(prepared) if p.probe is not None]
@@ -267,7 +292,7 @@ def decode_batch(start: int, prepared: Sequence["PreparedJpeg"], device: torch.d
     # Decode + resize in groups bounded by decoded bytes, so a batch of 12 MP photos does not
     # hold the whole batch at full resolution on the device at once.
     for group in _decode_groups(fast, decode_budget):
-        decoded, more_slow, more_failures = _decode_jpegs(group, device, max_pixels, alloc_stream)
+        decoded, more_slow, more_failures = _decode_jpegs(group, device, max_pixels, alloc_stream, jpeg_decoder)
         slow.update(more_slow)
         failures += more_failures
         if decoded:
@@ -325,10 +350,10 @@ class NvJpegLoader:
         device = torch.device(device)
         if device.type != "cuda":
             raise BackendUnavailable(
-                f"--decoder nvjpeg decodes on the GPU and needs a CUDA device, got {str(device)!r}; "
+                f"--decoder {self.name} decodes on the GPU and needs a CUDA device, got {str(device)!r}; "
                 "use --decoder pil (or dali) on the CPU")
         if not torch.cuda.is_available():
-            raise BackendUnavailable("--decoder nvjpeg: CUDA is not available (no NVIDIA GPU visible); "
+            raise BackendUnavailable(f"--decoder {self.name}: CUDA is not available (no NVIDIA GPU visible); "
                                      "use --device cpu --decoder pil")
         index = device.index if device.index is not None else torch.cuda.current_device()
         self.device = torch.device("cuda", index)
@@ -356,12 +381,16 @@ class NvJpegLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self._stream is None:
-            self._stream = _loader_stream(self.device, "side-high" if self.high_priority else "side")
+            self._stream = self._side_stream()
             if self.overlap_resize:
                 self._alloc_stream = _loader_stream(self.device, "alloc")
         yield from decode_pipeline(paths, batch_size, self.device, self.dtype, self.max_pixels, self.num_threads,
                                    self.prefetch, self.pixel_budget, side=self._stream, io_threads=self.io_threads,
                                    on_batch=self._record, ahead=self.decode_ahead, alloc_stream=self._alloc_stream)
+
+    def _side_stream(self) -> "torch.cuda.Stream":
+        """The decode thread's stream (_loader_stream), at high priority if asked."""
+        return _loader_stream(self.device, "side-high" if self.high_priority else "side")
 
     def _record(self, front: FrontEnd) -> None:
         self.io_threads_used = front.threads_in_use
@@ -389,10 +418,12 @@ def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device
                     num_threads: int, prefetch: int, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
                     side: "torch.cuda.Stream | None" = None, io_threads: int | None = None,
                     on_batch: "Callable[[FrontEnd], None] | None" = None, ahead: int = DEFAULT_DECODE_AHEAD,
-                    alloc_stream: "torch.cuda.Stream | None" = None) -> Iterator[Batch]:
+                    alloc_stream: "torch.cuda.Stream | None" = None,
+                    jpeg_decoder: JpegDecoder | None = None) -> Iterator[Batch]:
     """The loader's whole pipeline: the front end (frontend.FrontEnd: read + probe on `io_threads`,
     PIL fallbacks on `num_threads`, `prefetch` batches ahead), decode_batch on one decode thread
-    `ahead` batches ahead, Batches yielded in input order. alloc_stream: see _decode_jpegs.
+    `ahead` batches ahead, Batches yielded in input order. alloc_stream: see _decode_jpegs;
+    jpeg_decoder: see decode_batch.
 
     On CUDA `side` is the decode thread's stream; each batch is handed over with an event the
     caller's stream waits on. Without `side` (the CPU, where torchvision decodes with libjpeg; the
@@ -400,9 +431,11 @@ def decode_pipeline(paths: Sequence[Path], batch_size: int, device: torch.device
     """
     def decode(start, prepared):  # on the decode thread, one batch ahead of the consumer
         if side is None:
-            return decode_batch(start, prepared, device, dtype, max_pixels, pixel_budget), None
+            return decode_batch(start, prepared, device, dtype, max_pixels, pixel_budget,
+                                jpeg_decoder=jpeg_decoder), None
         with torch.cuda.device(device), torch.cuda.stream(side):
-            batch = decode_batch(start, prepared, device, dtype, max_pixels, pixel_budget, alloc_stream=alloc_stream)
+            batch = decode_batch(start, prepared, device, dtype, max_pixels, pixel_budget, alloc_stream=alloc_stream,
+                                 jpeg_decoder=jpeg_decoder)
             ready = torch.cuda.Event()
             ready.record(side)
         return batch, ready

@@ -1,0 +1,179 @@
+"""nvImageCodec loader (--decoder nvimgcodec, CUDA only): the nvJPEG loader's pipeline (front end,
+decode thread, `batched_resize_crop`, PIL fallbacks; nvjpeg.py) with the JPEG decode done by
+NVIDIA nvImageCodec instead of torchvision.
+
+Why another JPEG decoder: on the H100 the compiled model (10.7k img/s) outruns torchvision's
+batched nvJPEG decode (11.4k-13.4k img/s alone, fewer beside the model; benchmarks/RESULTS.md run
+4), which makes one call at a time under a global lock on the hardware decoder. nvImageCodec is
+the library DALI's mixed decoder is built on: it splits a batch between the hardware JPEG engines,
+CUDA decoding and CPU Huffman decoding on its own threads, without the GIL. Its wheel (25 MB,
+plus nvidia-nvjpeg) is small enough to take to a GPU machine that has no DALI.
+
+Not measured on a GPU yet, so `--decoder auto` does not choose it (device.resolve_decoder).
+What the loader asks of nvImageCodec:
+- planar RGB (P_RGB: nvJPEG's native output, no interleave step), EXIF orientation NOT applied
+  (the loader applies the orientation its header probe read, as for torchvision's output);
+- on CUDA, the GPU backends only (hardware, CUDA, hybrid CPU/GPU Huffman): a CPU-only decode
+  would come back in host memory; on the CPU (the tests) its libjpeg-turbo backend;
+- a file it cannot decode comes back as None: the PIL reference tries it, as in the nvJPEG path.
+The decoded images live in nvImageCodec's own device memory, shared with torch through DLPack;
+each group's images are held until an event recorded after their resize has completed, so no
+allocator (whatever its stream semantics) reuses memory a queued resize still reads.
+"""
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..device import quiet_nvimgcodec
+from ..errors import BackendUnavailable
+from .base import Batch
+from .decode import DEFAULT_MAX_PIXELS
+from .nvjpeg import DEFAULT_DECODE_AHEAD, DEFAULT_PIXEL_BUDGET, NvJpegLoader, decode_pipeline
+from .probe import pil_fallback
+
+quiet_nvimgcodec()  # before nvImageCodec's first import
+
+# Decoded groups whose resize may still be queued on the GPU, held before the oldest is waited for.
+MAX_HELD_GROUPS = 4
+
+
+class NvImageCodecJpegs:
+    """A JpegDecoder (nvjpeg.py) backed by one `nvidia.nvimgcodec.Decoder`, created on first use
+    on the thread that decodes (the loader's decode thread).
+
+    device: CUDA (GPU backends; images in device memory, ordered on the current stream) or CPU
+    (libjpeg-turbo on `cpu_threads` threads; what CI tests). Returns uint8 (3, H, W) tensors.
+    """
+
+    def __init__(self, device: torch.device, cpu_threads: int = 0):
+        self.device = device
+        self.cpu_threads = cpu_threads  # 0: nvImageCodec's default, one per core
+        self._decoder = None
+        self._params = None
+        # (event, images) per decoded group: released once the event (recorded on the decode
+        # stream after the group's resize was queued) has completed
+        self._held: deque = deque()
+        self._last: list = []
+
+    def __call__(self, items: list, max_pixels, slow: dict, failures: list) -> list:
+        decoder = self._ready_decoder()
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        self._hold_last(stream)
+        # the bytes as NumPy views (no copy); nvImageCodec reads them during the call
+        decoded = decoder.decode([t.numpy() for _, _, t in items], params=self._params,
+                                 cuda_stream=stream.cuda_stream if stream is not None else 0)
+        results = []
+        for (k, p, _), image in zip(items, decoded):
+            if image is None:
+                redo = pil_fallback(p.data, max_pixels)  # nvImageCodec-only failures stay decodable
+                if redo.array is not None:
+                    slow[k] = redo.array
+                else:
+                    failures.append((k, f"decode failed (nvimgcodec); PIL: {redo.reason}"))
+                continue
+            results.append((k, p, self._as_tensor(image)))
+        self._last = decoded
+        return results
+
+    def _as_tensor(self, image) -> torch.Tensor:
+        """uint8 (3, H, W) sharing the nvImageCodec image's memory (DLPack on CUDA, NumPy on the CPU)."""
+        if self.device.type == "cuda":
+            # __dlpack__(stream=current): the current stream is ordered after the decode
+            return torch.from_dlpack(image)
+        return torch.from_numpy(np.asarray(image))
+
+    def _hold_last(self, stream: "torch.cuda.Stream | None") -> None:
+        """Before decoding the next group: the previous one's resize is queued on `stream` by now,
+        so an event recorded there marks the end of its use. Release the groups already done."""
+        if stream is None:
+            self._last = []
+            return
+        if self._last:
+            done = torch.cuda.Event()
+            done.record(stream)
+            self._held.append((done, self._last))
+            self._last = []
+        while self._held and (len(self._held) > MAX_HELD_GROUPS or self._held[0][0].query()):
+            event, _ = self._held.popleft()
+            event.synchronize()
+
+    def _ready_decoder(self):
+        if self._decoder is None:
+            self._decoder, self._params = make_decoder(self.device, self.cpu_threads)
+        return self._decoder
+
+
+def make_decoder(device: torch.device, cpu_threads: int = 0):
+    """(nvimgcodec.Decoder, DecodeParams) for `device`, after one test decode: a GPU whose
+    nvJPEG library is missing decodes nothing, which must be an error, not every file to PIL."""
+    from nvidia import nvimgcodec
+
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.SRGB,
+                                     sample_format=nvimgcodec.P_RGB)
+    if device.type == "cuda":
+        backends = [nvimgcodec.Backend(kind) for kind in
+                    (nvimgcodec.HW_GPU_ONLY, nvimgcodec.GPU_ONLY, nvimgcodec.HYBRID_CPU_GPU)]
+        decoder = nvimgcodec.Decoder(device_id=device.index if device.index is not None else 0,
+                                     max_num_cpu_threads=cpu_threads, backends=backends)
+    else:
+        decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+                                     max_num_cpu_threads=cpu_threads,
+                                     backends=[nvimgcodec.Backend(nvimgcodec.CPU_ONLY)])
+    if decoder.decode([_TEST_JPEG], params=params)[0] is None:
+        raise BackendUnavailable(
+            f"--decoder nvimgcodec: nvImageCodec could not decode a JPEG on {device} (is the nvJPEG "
+            "library installed? pip install nvidia-nvjpeg, or use --decoder nvjpeg)")
+    return decoder, params
+
+
+class NvImageCodecLoader(NvJpegLoader):
+    """paths -> Batch of float16 (b, 3, 224, 224) normalized images on a CUDA `device`, as
+    NvJpegLoader, with the JPEGs decoded by nvImageCodec (NvImageCodecJpegs).
+
+    cpu_threads: nvImageCodec's own threads (its CPU Huffman decoding; 0: one per core).
+    """
+
+    name = "nvimgcodec"
+
+    def __init__(self, device: torch.device | str = "cuda", num_threads: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, prefetch: int = 2,
+                 pixel_budget: int = DEFAULT_PIXEL_BUDGET, io_threads: int | None = None, *,
+                 decode_ahead: int = DEFAULT_DECODE_AHEAD, high_priority: bool = False, cpu_threads: int = 0):
+        super().__init__(device, num_threads, max_pixels, prefetch, pixel_budget, io_threads,
+                         decode_ahead=decode_ahead, high_priority=high_priority)
+        self.cpu_threads = cpu_threads
+        self._jpegs: NvImageCodecJpegs | None = None
+
+    def batches(self, paths: Sequence[Path], batch_size: int) -> Iterator[Batch]:
+        """As NvJpegLoader.batches. The nvImageCodec decoder is made (and checked) on first use."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self._jpegs is None:
+            jpegs = NvImageCodecJpegs(self.device, self.cpu_threads)
+            with torch.cuda.device(self.device):
+                jpegs._ready_decoder()  # here, so a missing nvJPEG library fails before the first batch
+            self._jpegs = jpegs
+        if self._stream is None:
+            self._stream = self._side_stream()
+        yield from decode_pipeline(paths, batch_size, self.device, self.dtype, self.max_pixels, self.num_threads,
+                                   self.prefetch, self.pixel_budget, side=self._stream, io_threads=self.io_threads,
+                                   on_batch=self._record, ahead=self.decode_ahead, jpeg_decoder=self._jpegs)
+
+
+def _smallest_jpeg() -> bytes:
+    """A valid 8 x 8 baseline JPEG (made once with Pillow) for make_decoder's test decode."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 100, 50)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+_TEST_JPEG = _smallest_jpeg()
