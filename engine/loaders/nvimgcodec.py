@@ -33,8 +33,7 @@ from ..device import quiet_nvimgcodec
 from ..errors import BackendUnavailable
 from .base import Batch
 from .decode import DEFAULT_MAX_PIXELS
-from .nvjpeg import DEFAULT_DECODE_AHEAD, DEFAULT_PIXEL_BUDGET, NvJpegLoader, decode_pipeline
-from .probe import pil_fallback
+from .nvjpeg import DEFAULT_DECODE_AHEAD, DEFAULT_PIXEL_BUDGET, NvJpegLoader, decode_pipeline, send_to_pil
 
 quiet_nvimgcodec()  # before nvImageCodec's first import
 
@@ -69,12 +68,8 @@ class NvImageCodecJpegs:
                                  cuda_stream=stream.cuda_stream if stream is not None else 0)
         results = []
         for (k, p, _), image in zip(items, decoded):
-            if image is None:
-                redo = pil_fallback(p.data, max_pixels)  # nvImageCodec-only failures stay decodable
-                if redo.array is not None:
-                    slow[k] = redo.array
-                else:
-                    failures.append((k, f"decode failed (nvimgcodec); PIL: {redo.reason}"))
+            if image is None:  # nvImageCodec-only failures stay decodable
+                send_to_pil(k, p, max_pixels, slow, failures, "decode failed (nvimgcodec)")
                 continue
             results.append((k, p, self._as_tensor(image)))
         self._last = decoded

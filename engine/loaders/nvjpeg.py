@@ -218,11 +218,7 @@ def _decode_jpegs(items: list[tuple[int, ImageProbe, torch.Tensor]], device: tor
     decoded = []
     for k, p, img in results:
         if img.dim() != 3 or img.shape[0] != 3 or (int(img.shape[1]), int(img.shape[2])) != (p.height, p.width):
-            redo = pil_fallback(p.data, max_pixels)  # the decoder saw another image than PIL did
-            if redo.array is not None:
-                slow[k] = redo.array
-            else:
-                failures.append((k, redo.reason))
+            send_to_pil(k, p, max_pixels, slow, failures)  # the decoder saw another image than PIL did
             continue
         decoded.append((k, apply_exif_orientation(img, p.orientation)))
     return decoded, slow, failures
@@ -262,13 +258,19 @@ def _decode_all(items, device: torch.device, max_pixels, slow: dict, failures: l
             for k, p, t in items:
                 try:
                     results.append((k, p, decode_jpeg([t], mode=ImageReadMode.RGB, device=device)[0]))
-                except Exception as exc:
-                    redo = pil_fallback(p.data, max_pixels)  # nvJPEG-only failures stay decodable
-                    if redo.array is not None:
-                        slow[k] = redo.array
-                    else:
-                        failures.append((k, f"decode failed (nvjpeg): {short_error(exc)}; PIL: {redo.reason}"))
+                except Exception as exc:  # nvJPEG-only failures stay decodable
+                    send_to_pil(k, p, max_pixels, slow, failures, f"decode failed (nvjpeg): {short_error(exc)}")
     return results
+
+
+def send_to_pil(k: int, probe: ImageProbe, max_pixels, slow: dict, failures: list, why: str | None = None) -> None:
+    """A file the GPU decoder rejected or misread: the PIL reference decodes it into `slow`
+    (offset -> uint8 (3, CROP, CROP)), or it goes to `failures` as (offset, "why; PIL: reason")."""
+    redo = pil_fallback(probe.data, max_pixels)
+    if redo.array is not None:
+        slow[k] = redo.array
+    else:
+        failures.append((k, f"{why}; PIL: {redo.reason}" if why else redo.reason))
 
 
 def decode_batch(start: int, prepared: Sequence["PreparedJpeg"], device: torch.device, dtype: torch.dtype,
