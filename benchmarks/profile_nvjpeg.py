@@ -132,11 +132,12 @@ def nvimgcodec_usable(device: torch.device) -> bool:
 
     if device.type == "cuda":
         return capabilities()["nvimgcodec"].available
+    import importlib.util
+
     try:
-        from nvidia import nvimgcodec  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec("nvidia.nvimgcodec") is not None
+    except ImportError:  # no `nvidia` package at all
         return False
-    return True
 
 
 def nvimgcodec_rows(prepared: list, device: torch.device, batch: int, row) -> None:
