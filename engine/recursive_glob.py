@@ -93,7 +93,10 @@ def recursive_glob(text: str, skipped: list, progress: Callable[[int], None] | N
     or to one of its ancestors (a symlink loop) is not entered: each real file is found under
     its path without the detour. Unreadable folders go to `skipped` as [(Path, reason)].
     progress: called per folder with how many of its matching files are named like images (the
-    walk of a large share takes minutes)."""
+    walk of a large share takes minutes). A trailing separator ("in/**/") matches folders only,
+    as in glob.glob: no files, and the base folder itself only when the pattern names one ("in/**/"
+    is all of in, "**/" every folder below the current one)."""
+    folders_only = SEPARATORS.fullmatch(text[-1:]) is not None
     parts = SEPARATORS.split(text)
     first = parts.index("**")
     head, rest = parts[:first], [p for p in parts[first:] if p]
@@ -114,7 +117,7 @@ def recursive_glob(text: str, skipped: list, progress: Callable[[int], None] | N
         top = base or os.curdir
         start = pattern.closure({0})
         ancestors = frozenset(_ancestor_ids(top))  # the base folder's own id and those above it
-        if pattern.end in start:  # "in/**": the whole folder
+        if pattern.end in start and (base or not folders_only):  # "in/**", "in/**/": the whole folder
             own = os.stat(top)
             folders.append((top, ancestors - {(own.st_dev, own.st_ino)}))
             matched = True
@@ -129,7 +132,7 @@ def recursive_glob(text: str, skipped: list, progress: Callable[[int], None] | N
             shown, states, chain = pending.pop(root)
             found = 0
             for name in names:
-                if pattern.last(states, name):
+                if not folders_only and pattern.last(states, name):
                     matched = True
                     files.append(join(shown, name) if shown else name)
                     found += has_image_extension(name)

@@ -267,7 +267,12 @@ def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
             items.extend(_expand_path(entry, skipped, ignored, explicit=True, outputs=outputs, left_out=left_out,
                                       progress=progress))
         return items
-    return _expand_path(Path(text), skipped, ignored, explicit=False, outputs=outputs, left_out=left_out,
+    path = Path(text)
+    if glob.has_magic(text) and text.endswith((os.sep, os.altsep or os.sep)) and not path.exists():
+        # 'photos/*/' names folders only, as in a shell: Path() would drop the slash, and the glob
+        # would take the files beside the folders too
+        return _expand_glob(text, skipped, ignored, outputs, left_out, progress)
+    return _expand_path(path, skipped, ignored, explicit=False, outputs=outputs, left_out=left_out,
                         progress=progress)
 
 

@@ -172,8 +172,10 @@ def test_glob_order_is_path_order_with_awkward_names(tmp_path, monkeypatch, patt
         path.write_bytes(os.fsencode(rel))  # distinct contents: distinct files
     monkeypatch.chdir(root)
     pattern = pattern.format(root=root)
-    # discover reads the pattern as a Path ('*/' is '*', './*' is '*')
-    matches = sorted(Path(m) for m in glob.glob(str(Path(pattern)), recursive=True))
+    # discover reads the pattern as a Path ('./*' is '*'), but for a trailing slash, which names
+    # folders only ('*/' as in a shell)
+    as_given = pattern if pattern.endswith("/") else str(Path(pattern))
+    matches = sorted(Path(m) for m in glob.glob(as_given, recursive=True))
     expected = []
     for m in matches:
         if m.is_dir():

@@ -265,3 +265,19 @@ def test_counting_ignored_files_stats_nothing_more(tmp_path, monkeypatch):
     assert found.n_ignored == 30
     assert not [c for c in calls if c.endswith(".xmp")]
     assert len(calls) <= 4
+
+
+@pytest.mark.parametrize("pattern", ["*/", "./*/", "?/", "**/", "a/**/", "**/sub/", "a/*/"])
+def test_a_glob_ending_in_a_slash_names_folders_only(tmp_path, monkeypatch, pattern):
+    """As in a shell (and glob.glob), 'photos/*/' matches the folders, not the files beside them
+    (Path() dropped the trailing slash, which made it match every file too); each folder matched
+    is walked."""
+    for rel in ("a/one.png", "a/sub/deep.png", "b/two.png", "top.png"):
+        _image(tmp_path / rel)
+    monkeypatch.chdir(tmp_path)
+    expected = sorted({f.as_posix() for m in glob.glob(pattern, recursive=True)
+                       for f in Path(m).rglob("*.png")})
+    assert "top.png" not in expected and expected
+    assert [p.as_posix() for p in discover([pattern]).paths] == expected
+    with pytest.raises(InputError, match="no files match"):
+        discover(["top*/"])  # matches a file only: no folder
