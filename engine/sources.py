@@ -258,7 +258,9 @@ def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
             progress: Progress | None = None) -> list[str]:
     """The files one input names, as path strings, in order (see discover)."""
     text = os.fsdecode(arg)  # bytes names (not UTF-8) become str with surrogate escapes, as os.listdir gives
-    if isinstance(text, str) and text.startswith("@"):
+    # "@list.txt" is a path list; a file or folder whose own name starts with "@" (no list of
+    # the rest of its name beside it) is taken as itself
+    if isinstance(text, str) and text.startswith("@") and not (Path(text).exists() and not Path(text[1:]).is_file()):
         list_file = Path(text[1:])
         if not list_file.is_file():
             raise InputError(f"path list not found: {list_file}")

@@ -210,6 +210,19 @@ def test_file_list_glob_and_duplicates(tmp_path):
     assert reasons["c.gif"] == "given twice (the same path)"  # listed, and named again
 
 
+def test_a_file_named_with_a_leading_at_sign(tmp_path, monkeypatch):
+    """'@home.jpg' is that file when no list 'home.jpg' exists beside it; a real list wins; with
+    neither, the error names the list it looked for."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "@home.jpg")
+    Image.new("RGB", (8, 8), (3, 2, 1)).save(tmp_path / "other.jpg")
+    assert [str(p) for p in discover(["@home.jpg"]).paths] == ["@home.jpg"]
+    (tmp_path / "home.jpg").write_text("other.jpg\n")  # now a list of that name exists: it is read
+    assert [str(p) for p in discover(["@home.jpg"]).paths] == ["other.jpg"]
+    with pytest.raises(InputError, match="path list not found: nothing.txt"):
+        discover(["@nothing.txt"])
+
+
 def test_symlinks(tmp_path):
     root = _tree(tmp_path / "data")
     (root / "link.jpg").symlink_to(root / "b" / "2.jpg")
