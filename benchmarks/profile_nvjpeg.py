@@ -20,8 +20,8 @@ the time. Each row times one piece over the same files, after a warm-up, in imag
 - launch tax: the host time of a tiny op (a kernel launch) alone and while the loader runs;
 - extract (CUDA, --extract-n images, the bench's batch size): the loader and a bf16 ResNet-152
   together (`extract_features`, what `bench` calls extract) for EXTRACT_VARIANTS: the nvJPEG
-  loader's defaults, its best knob in run 4 (2 batches ahead), the same two with nvImageCodec
-  decoding; with the seconds the model waited for decoded batches.
+  loader's defaults, its best knob in run 4 (2 batches ahead), all its knobs; nvImageCodec
+  decoding, alone, 2 ahead, on its own stream; with the seconds the model waited for decoded batches.
 Dry run on a CPU machine: --device cpu (decode_jpeg then runs libjpeg; no loader row).
 """
 from __future__ import annotations
@@ -174,6 +174,7 @@ EXTRACT_VARIANTS = (
     ("nvjpeg all knobs", "nvjpeg", ALL_KNOBS),
     ("nvimgcodec", "nvimgcodec", dict()),
     ("nvimgcodec + 2 ahead", "nvimgcodec", dict(decode_ahead=2)),
+    ("nvimgcodec own stream", "nvimgcodec", dict(own_stream=True)),
 )
 
 

@@ -73,8 +73,9 @@ def _dali() -> Capability:
 
 
 def quiet_nvimgcodec() -> None:
-    """Errors only from nvImageCodec (before its first import): it warns once per file it cannot
-    decode, which would flood the terminal; skipped.csv lists those files with the reason."""
+    """Quiet nvImageCodec (before its first import; level 1, "errors", which in 0.9 also hides its
+    parser's per-file error lines): it warns once per file it cannot decode, which would flood the
+    terminal; skipped.csv lists those files with the reason."""
     os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "1")
 
 
@@ -98,7 +99,9 @@ def _nvimgcodec() -> Capability:
 def _nvjpeg_library_found(nvimgcodec_module) -> bool:
     """libnvjpeg.so.13 where nvImageCodec's extension looks for it: the nvidia-nvjpeg wheel's
     folder beside it (nvidia/cu13/lib), the CUDA toolkit, or the loader's search path. Loading the
-    library creates no CUDA context."""
+    library creates no CUDA context. A hint, not the proof: once torchvision is imported, its own
+    copy answers to the same name; the loader's test decode (loaders/nvimgcodec.make_decoder) is
+    the real check."""
     import ctypes
     from pathlib import Path
 

@@ -463,6 +463,41 @@ def test_nvimgcodec_pipeline_on_cpu_matches_pil(images, resnet18):
     torch.testing.assert_close(one_by_one.images, whole.images)
 
 
+def test_nvimgcodec_call_that_raises_is_retried_file_by_file(images):
+    """A batched nvImageCodec call that raises (an allocation that failed, say) does not end the
+    run: each file is decoded alone, and the one whose call still raises goes to PIL with the
+    error's text (PIL decodes it here: it is a good file)."""
+    from engine.loaders.nvjpeg import prepare_jpeg_file
+
+    NvImageCodecJpegs = _nvimgcodec_or_skip()
+    jpegs = NvImageCodecJpegs(torch.device("cpu"), cpu_threads=1)
+    real = jpegs._ready_decoder()
+    bad_size = images["portrait"].stat().st_size
+
+    class Flaky:
+        def decode(self, srcs, **kwargs):
+            if len(srcs) > 1:
+                raise RuntimeError("out of memory in a batched call")
+            if srcs[0].size == bad_size:
+                raise RuntimeError("cudaMallocAsync failed")
+            return real.decode(srcs, **kwargs)
+
+    jpegs._decoder = Flaky()
+    names = ["land1", "portrait", "odd"]
+    items = [(k, prepared.probe, prepared.tensor)
+             for k, prepared in enumerate(prepare_jpeg_file(images[n], None) for n in names)]
+    slow, failures = {}, []
+    results = jpegs(items, None, slow, failures)
+    assert [k for k, _, _ in results] == [0, 2] and failures == [] and list(slow) == [1]
+    assert all(img.dtype == torch.uint8 and img.shape[0] == 3 for _, _, img in results)
+    # a file that neither decodes: its failure gives both reasons
+    junk = b"\xff\xd8 not a jpeg at all"
+    probe = items[1][1]
+    probe.data, bad_size = junk, len(junk)
+    jpegs([(1, probe, torch.frombuffer(bytearray(junk), dtype=torch.uint8)), items[0]], None, slow, failures)
+    assert failures == [(1, "decode failed (nvimgcodec): cudaMallocAsync failed; PIL: not an image (unrecognised content)")]
+
+
 def test_nvimgcodec_decoder_that_decodes_nothing_is_an_error(monkeypatch):
     """A GPU whose nvJPEG library is missing makes nvImageCodec return None for every file: the
     loader must say so before the first batch, not send every file to PIL."""
@@ -597,11 +632,15 @@ def test_nvimgcodec_cuda_matches_pil(images, resnet18):
         pytest.skip(dev.capabilities()["nvimgcodec"].reason)
     loader = NvImageCodecLoader("cuda", num_threads=2)
     _check_gpu_loader(loader, images, resnet18, reject_prefix="decode failed (nvimgcodec)")
-    # a second pass through the same loader (its decoder and held groups reused): same pixels
-    first = torch.cat([b.images for b in loader.batches([images["land1"], images["odd"]] * 3, 2)])
-    second = torch.cat([b.images for b in loader.batches([images["land1"], images["odd"]] * 3, 2)])
+    # a second pass through the same loader (its decoder reused), and a loader decoding on its
+    # own stream, 2 batches ahead (own_stream, decode_ahead): the same pixels
+    paths = [images["land1"], images["odd"], images["portrait"]] * 4
+    first = torch.cat([b.images for b in loader.batches(paths, 2)])
+    second = torch.cat([b.images for b in loader.batches(paths, 2)])
+    apart = NvImageCodecLoader("cuda", num_threads=2, own_stream=True, decode_ahead=2)
+    third = torch.cat([b.images for b in apart.batches(paths, 2)])
     torch.cuda.synchronize()
-    assert torch.equal(first, second)
+    assert torch.equal(first, second) and torch.equal(first, third)
 
 
 @pytest.mark.gpu
