@@ -19,7 +19,28 @@ from .api_wording import without_python_terms
 from .errors import ConfigError, ImgclusterError, ReportInterrupted
 
 APP_HELP = "Cluster large unlabeled image collections: ResNet features → PCA → KMeans over K → silhouette picks K."
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+
+
+class _HelpFlag:
+    """--help shown as the flag it is, like ours (flag() below): typer labels its own help
+    option with its type, `--help <bool>`."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(_HelpFlag, typer.core.TyperGroup):
+    pass
+
+
+class _Command(_HelpFlag, typer.core.TyperCommand):
+    pass
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich", cls=_Group,
                   context_settings={"help_option_names": ["-h", "--help"]}, help=APP_HELP)
 err_console = Console(stderr=True)
 out_console = Console()
@@ -363,6 +384,11 @@ def export(
     missing = f"; {len(done.missing)} missing image(s) listed in {done.folder / 'missing.csv'}" if done.missing else ""
     out_console.print(f"Exported {done.written} image(s) into {done.clusters} cluster folder(s) under "
                       f"{escape(str(done.folder))}/ ({mode}){escape(missing)}")
+
+
+for _info in app.registered_commands:  # every command's --help as a flag (_HelpFlag)
+    if _info.cls in (None, typer.core.TyperCommand):  # typer's default, filled in at registration
+        _info.cls = _Command
 
 
 def main():  # console-script entry point

@@ -86,6 +86,9 @@ def test_version_short_help_and_flags_shown_without_a_value(runner):
     for name in ("--compile", "--save-features", "--report", "--cache", "--include-hidden", "--quiet"):
         assert "<bool>" not in lines[name], lines[name]  # a flag takes no value: `--compile true` was read as a path
     assert "<str>" in lines["--k"]  # options that take a value still say which
+    for command in (["--help"], ["run", "--help"], ["cluster", "-h"], ["doctor", "--help"]):  # typer's own --help too
+        shown = runner.invoke(app, command, terminal_width=200)
+        assert shown.exit_code == 0 and "--help" in shown.output and "<bool>" not in shown.output, command
 
 
 def test_error_text_is_not_eaten_as_markup(runner, tmp_path):
