@@ -200,6 +200,7 @@ def run(
         if save_model is not None:
             clusterer.save(save_model)
             reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
+        _warn_of_earlier_models(out, clusterer.result_, save_model, reporter)
         print_run_summary(clusterer.result_.summary, out_console)
         out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/")
     except KeyboardInterrupt as exc:  # the results are written: say so rather than "rerun to resume"
@@ -327,6 +328,7 @@ def cluster(
     if save_model is not None:
         ModelState.from_result(result).save(save_model)
         reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
+    _warn_of_earlier_models(out or run_dir, result, save_model, reporter)
     print_run_summary(result.summary, out_console)
     out_console.print(f"Chosen K = [bold]{result.k}[/bold]; results in {escape(str(out or run_dir))}/")
 
@@ -389,6 +391,15 @@ def export(
 for _info in app.registered_commands:  # every command's --help as a flag (_HelpFlag)
     if _info.cls in (None, typer.core.TyperCommand):  # typer's default, filled in at registration
         _info.cls = _Command
+
+
+def _warn_of_earlier_models(folder, result, saved, reporter) -> None:
+    """A notice per model file in `folder` that holds another clustering than this run's
+    (engine.model_file.other_clusterings_in), `saved` (this run's --save-model) excepted."""
+    from .model_file import other_clusterings_notice
+
+    for line in other_clusterings_notice(folder, result.k, result.search.fits[result.k].centroids, keep=saved):
+        reporter.notify(line)
 
 
 def main():  # console-script entry point

@@ -298,3 +298,37 @@ def read_model_file(path: str | os.PathLike) -> ModelState:
         pca_explained_variance_ratio=tensors.get("pca_explained_variance_ratio"),
         imgcluster_version=doc.get("imgcluster_version", "?"), created=doc.get("created", ""),
     )
+
+
+def other_clusterings_in(folder: str | os.PathLike, k: int, centroids: torch.Tensor,
+                         keep: str | os.PathLike | None = None) -> list[tuple[Path, int]]:
+    """Model files (*.imgc) directly in `folder`, other than `keep`, that hold another clustering
+    than this one (`k`; `centroids` (k, n_components) float in the reduced space): [(path, its K)].
+
+    Why: a re-clustering in place, or a new run into the same folder, rewrites predictions.csv
+    but not a model file saved beside it earlier (`--save-model results/model.imgc`), and
+    `imgcluster predict` with that file assigns the earlier clusters. Files that do not read as
+    model files are not ours to judge and are left out."""
+    folder = Path(folder)
+    keep_path = Path(keep).resolve() if keep is not None else None
+    found = []
+    for path in sorted(folder.glob("*.imgc")) if folder.is_dir() else []:
+        if keep_path is not None and path.resolve() == keep_path:
+            continue
+        try:
+            other = read_model_file(path)
+        except ModelFileError:
+            continue
+        mine = centroids.detach().float().cpu()
+        same = (other.k == k and other.centroids.shape == mine.shape
+                and torch.allclose(other.centroids, mine, atol=1e-5))
+        if not same:
+            found.append((path, other.k))
+    return found
+
+
+def other_clusterings_notice(folder, k: int, centroids: torch.Tensor, keep=None) -> list[str]:
+    """One line per model file other_clusterings_in finds, saying what it holds and how to replace it."""
+    return [f"{path} holds an earlier clustering (K={other_k}; this one: K={k}): `imgcluster predict` "
+            f"with it assigns those clusters, not predictions.csv's; --save-model {path} replaces it"
+            for path, other_k in other_clusterings_in(folder, k, centroids, keep)]

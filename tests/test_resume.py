@@ -337,6 +337,33 @@ def test_cluster_recluster_without_decoding(small_set, runner, tmp_path, monkeyp
     assert bad.exit_code == 2 and "is a folder" in bad.output
 
 
+def test_a_model_file_left_from_an_earlier_clustering_is_pointed_out(small_set, runner, tmp_path):
+    """README's `--save-model results/model.imgc`, then a re-clustering in place (or a new run into
+    the folder) without --save-model: predictions.csv changes, model.imgc does not, and `predict`
+    with it would assign the earlier clusters. Each such command says so; one that saves over it,
+    or that gives the same clustering again, does not."""
+    out = tmp_path / "out"
+    model = out / "model.imgc"
+    _run(runner, small_set, out, "--k", "3", "--save-model", str(model))
+    before = model.read_bytes()
+    notice = f"{model} holds an earlier clustering (K=3; this one: K=2)"
+    flat = lambda result: " ".join(result.output.split())  # noqa: E731 - rich wraps long notices
+
+    moved = runner.invoke(app, ["cluster", str(out), "--k", "2", "--no-report"])
+    assert moved.exit_code == 0, moved.output
+    assert notice in flat(moved) and f"--save-model {model} replaces it" in flat(moved)
+    assert model.read_bytes() == before  # pointed out, not touched
+    back = runner.invoke(app, ["cluster", str(out), "--k", "3", "--no-report"])  # the saved clustering again
+    assert back.exit_code == 0 and "earlier clustering" not in flat(back), back.output
+    rerun = _run(runner, small_set, out, "--k", "2")
+    assert notice in flat(rerun)
+    saved = runner.invoke(app, ["cluster", str(out), "--k", "2", "--no-report", "--save-model", str(model)])
+    assert saved.exit_code == 0 and "earlier clustering" not in flat(saved), saved.output
+    (out / "notes.imgc").write_text("not a model file")  # not ours to judge: no notice, no error
+    quiet = runner.invoke(app, ["cluster", str(out), "--k", "2", "--no-report"])
+    assert quiet.exit_code == 0 and "earlier clustering" not in flat(quiet), quiet.output
+
+
 def test_cluster_reports_changed_and_removed_files_in_skipped(small_set, runner, tmp_path):
     out = tmp_path / "out"
     (small_set / "bad.png").write_bytes(b"")
