@@ -108,14 +108,41 @@ def test_max_pixels_above_pils_own_limit_is_honoured(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("RGB", (300, 300)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # PIL alone would refuse 90,000 pixels
-    with pytest.raises(DecodeError, match="too large"):
-        decode_image(path, max_pixels=1_000)
+    with pytest.raises(DecodeError, match="too large: 90000 pixels exceeds max_pixels=1000"):
+        decode_image(path, max_pixels=1_000)  # PIL's refusal, in max_pixels' words
+    with pytest.raises(DecodeError, match="too large: 90000 pixels exceeds max_pixels=20000"):
+        decode_image(path, max_pixels=20_000)  # at PIL's own error level (2x): nothing to lift
     assert Image.MAX_IMAGE_PIXELS == 10_000
     assert decode_image(path, max_pixels=100_000).size == (300, 300)
     assert probe_file(path, max_pixels=100_000).width == 300
-    assert Image.MAX_IMAGE_PIXELS == 100_000
+    assert Image.MAX_IMAGE_PIXELS == 50_000  # PIL refuses over twice it: max_pixels is the limit
     assert decode_image(path, max_pixels=None).size == (300, 300)
     assert Image.MAX_IMAGE_PIXELS is None
+
+
+def test_the_defaults_leave_pils_process_wide_settings_alone(tmp_path):
+    """An embedding program's PIL settings stay as it set them: the default max_pixels is PIL's
+    own error level, and LOAD_TRUNCATED_IMAGES is the program's (importing and decoding with
+    imgcluster changed both)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(path)
+    code = textwrap.dedent(f"""
+        from PIL import Image, ImageFile
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        from engine.loaders.decode import decode_image
+        from engine.loaders.probe import probe_file
+        import engine.api
+        assert decode_image({str(path)!r}).size == (300, 300) and probe_file({str(path)!r}).width == 300
+        assert Image.MAX_IMAGE_PIXELS == 89478485, Image.MAX_IMAGE_PIXELS
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 def _tree(tmp_path):

@@ -15,12 +15,13 @@ import contextlib
 import importlib.util
 import io
 import os
+import re
 import stat
 import threading
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 from ..errors import DecodeError
 from .preprocess import CROP, RESIZE, center_crop_offsets, resized_size, source_crop_box
@@ -40,8 +41,9 @@ _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b
 _AVIF_BRANDS = {b"avif", b"avis"}
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit (2x its warning level)
 
-# A truncated file must be an error, not a half-grey image.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# A truncated file is an error, not a half-grey image: Pillow's default (ImageFile.
+# LOAD_TRUNCATED_IMAGES = False). It is process-wide and the embedding program's to set, so it is
+# left alone here (a program that sets it True gets truncated files decoded as Pillow pads them).
 
 
 def read_bytes(path: str | os.PathLike) -> bytearray:
@@ -172,19 +174,28 @@ def _iso_brand(data) -> bytes | None:
 
 
 def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
-    """Image.open on bytes, with PIL's own decompression-bomb limit raised to `max_pixels` if that
-    is larger (None: no limit), so our max_pixels is the one limit a user sets. The limit is only
-    ever raised, never lowered: PIL's is process-wide and other code may rely on it.
+    """Image.open on bytes; an image PIL refuses as a decompression bomb gets max_pixels' wording.
+
+    PIL's own limit (Image.MAX_IMAGE_PIXELS, process-wide: the embedding program's) refuses
+    images over twice it, which with PIL's default is exactly DEFAULT_MAX_PIXELS: left alone.
+    Only a max_pixels above that level (or None: no limit), an explicit choice, raises it, so
+    that max_pixels is the limit that applies. (Between once and twice it, PIL only warns;
+    pil_errors_as_decode_errors silences that.)
 
     A HEIF/AVIF file that no installed plugin reads raises DecodeError with the install hint."""
     pil_limit = Image.MAX_IMAGE_PIXELS
-    if pil_limit is not None and (max_pixels is None or max_pixels > pil_limit):
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    if pil_limit is not None and (max_pixels is None or max_pixels > 2 * pil_limit):
+        Image.MAX_IMAGE_PIXELS = None if max_pixels is None else -(-max_pixels // 2)
     brand = _iso_brand(data)
     if brand is not None:
         heif_status()  # registers the opener on the first such file
     try:
         return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        if pixels and max_pixels is not None and int(pixels.group(1)) > max_pixels:
+            raise DecodeError(f"too large: {int(pixels.group(1))} pixels exceeds max_pixels={max_pixels}") from None
+        raise DecodeError(f"too large: {exc}") from None  # under a lower limit the program set
     except Image.UnidentifiedImageError:
         if brand in _HEIF_BRANDS and heif_status():
             raise DecodeError(f"HEIF image: {heif_status()}") from None
