@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -171,18 +172,34 @@ def _onehot(cols: torch.Tensor, total: int, dtype: torch.dtype = torch.float32) 
 # --------------------------------------------------------------------------- distance sums
 
 
+_ieee_lock = threading.Lock()
+_ieee_users = 0  # _ieee_matmul blocks running now, in any thread
+_ieee_saved = "highest"  # the precision the program had when the first of them began
+
+
 @contextlib.contextmanager
 def _ieee_matmul(device: torch.device):
-    """TF32 matmul would wreck the Gram-formula distances of nearby points; switch it off here."""
+    """TF32 matmul would wreck the Gram-formula distances of nearby points; switch it off here.
+
+    The setting is process-wide, so overlapping blocks (fits in several threads) share one switch:
+    the first saves the program's setting, the last restores it (each saving and restoring its
+    own could leave "highest" behind for good)."""
+    global _ieee_users, _ieee_saved
     if device.type != "cuda":
         yield
         return
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    with _ieee_lock:
+        if _ieee_users == 0:
+            _ieee_saved = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision("highest")
+        _ieee_users += 1
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(previous)
+        with _ieee_lock:
+            _ieee_users -= 1
+            if _ieee_users == 0:
+                torch.set_float32_matmul_precision(_ieee_saved)
 
 
 def _work_dtype(device: torch.device) -> torch.dtype:

@@ -517,3 +517,42 @@ def test_gpu_sampled_and_auto():
     sampled = silhouette_all_k(Xg, [y, y % 3], sample_size=5000)
     for e, s in zip(exact, sampled):
         assert s.sampled and abs(e.mean - s.mean) < 0.02
+
+
+def test_ieee_matmul_blocks_that_overlap_restore_the_programs_setting():
+    """Two fits in two threads: A enters, B enters, A leaves, B leaves. The float32 matmul
+    precision is "highest" while either runs and the program's own afterwards (each block saving
+    and restoring its own left "highest" behind for good). No GPU needed: only the setting moves."""
+    import threading
+
+    from engine.silhouette import _ieee_matmul
+
+    cuda = torch.device("cuda")  # the device type decides; nothing runs on it
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+        seen = []
+
+        def a():
+            with _ieee_matmul(cuda):
+                a_in.set()
+                b_in.wait(5)
+            a_out.set()
+
+        def b():
+            a_in.wait(5)
+            with _ieee_matmul(cuda):
+                b_in.set()
+                a_out.wait(5)
+                seen.append(torch.get_float32_matmul_precision())  # A has left, B still inside
+
+        threads = [threading.Thread(target=a), threading.Thread(target=b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert seen == ["highest"]
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
