@@ -259,14 +259,30 @@ class FittedModel:
         center-cropped like training; an item of another dtype or shape fails alone."""
         if isinstance(arrays, np.ndarray) and arrays.ndim in (2, 3):  # one image: list() would split its rows
             raise TypeError("predict_arrays takes a list of images: predict_arrays([image])")
-        return self._predict_uint8(self._map(self._prepare_array, list(arrays)))
+        return self._predict_in_chunks(self._prepare_array, list(arrays))
 
     def predict_bytes(self, blobs: Sequence[bytes]) -> Prediction:
         """blobs: n encoded images (JPEG, PNG, WebP, BMP, TIFF, GIF bytes) -> Prediction with n items.
         Decoded on the CPU in the model's thread pool; an undecodable item fails alone."""
         if isinstance(blobs, (bytes, bytearray, memoryview)):  # one image, not a list of byte values
             raise TypeError("predict_bytes takes a list of encoded images: predict_bytes([data])")
-        return self._predict_uint8(self._map(self._prepare_bytes, list(blobs)))
+        return self._predict_in_chunks(self._prepare_bytes, list(blobs))
+
+    def _predict_in_chunks(self, prepare: Callable[[Any], tuple], items: list) -> Prediction:
+        """prepare (in the pool) and predict `items` batch_size at a time: a request's memory is
+        one batch of decoded pixels, not all of them (3,000 tiny images held 4 GB), and other
+        callers' forwards can run between its batches instead of after the whole request."""
+        step = max(1, self.batch_size)
+        if len(items) <= step:
+            return self._predict_uint8(self._map(prepare, items))
+        out = Prediction.empty(len(items))
+        for start in range(0, len(items), step):
+            part = self._predict_uint8(self._map(prepare, items[start:start + step]))
+            stop = start + len(part)
+            out.labels[start:stop], out.distances[start:stop] = part.labels, part.distances
+            out.confidences[start:stop] = part.confidences
+            out.errors[start:stop] = part.errors
+        return out
 
     def predict_paths(self, paths: Sequence[str | os.PathLike], progress: Callable[[int], None] | None = None
                       ) -> Prediction:

@@ -310,6 +310,28 @@ def test_bad_items_fail_alone(loaded, blobs, fitted):
     json.dumps(as_json)
 
 
+def test_a_large_request_is_decoded_and_predicted_a_batch_at_a_time(model_file, loaded, blobs, monkeypatch):
+    """predict_bytes / predict_arrays over more items than batch_size: at most batch_size items
+    are decoded and held at once (3,000 tiny images held 4 GB), and the results are those of one
+    whole-request pass, bad items included, in request order."""
+    items = [blobs[0], b"junk", *blobs[1:6], b"", blobs[6]]
+    whole = loaded.predict_bytes(items)
+    small = load_model(model_file, device="cpu", batch_size=3)
+    seen = []
+    real = small._predict_uint8
+    monkeypatch.setattr(small, "_predict_uint8", lambda part: seen.append(len(part)) or real(part))
+    try:
+        chunked = small.predict_bytes(items)
+        arrays = small.predict_arrays([np.asarray(decode_image(b)) for b in blobs[:7]])
+    finally:
+        small.close()
+    assert seen == [3, 3, 3, 3, 3, 1]  # 9 items, then 7 arrays
+    np.testing.assert_array_equal(chunked.labels, whole.labels)
+    np.testing.assert_allclose(chunked.distances, whole.distances, rtol=1e-5)
+    assert chunked.errors == whole.errors and chunked.labels[[1, 7]].tolist() == [-1, -1]
+    np.testing.assert_array_equal(arrays.labels, loaded.predict_bytes(blobs[:7]).labels)
+
+
 def test_predict_arrays_and_tensors_match_bytes(loaded, blobs):
     arrays = [np.asarray(decode_image(b)) for b in blobs[:5]]
     by_bytes = loaded.predict_bytes(blobs[:5])
