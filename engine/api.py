@@ -223,6 +223,9 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         model = load_model(path, device=device, weights=weights,
                            allow_fingerprint_mismatch=allow_fingerprint_mismatch, **options)
         params = {name: value for name, value in model.state.config.items() if name in _PARAMS}
+        # what this load was given (max_pixels, batch_size, ...) over what the fit used, so
+        # get_params() describes the model that predicts
+        params.update({name: value for name, value in options.items() if name in _PARAMS})
         params["device"] = device
         if weights is not None:
             params["weights"] = os.fspath(weights)

@@ -190,6 +190,10 @@ def test_a_loaded_clusterer_pickles_and_load_options_are_checked(fitted, three_g
     label = loaded.predict([image]).tolist()
     assert loaded.predict_bytes([image.read_bytes(), b"not an image"]).tolist() == label + [-1]
     assert loaded.predict_arrays([np.asarray(Image.open(image).convert("RGB"))]).tolist() == label
+    # the options a load was given are its parameters (get_params reported the fit's)
+    tuned = ImageClusterer.load(path, device="cpu", max_pixels=1000, batch_size=4)
+    assert tuned.get_params()["max_pixels"] == 1000 and tuned.get_params()["batch_size"] == 4
+    assert tuned.model_.max_pixels == 1000 and loaded.get_params()["max_pixels"] == loaded.model_.max_pixels
     with pytest.raises(ConfigError, match="batch_size='8' must be an integer"):
         load_model(path, device="cpu", batch_size="8")
     with pytest.raises(ConfigError, match="max_pixels=0 must be >= 1"):
