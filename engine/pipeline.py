@@ -246,7 +246,9 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         raise InputError(f"none of the {len(found.paths)} files could be used"
                          + _failed_run_outputs(out_dir, skipped, cache_discarded))
     if skipped:
-        reporter.notify(skipped_note(count_reasons(reason for _, reason in skipped)))
+        # without out_dir no skipped.csv is written: the list is the result's (ImageClusterer.skipped_)
+        where = "skipped.csv" if out_dir is not None else "ImageClusterer.skipped_"
+        reporter.notify(skipped_note(count_reasons(reason for _, reason in skipped), where=where))
 
     try:
         pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster,

@@ -9,6 +9,8 @@ import contextlib
 import logging
 from typing import Callable, Iterator
 
+from .api_wording import in_python_terms
+
 logger = logging.getLogger("imgcluster")
 
 
@@ -19,11 +21,13 @@ class Reporter:
     subclass's task must accept all three. advance may be called once per item: implementations
     keep it cheap (engine.cli_progress throttles its terminal updates)."""
 
+    # The logger is the Python caller's channel: a notice that names a CLI flag also says what a
+    # Python caller writes instead (api_wording; the CLI's reporter prints the flag alone).
     def notify(self, message: str) -> None:
-        logger.info(message)
+        logger.info(in_python_terms(message))
 
     def warn(self, message: str) -> None:
-        logger.warning(message)
+        logger.warning(in_python_terms(message))
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None, transient: bool = False) -> Iterator[Callable[[int], None]]:

@@ -44,14 +44,14 @@ def count_reasons(reasons: Iterable[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def skipped_note(counts: dict[str, int], limit: int = 3) -> str:
+def skipped_note(counts: dict[str, int], limit: int = 3, where: str = "skipped.csv") -> str:
     """'Skipped 7 file(s): 4 corrupt or truncated image; 2 empty file (0 bytes); 1 duplicate (the
     same file reached twice) (see skipped.csv)': the `limit` most frequent kinds, then how many
-    other kinds. '' when none."""
+    other kinds; `where` names the list of them. '' when none."""
     total = sum(counts.values())
     if not total:
         return ""
     kinds = [f"{n:,} {kind}" for kind, n in list(counts.items())[:limit]]
     if len(counts) > limit:
         kinds.append(f"{len(counts) - limit} more kind(s)")
-    return f"Skipped {total:,} file(s): {'; '.join(kinds)} (see skipped.csv)"
+    return f"Skipped {total:,} file(s): {'; '.join(kinds)} (see {where})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,3 +271,23 @@ def test_api_errors_name_the_python_parameters(three_groups, tmp_path, offline_w
 
     cli = CliRunner().invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "o"), "--model", "resnet18"])
     assert cli.exit_code == 2 and "--weights random" in cli.output and "in Python" not in cli.output
+
+
+def test_notices_to_a_python_caller_name_its_terms(three_groups, tmp_path, caplog):
+    """Through the 'imgcluster' logger, a notice naming a CLI flag also gives the Python form, and
+    the skipped-files notice of a fit without out_dir points at skipped_, not a skipped.csv that
+    was never written."""
+    import logging
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(three_groups, data)
+    (data / "broken.jpg").write_bytes(b"")
+    with caplog.at_level(logging.INFO, logger="imgcluster"):
+        fitted = ImageClusterer(model="resnet18", weights="random", device="cpu", pca=4, k="2:3",
+                                batch_size=16).fit([data])
+    lines = [r.getMessage() for r in caplog.records if r.name == "imgcluster"]
+    assert any(line.startswith("--weights random") and line.endswith("[in Python: weights=...]") for line in lines), lines
+    skipped = [line for line in lines if line.startswith("Skipped 1 file(s)")]
+    assert skipped and skipped[0].endswith("(see ImageClusterer.skipped_)"), lines
+    assert [Path(p).name for p, _ in fitted.skipped_] == ["broken.jpg"]
