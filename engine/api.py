@@ -163,6 +163,19 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                     self._model = FittedModel.from_result(self.result_)
         return self._model
 
+    def close(self) -> None:
+        """Stop the predictor's decode threads (model_.close()); the clusterer still predicts
+        afterwards (a new pool starts on demand). Also `with ImageClusterer.load(path) as c: ...`."""
+        model = getattr(self, "_model", None)
+        if model is not None:
+            model.close()
+
+    def __enter__(self) -> "ImageClusterer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def __getstate__(self) -> dict:
         # the predictor holds a thread pool and locks: pickle the fitted results, rebuild it on use
         state = dict(self.__dict__)

@@ -191,6 +191,14 @@ def test_a_loaded_clusterer_pickles_and_load_options_are_checked(fitted, three_g
     label = loaded.predict([image]).tolist()
     assert loaded.predict_bytes([image.read_bytes(), b"not an image"]).tolist() == label + [-1]
     assert loaded.predict_arrays([np.asarray(Image.open(image).convert("RGB"))]).tolist() == label
+    # close() (and a with block) stops the predictor's decode threads; it still predicts after
+    with ImageClusterer.load(path, device="cpu") as scoped:
+        scoped.predict_bytes([image.read_bytes(), image.read_bytes()])
+        pool = scoped.model_._pool
+        assert pool is not None
+    assert scoped.model_._pool is None and pool._shutdown
+    assert scoped.predict_bytes([image.read_bytes()]).tolist() == label
+    ImageClusterer().close()  # not fitted: nothing to stop, no error
     # the options a load was given are its parameters (get_params reported the fit's)
     tuned = ImageClusterer.load(path, device="cpu", max_pixels=1000, batch_size=4)
     assert tuned.get_params()["max_pixels"] == 1000 and tuned.get_params()["batch_size"] == 4
