@@ -202,7 +202,7 @@ def run(
             reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
         _warn_of_earlier_models(out, clusterer.result_, save_model, reporter)
         print_run_summary(clusterer.result_.summary, out_console)
-        out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/")
+        out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/", soft_wrap=True)
     except KeyboardInterrupt as exc:  # the results are written: say so rather than "rerun to resume"
         fail(f"{_stopped(exc)} after the run: its results are in {out}/"
              + (f" (the model file {save_model} may not be saved)" if save_model is not None else ""),
@@ -272,7 +272,7 @@ def bench(
     print_bench(result, out_console)
     if json_out:
         write_json(json_out, result.as_dict())
-        out_console.print(f"Figures written to {escape(str(json_out))}")
+        out_console.print(f"Figures written to {escape(str(json_out))}", soft_wrap=True)
 
 
 @app.command()
@@ -292,8 +292,9 @@ def report(
 
         fail(not_a_finished_run(run_dir, "summary.json"))
     index = build_report(run_dir, max_montage=max_montage,
-                         warn=lambda message: err_console.print(f"[yellow]Warning:[/yellow] {escape(message)}"))
-    out_console.print(f"Report written to {escape(str(index))}")
+                         warn=lambda message: err_console.print(f"[yellow]Warning:[/yellow] {escape(message)}",
+                                                                           soft_wrap=True))
+    out_console.print(f"Report written to {escape(str(index))}", soft_wrap=True)
 
 
 @app.command()
@@ -330,7 +331,7 @@ def cluster(
         reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
     _warn_of_earlier_models(out or run_dir, result, save_model, reporter)
     print_run_summary(result.summary, out_console)
-    out_console.print(f"Chosen K = [bold]{result.k}[/bold]; results in {escape(str(out or run_dir))}/")
+    out_console.print(f"Chosen K = [bold]{result.k}[/bold]; results in {escape(str(out or run_dir))}/", soft_wrap=True)
 
 
 @app.command()
@@ -364,7 +365,8 @@ def predict(
     with fitted:
         done = predict_files(fitted, paths, out, reporter=reporter, include_hidden=include_hidden)
     skipped = f"; {len(done.skipped)} skipped (see {done.skipped_csv})" if done.skipped else ""
-    out_console.print(f"Assigned {len(done.paths)} image(s) to K = {fitted.k} clusters: {escape(str(out) + skipped)}")
+    out_console.print(f"Assigned {len(done.paths)} image(s) to K = {fitted.k} clusters: {escape(str(out) + skipped)}",
+                      soft_wrap=True)
 
 
 @app.command()
@@ -385,7 +387,7 @@ def export(
     done = export_clusters(run_dir, to, mode=mode, reporter=RichReporter(err_console, quiet=quiet))
     missing = f"; {len(done.missing)} missing image(s) listed in {done.folder / 'missing.csv'}" if done.missing else ""
     out_console.print(f"Exported {done.written} image(s) into {done.clusters} cluster folder(s) under "
-                      f"{escape(str(done.folder))}/ ({mode}){escape(missing)}")
+                      f"{escape(str(done.folder))}/ ({mode}){escape(missing)}", soft_wrap=True)
 
 
 for _info in app.registered_commands:  # every command's --help as a flag (_HelpFlag)

@@ -57,7 +57,8 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
         clusterer.set_params(model="pixels").fit([images], out_dir=results, reporter=reporter, report=True)
     print_run_summary(clusterer.result_.summary, console)
     console.print(f"Chosen K = [bold]{clusterer.k_}[/bold] (the sample set has {len(GROUPS)} groups); "
-                  f"results in {escape(str(results))}/, report at {escape(str(results / 'report' / 'index.html'))}")
+                  f"results in {escape(str(results))}/, report at {escape(str(results / 'report' / 'index.html'))}",
+                  soft_wrap=True)
     # A model to ship, and new images of the same groups (never seen in training) to try it on.
     model_file = clusterer.save(out / MODEL_FILE)
     per_held_out = held_out_size(per_group)

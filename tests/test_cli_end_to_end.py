@@ -37,6 +37,20 @@ def test_run_pixels_finds_three_groups(three_groups, runner, tmp_path):
     assert sorted(set(pred)) == [0, 1, 2] and sizes == sorted(sizes, reverse=True)
 
 
+def test_result_lines_stay_one_line_in_a_pipe(three_groups, runner, tmp_path):
+    """`run ... | tail -1` printed "/": the closing line (and cluster's, report's) wrapped at 80
+    columns when stdout is not a terminal; each is one line whatever the path's length."""
+    out = tmp_path / "a_rather_long_output_folder_name" / "with" / "another_long_subfolder_level" / "and_more"
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3",
+                                 "--no-report"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    assert f"Chosen K = 3; results in {out}/" in result.output.splitlines()
+    again = runner.invoke(app, ["cluster", str(out), "--k", "3"], terminal_width=80)
+    assert f"Chosen K = 3; results in {out}/" in again.output.splitlines(), again.output
+    report = runner.invoke(app, ["report", str(out)], terminal_width=80)
+    assert f"Report written to {out / 'report' / 'index.html'}" in report.output.splitlines(), report.output
+
+
 def test_same_seed_same_output(three_groups, runner, tmp_path):
     outs = []
     for name in ("a", "b"):
