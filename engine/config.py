@@ -52,6 +52,13 @@ def _flag(name: str, value) -> bool:
     return bool(value)
 
 
+def _reversed_range(text: str, lo: int, hi: int) -> str:
+    """The message for a range written high to low: its turned-round form when that is valid."""
+    if hi >= 2:
+        return f"k range {text} is reversed: write it as {hi}:{lo}"
+    return f"k range {text} is reversed, and K must be at least 2 (a range like 2:{max(lo, 2)})"
+
+
 def parse_k(value) -> tuple[int, ...]:
     """'2:20' -> (2, ..., 20); '11' or 11 -> (11,); '3,5,8' or [3, 5, 8] -> (3, 5, 8); (a, b) tuple = range a..b.
 
@@ -64,7 +71,7 @@ def parse_k(value) -> tuple[int, ...]:
     elif isinstance(value, tuple) and len(value) == 2 and all(_is_integer(v) for v in value):
         lo, hi = int(value[0]), int(value[1])
         if lo > hi:
-            raise ConfigError(f"k range {lo}:{hi} is reversed: write it as {hi}:{lo}")
+            raise ConfigError(_reversed_range(f"{lo}:{hi}", lo, hi))
         ks = tuple(range(lo, hi + 1))
     elif isinstance(value, (list, tuple, range, np.ndarray)):
         if not all(_is_integer(v) for v in value):
@@ -79,7 +86,7 @@ def parse_k(value) -> tuple[int, ...]:
             raise ConfigError(f"k={value!r} is not a number, a range like 2:20, or a list like 3,5,8") from None
         if bounds is not None:
             if bounds[0] > bounds[1]:
-                raise ConfigError(f"k range {text} is reversed: write it as {bounds[1]}:{bounds[0]}")
+                raise ConfigError(_reversed_range(text, *bounds))
             ks = tuple(range(bounds[0], bounds[1] + 1))
     else:
         raise ConfigError(f"k={value!r} is not a number, a range like 2:20, or a list like 3,5,8")

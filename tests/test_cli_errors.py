@@ -7,7 +7,8 @@ from engine.cli import app
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--k", "10:2"], "reversed"),
+    (["--k", "10:2"], "reversed: write it as 2:10"),
+    (["--k", "2:1"], "k range 2:1 is reversed, and K must be at least 2 (a range like 2:2)"),  # not "1:2"
     (["--k", "1"], "below 2"),
     (["--k", "abc"], "not a number"),
     (["--pca", "1.5"], "outside (0, 1]"),
