@@ -46,12 +46,16 @@ def count_reasons(reasons: Iterable[str]) -> dict[str, int]:
 
 def skipped_note(counts: dict[str, int], limit: int = 3, where: str = "skipped.csv") -> str:
     """'Skipped 7 file(s): 4 corrupt or truncated image; 2 empty file (0 bytes); 1 duplicate (the
-    same file reached twice) (see skipped.csv)': the `limit` most frequent kinds, then how many
-    other kinds; `where` names the list of them. '' when none."""
+    same file reached twice) (see skipped.csv)': the `limit` most frequent kinds (all of them when
+    one more would be left), then how many files of how many other kinds; `where` names the list of
+    them. '' when none."""
     total = sum(counts.values())
     if not total:
         return ""
+    if len(counts) == limit + 1:  # naming the last kind costs no more than "1 more kind(s)"
+        limit += 1
     kinds = [f"{n:,} {kind}" for kind, n in list(counts.items())[:limit]]
     if len(counts) > limit:
-        kinds.append(f"{len(counts) - limit} more kind(s)")
+        rest = sum(list(counts.values())[limit:])
+        kinds.append(f"{rest:,} file(s) of {len(counts) - limit} more kind(s)")
     return f"Skipped {total:,} file(s): {'; '.join(kinds)} (see {where})"

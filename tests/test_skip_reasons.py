@@ -24,5 +24,7 @@ def test_count_and_note_most_frequent_first():
     assert list(counts)[1:3] == ["corrupt or truncated image", "empty file (0 bytes)"]  # ties by name
     note = skipped_note(counts, limit=3)
     assert note.startswith("Skipped 9 file(s): 3 HEIF image: install pillow-heif")
-    assert note.endswith("; 2 more kind(s) (see skipped.csv)")
+    assert note.endswith("; 2 file(s) of 2 more kind(s) (see skipped.csv)")
+    # one kind left over is named rather than counted
+    assert skipped_note(counts, limit=4).endswith("; 1 duplicate (the same file reached twice); 1 not found (see skipped.csv)")
     assert skipped_note({}) == ""
