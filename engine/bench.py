@@ -230,7 +230,8 @@ def run_bench(folder=None, n: int | None = None, model: str = "resnet152", devic
     resolve_cuda_graphs(cuda_graphs, dev)  # before the bench set is made
     if n is None:
         n = 4096 if dev.type == "cuda" else 96
-    config = Config.from_kwargs(model=model, weights="random", device=device, decoder=decoder, k=k, pca=pca,
+    # random weights: throughput does not depend on them, and no download (pixels has none)
+    config = Config.from_kwargs(model=model, weights="auto" if model == "pixels" else "random", device=device, decoder=decoder, k=k, pca=pca,
                                 compile=compile, batch_size=batch_size, cuda_graphs=cuda_graphs)
     # Both configurations cluster the same Ks: those n images can support (K <= n - 1).
     config = config.replace(k=",".join(map(str, usable_ks(config.cluster.k, n, reporter.notify))))

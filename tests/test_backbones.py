@@ -99,7 +99,7 @@ class _ShapeRecorder(torch.nn.Module):
 
 
 def test_compiled_models_pad_to_the_callers_batch_size():
-    backbone = load_backbone("pixels", "random", "cpu")
+    backbone = load_backbone("pixels", "auto", "cpu")
     expected = backbone(_images(5))
     backbone.compiled = True
     backbone.module = recorder = _ShapeRecorder(backbone.module)
@@ -117,7 +117,7 @@ def test_extraction_with_a_compiled_model_runs_one_batch_size(three_groups):
 
     paths = sorted(three_groups.rglob("*.jpg"))[:11]
     paths.insert(3, three_groups / "missing.jpg")  # a batch with a skipped file
-    backbone = load_backbone("pixels", "random", "cpu")
+    backbone = load_backbone("pixels", "auto", "cpu")
     expected = extract_features(paths, make_loader("pil", torch.device("cpu")), backbone, 8).features
     backbone.compiled = True
     backbone.module = recorder = _ShapeRecorder(backbone.module)
@@ -135,7 +135,7 @@ def test_cpu_precision_and_layout(monkeypatch):
         monkeypatch.setattr(device, "_cpu_bf16", lambda native=native: device.Capability("cpu bf16", native))
         with pytest.warns(UserWarning):
             assert load_backbone("resnet18", "random", "cpu").precision == expected
-        assert load_backbone("pixels", "random", "cpu").precision == "fp32"
+        assert load_backbone("pixels", "auto", "cpu").precision == "fp32"
     with pytest.warns(UserWarning):
         nhwc = load_backbone("resnet18", "random", "cpu", precision="fp32")
     with pytest.warns(UserWarning):
@@ -173,3 +173,13 @@ def test_missing_keys_are_named_and_an_empty_list_is_not_printed(tmp_path):
         load_backbone("resnet18", weights=path, device="cpu")
     assert "1 missing keys (e.g. layer1.0.conv1.weight)" in str(info.value)
     assert "unexpected" not in str(info.value) and "[]" not in str(info.value)
+
+
+def test_weights_given_with_pixels_are_said_to_be_unused(tmp_path):
+    """--model pixels takes no weights: a weights file or "random" given with it is not silently dropped."""
+    from engine.backbones import load_backbone
+
+    said = []
+    load_backbone("pixels", "random", "cpu", warn=said.append)
+    load_backbone("pixels", "auto", "cpu", warn=said.append)  # the default: nothing to say
+    assert said == ["--model pixels has no weights: --weights random is not used"]

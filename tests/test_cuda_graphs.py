@@ -47,7 +47,7 @@ def _graphed(backbone, cls=_CpuGraphs, **options):
 
 
 def test_a_graphed_backbone_returns_copies_that_the_next_batch_does_not_overwrite():
-    backbone = load_backbone("pixels", "random", "cpu")
+    backbone = load_backbone("pixels", "auto", "cpu")
     a, b = _images(5, seed=1), _images(5, seed=2)
     expected_a, expected_b = backbone(a), backbone(b)
     graphs = _graphed(backbone)
@@ -61,11 +61,11 @@ def test_a_graphed_backbone_returns_copies_that_the_next_batch_does_not_overwrit
 def test_after_prepare_a_new_size_runs_the_plain_forward_instead_of_capturing():
     """Extraction captures before its loader starts; a new size later (after an OOM halving)
     must not be captured while the loader's threads use the GPU."""
-    backbone = load_backbone("pixels", "random", "cpu")
+    backbone = load_backbone("pixels", "auto", "cpu")
     graphs = _graphed(backbone)
     backbone.prepare_graphs(8, input_dtype=torch.float32)
     assert graphs.captures == 1 and not graphs.capture_new
-    plain = load_backbone("pixels", "random", "cpu")
+    plain = load_backbone("pixels", "auto", "cpu")
     torch.testing.assert_close(backbone(_images(4), pad_to=4), plain(_images(4)))  # size 4: not captured
     torch.testing.assert_close(backbone(_images(5), pad_to=8), plain(_images(5)))  # size 8: replayed
     assert graphs.captures == 1
@@ -82,7 +82,7 @@ def test_compile_and_cuda_graphs_together_are_refused():
 
 
 def test_one_graph_per_size_and_the_oldest_is_dropped():
-    backbone = load_backbone("pixels", "random", "cpu")
+    backbone = load_backbone("pixels", "auto", "cpu")
     graphs = _graphed(backbone, max_graphs=2)
     for n in (8, 16, 8, 4, 16):  # 8, 16 captured; 8 reused; 4 evicts 16; 16 captured again
         backbone(_images(n), pad_to=n)
@@ -96,7 +96,7 @@ def test_extraction_with_graphs_runs_one_batch_size(three_groups):
 
     paths = sorted(three_groups.rglob("*.jpg"))[:11]
     paths.insert(3, three_groups / "missing.jpg")
-    backbone = load_backbone("pixels", "random", "cpu")
+    backbone = load_backbone("pixels", "auto", "cpu")
     expected = extract_features(paths, make_loader("pil", torch.device("cpu")), backbone, 8).features
     graphs = _graphed(backbone)
     got = extract_features(paths, make_loader("pil", torch.device("cpu")), backbone, 8)
@@ -109,7 +109,7 @@ def test_cuda_graphs_without_cuda_is_an_error_before_any_work(three_groups, tmp_
     from engine.cli import app
 
     with pytest.raises(BackendUnavailable, match="--cuda-graphs needs a CUDA device"):
-        load_backbone("pixels", "random", "cpu", cuda_graphs=True)
+        load_backbone("pixels", "auto", "cpu", cuda_graphs=True)
     with pytest.raises(BackendUnavailable, match="--cuda-graphs needs --device cuda"):
         ImageClusterer(model="pixels", device="cpu", cuda_graphs=True).fit([three_groups])
     result = runner.invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "out"), "--model", "pixels",
@@ -215,7 +215,7 @@ def test_an_out_of_memory_capture_before_extraction_halves_the_batch(three_group
             return super()._capture(x)
 
     paths = sorted(three_groups.rglob("*.jpg"))[:10]
-    backbone = load_backbone("pixels", "random", "cpu")
+    backbone = load_backbone("pixels", "auto", "cpu")
     expected = extract_features(paths, make_loader("pil", torch.device("cpu")), backbone, 8).features
     graphs = _graphed(backbone, cls=OomAbove4)
     notices = []
@@ -227,7 +227,7 @@ def test_an_out_of_memory_capture_before_extraction_halves_the_batch(three_group
 def test_a_graphed_backbone_pickles_without_its_graphs():
     import pickle
 
-    backbone = load_backbone("pixels", "random", "cpu")
+    backbone = load_backbone("pixels", "auto", "cpu")
     _graphed(backbone)
     backbone(_images(2))
     copy = pickle.loads(pickle.dumps(backbone))
@@ -239,7 +239,7 @@ def test_the_backends_line_says_how_the_backbone_ran():
 
     from engine.pipeline import Backends
 
-    backbone = load_backbone("pixels", "random", "cpu")
+    backbone = load_backbone("pixels", "auto", "cpu")
     backends = Backends(_torch.device("cpu"), "pil", "torch")
     assert backends.as_dict(backbone)["backbone"] == "pixels (none, fp32)"
     backbone.cuda_graphs = True
