@@ -375,6 +375,8 @@ def write_run(result: RunResult, out_dir, save_features: bool = False, report: b
     outputs.write_summary(out, result.summary)
     if earlier_run:
         outputs.remove_stale(out, features=not save_features, report=not report)
+        if report:  # the earlier run's page goes now: an interrupted build must not leave it looking current
+            outputs.remove_report_index(out)
     if report:
         from .report import build_report
 

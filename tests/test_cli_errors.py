@@ -391,3 +391,12 @@ def test_ctrl_c_during_the_report_points_at_imgcluster_report(three_groups, runn
             in " ".join(result.output.split()))
     monkeypatch.setattr(engine.report, "build_report", real)
     assert runner.invoke(app, ["report", str(out)]).exit_code == 0 and (out / "report" / "index.html").is_file()
+    # A later run interrupted while it writes its report: the earlier run's page is gone (it
+    # described K=3 beside this run's K=2 predictions), and `imgcluster report` writes the new one.
+    monkeypatch.setattr(engine.report, "build_report", interrupted)
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "2"])
+    assert result.exit_code == 130 and not (out / "report" / "index.html").exists()
+    monkeypatch.setattr(engine.report, "build_report", real)
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    page = (out / "report" / "index.html").read_text()
+    assert "Only K = 2 was searched" in page and "K = 3" not in page

@@ -276,6 +276,15 @@ def remove_stale(out_dir, features: bool, report: bool) -> None:
             pass
 
 
+def remove_report_index(out_dir) -> None:
+    """Remove out_dir/report/index.html, the page of an earlier run's report, before a new report
+    is built there (its other files are replaced or removed as the build ends). Interrupted, the
+    build then leaves no page, rather than the earlier run's describing other clusters."""
+    root = Path(out_dir) / REPORT
+    if not root.is_symlink() and (root / REPORT_INDEX).is_file():
+        (root / REPORT_INDEX).unlink()
+
+
 def write_predictions(out_dir, paths, labels) -> Path:
     """paths: n paths (str/Path, or a PathList: read as its strings(), no Path made a row);
     labels: (n,) int cluster ids."""
