@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .api_wording import without_python_terms
-from .errors import ConfigError, ImgclusterError, ReportInterrupted
+from .errors import CacheRestartInterrupted, ConfigError, ImgclusterError, ReportInterrupted
 
 APP_HELP = "Cluster large unlabeled image collections: ResNet features → PCA → KMeans over K → silhouette picks K."
 
@@ -65,7 +65,7 @@ def _stopped(exc: KeyboardInterrupt) -> str:
 
 
 def interrupted_code(exc: KeyboardInterrupt) -> int:
-    signalled = exc.__cause__ if isinstance(exc, ReportInterrupted) else exc
+    signalled = exc.__cause__ if isinstance(exc, (ReportInterrupted, CacheRestartInterrupted)) else exc
     return 128 + signal.SIGTERM if isinstance(signalled, Terminated) else 130
 
 
@@ -84,6 +84,11 @@ def user_errors(func):
             fail(without_python_terms(str(exc)), exc.exit_code)
         except ReportInterrupted as exc:
             fail(report_interrupted_message(exc), interrupted_code(exc))
+        except CacheRestartInterrupted as exc:
+            fail(f"{_stopped(exc.__cause__)}; rerun the same command to resume from the feature cache. The finished "
+                 f"run in {exc.out_dir} (its predictions.csv and summary.json) had its feature cache restarted "
+                 "for this run's settings: `imgcluster cluster` on it works again once this run finishes",
+                 interrupted_code(exc))
         except KeyboardInterrupt as exc:
             fail(f"{_stopped(exc)}; rerun the same command to resume from the feature cache", interrupted_code(exc))
         except OSError as exc:  # a file system problem the checks before the work could not foresee (disk full, ...)

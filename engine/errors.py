@@ -42,5 +42,15 @@ class ReportInterrupted(KeyboardInterrupt):
         self.out_dir = out_dir
 
 
+class CacheRestartInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) while extracting, in a folder holding a finished run whose feature cache
+    this run restarted (another model or settings): that run's predictions.csv and summary.json
+    are still there, but `imgcluster cluster` on them needs this run to finish first."""
+
+    def __init__(self, out_dir):
+        super().__init__(str(out_dir))
+        self.out_dir = out_dir
+
+
 class DecodeError(Exception):
     """One image could not be decoded. Carries a short reason for skipped.csv; loaders catch it."""

@@ -18,7 +18,7 @@ import torch
 from .backbones import Backbone, check_weights_argument, load_backbone
 from .config import DEFAULT_PCA, Config
 from .device import resolve_cluster_backend, resolve_compile, resolve_cuda_graphs, resolve_decoder, resolve_device
-from .errors import InputError, ReportInterrupted
+from .errors import CacheRestartInterrupted, InputError, ReportInterrupted
 from .features import Extraction, StreamingPCA, auto_batch_size, extract_features
 from .loaders import make_loader
 from .loaders.decode import DRAFT_MIN_SIZE
@@ -227,9 +227,14 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         streaming = StreamingPCA(config.reduce.pca, config.reduce.pca_fit_limit,
                                  "sklearn" if backends.cluster == "sklearn" else backends.cluster,
                                  config.cluster.seed)
-    with reporter.task("Extracting features", len(found.paths)) as advance:
-        extraction = extract_features(found.paths, loader, backbone, batch_size, progress=advance,
-                                      store=store, notify=reporter.notify, streaming=streaming)
+    try:
+        with reporter.task("Extracting features", len(found.paths)) as advance:
+            extraction = extract_features(found.paths, loader, backbone, batch_size, progress=advance,
+                                          store=store, notify=reporter.notify, streaming=streaming)
+    except KeyboardInterrupt as exc:
+        if store is not None and store.discarded and outputs.is_run_folder(out_dir):
+            raise CacheRestartInterrupted(out_dir) from exc  # the message must say what it means for that run
+        raise
     if store is not None:
         store.close()
     if extraction.resumed:

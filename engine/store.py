@@ -149,7 +149,8 @@ class FeatureStore:
                              "rerun `imgcluster run` to rebuild it")
         if manifest.get("fingerprint") != self.fingerprint:
             raise InputError(f"feature cache in {self.folder} was made with a different model, weights or "
-                             "preprocessing than this run's summary.json says")
+                             "preprocessing than this run's summary.json says (a later `imgcluster run` with "
+                             "other settings restarted it: finish that run, or run again with these settings)")
 
     def _reset(self, why: str | None) -> None:
         if why:

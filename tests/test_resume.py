@@ -364,6 +364,38 @@ def test_a_model_file_left_from_an_earlier_clustering_is_pointed_out(small_set, 
     assert quiet.exit_code == 0 and "earlier clustering" not in flat(quiet), quiet.output
 
 
+def test_stopping_a_run_that_restarted_a_finished_runs_cache_says_what_that_means(small_set, runner, tmp_path,
+                                                                                    monkeypatch):
+    """Another model in a finished run's folder restarts its feature cache at once; stopped before
+    it finishes, the old predictions.csv/summary.json stay but `cluster` on them cannot work:
+    the interrupt says so (it said only "rerun to resume"), and so does `cluster`'s error."""
+    import engine.pipeline
+
+    out = tmp_path / "out"
+    _run(runner, small_set, out, "--k", "3")
+    real = engine.pipeline.extract_features
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.pipeline, "extract_features", stopped)
+    result = runner.invoke(app, ["run", str(small_set), "--out", str(out), "--model", "resnet18", "--weights",
+                                 "random", "--k", "3", "--no-report"])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 130, result.output
+    assert (f"The finished run in {out} (its predictions.csv and summary.json) had its feature cache restarted "
+            "for this run's settings: `imgcluster cluster` on it works again once this run finishes") in flat
+    assert _summary(out)["config"]["model"] == "pixels"  # that run's outputs are as they were
+    refused = runner.invoke(app, ["cluster", str(out), "--k", "2"])
+    assert refused.exit_code == 2 and "a later `imgcluster run` with other settings restarted it" in refused.output
+    # an interrupt in a folder without a finished run: the plain message
+    plain = runner.invoke(app, ["run", str(small_set), "--out", str(tmp_path / "new"), "--model", "pixels", "--k", "3"])
+    assert plain.exit_code == 130 and "restarted" not in plain.output and "rerun the same command" in plain.output
+    monkeypatch.setattr(engine.pipeline, "extract_features", real)
+    _run(runner, small_set, out, "--model", "resnet18", "--weights", "random", "--k", "3")  # finishes it
+    assert runner.invoke(app, ["cluster", str(out), "--k", "2", "--no-report"]).exit_code == 0
+
+
 def test_cluster_reports_changed_and_removed_files_in_skipped(small_set, runner, tmp_path):
     out = tmp_path / "out"
     (small_set / "bad.png").write_bytes(b"")
