@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from engine.cli import app
+from engine.errors import ConfigError
 from engine.sample_data import generate_sample_set
 from tests.helpers import read_rows
 
@@ -626,3 +627,37 @@ def test_cluster_with_another_seed_saves_a_model_predict_accepts(small_set, runn
             assert predicted.exit_code == 0, (weights, seed, predicted.output)
             folder = new
         monkeypatch.chdir(tmp_path)
+
+
+def test_a_shard_is_written_once_its_first_row_waited_shard_seconds(small_set, tmp_path, monkeypatch):
+    """On a CPU a 4,096-row shard takes minutes to fill, and a kill lost all of it: rows queued for
+    IMGCLUSTER_SHARD_SECONDS are written as a shard of their own, and read back on resume."""
+    import torch
+
+    from engine import store as store_module
+    from engine.store import FeatureStore
+
+    files = sorted(small_set.glob("*/*.jpg"))[:6]
+    clock = [1000.0]
+    monkeypatch.setattr(store_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setenv("IMGCLUSTER_SHARD_SECONDS", "60")
+    store = FeatureStore.open(tmp_path / "cache", "fp", shard_size=4096, dim=4)
+    feats = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    store.add(files[:2], feats[:2], [])
+    clock[0] += 59
+    store.add(files[2:4], feats[2:4], [])
+    assert store.shards_written == 0  # the first rows have waited 59 s
+    clock[0] += 1
+    store.add(files[4:5], feats[4:5], [(files[5], "corrupt or truncated image: x")])
+    assert store.shards_written == 1  # 60 s: everything queued is a shard
+    clock[0] += 30
+    store.add(files[5:6], feats[5:6], [])
+    assert store.shards_written == 1  # a new shard's clock started with its first row
+    store.close()
+    reopened = FeatureStore.open(tmp_path / "cache", "fp", dim=4)
+    positions, got, failed = reopened.gather(files)
+    assert positions.tolist() == [0, 1, 2, 3, 4] and failed == {5: "corrupt or truncated image: x"}
+    np.testing.assert_array_equal(got, feats[:5].numpy())
+    monkeypatch.setenv("IMGCLUSTER_SHARD_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="IMGCLUSTER_SHARD_SECONDS must be a number"):
+        FeatureStore.open(tmp_path / "other", "fp", dim=4)
