@@ -296,9 +296,12 @@ def report(
         from .report.outputs import not_a_finished_run
 
         fail(not_a_finished_run(run_dir, "summary.json"))
-    index = build_report(run_dir, max_montage=max_montage,
-                         warn=lambda message: err_console.print(f"[yellow]Warning:[/yellow] {escape(message)}",
-                                                                           soft_wrap=True))
+    from .report.outputs import exclusive_writer
+
+    with exclusive_writer(run_dir, "report"):  # not while a run or re-clustering writes the folder
+        index = build_report(run_dir, max_montage=max_montage,
+                             warn=lambda message: err_console.print(f"[yellow]Warning:[/yellow] {escape(message)}",
+                                                                    soft_wrap=True))
     out_console.print(f"Report written to {escape(str(index))}", soft_wrap=True)
 
 

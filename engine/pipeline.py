@@ -6,6 +6,7 @@ backend chosen once (engine.device); the data stays on the chosen device until l
 from __future__ import annotations
 
 import datetime as _dt
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -166,7 +167,7 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
 def run_outputs(out_dir) -> RunOutputs:
     """The files a run writes in out_dir, which the next run over a folder holding out_dir must
     not take as inputs (the report's JPEG montages) nor count as ignored files."""
-    names = [*outputs.RUN_FILES, outputs.FEATURES, outputs.FAILED_RUN_SKIPPED]
+    names = [*outputs.RUN_FILES, outputs.FEATURES, outputs.FAILED_RUN_SKIPPED, outputs.WRITER_LOCK]
     return RunOutputs.of(out_dir, skip=outputs.RUN_IMAGE_DIRS, quiet=[outputs.REPORT, outputs.FEATURE_CACHE],
                          names=names)
 
@@ -179,102 +180,105 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
     started = time.perf_counter()
     timings: dict[str, dict[str, float]] = {}
 
-    # What can be checked without the inputs is checked before walking them (minutes on a large
-    # share): the backends, a weights file, an --out that is a file. The folder is made later, so
-    # a mistyped input path leaves no empty one.
-    backends = resolve_backends(config, reporter)
-    check_weights_argument(config.features.model, config.features.weights)
-    if out_dir is not None:
-        outputs.refuse_file_as_out_dir(out_dir)
-    t0 = time.perf_counter()
-    own = run_outputs(out_dir) if out_dir is not None else None
-    with reporter.task("Finding images", None, transient=True) as advance:
-        found = discover(list(inputs), own, include_hidden=config.inputs.include_hidden, progress=advance)
-    if own is not None and own.left_out:
-        reporter.notify(f"Left out the earlier run's own files in {out_dir} (its report, feature cache and CSVs): "
-                        "they are outputs, not inputs")
-    timings["discover"] = _stage(time.perf_counter() - t0, len(found.paths))
-    if found.ignored and found.paths:
-        reporter.notify(found.ignored_note())
-    if found.left_out and found.paths:
-        reporter.notify(found.left_out.note())
-    if not found.paths:
-        raise InputError(no_images_message(inputs, found) + _failed_run_outputs(out_dir, found.skipped))
-    if out_dir is not None:  # before the heavy work (a mistyped input path leaves no empty folder)
-        out_dir = outputs.prepare_out_dir(out_dir)
+    with contextlib.ExitStack() as writing:  # the folder lock (exclusive_writer), held to the end
+        # What can be checked without the inputs is checked before walking them (minutes on a large
+        # share): the backends, a weights file, an --out that is a file. The folder is made later, so
+        # a mistyped input path leaves no empty one.
+        backends = resolve_backends(config, reporter)
+        check_weights_argument(config.features.model, config.features.weights)
+        if out_dir is not None:
+            outputs.refuse_file_as_out_dir(out_dir)
+        t0 = time.perf_counter()
+        own = run_outputs(out_dir) if out_dir is not None else None
+        with reporter.task("Finding images", None, transient=True) as advance:
+            found = discover(list(inputs), own, include_hidden=config.inputs.include_hidden, progress=advance)
+        if own is not None and own.left_out:
+            reporter.notify(f"Left out the earlier run's own files in {out_dir} (its report, feature cache and CSVs): "
+                            "they are outputs, not inputs")
+        timings["discover"] = _stage(time.perf_counter() - t0, len(found.paths))
+        if found.ignored and found.paths:
+            reporter.notify(found.ignored_note())
+        if found.left_out and found.paths:
+            reporter.notify(found.left_out.note())
+        if not found.paths:
+            raise InputError(no_images_message(inputs, found) + _failed_run_outputs(out_dir, found.skipped))
+        if out_dir is not None:  # before the heavy work (a mistyped input path leaves no empty folder)
+            out_dir = outputs.prepare_out_dir(out_dir)
+            # one command writing the folder at a time: two runs there mixed one's CSVs with the other's cache
+            writing.enter_context(outputs.exclusive_writer(out_dir))
 
-    fc = config.features
-    backbone = load_backbone(fc.model, fc.weights, backends.device, seed=config.cluster.seed,
-                             precision=fc.precision, compile=fc.compile, cuda_graphs=fc.cuda_graphs,
-                             warn=reporter.warn)
-    loader = make_loader(backends.decoder, backends.device, max_pixels=fc.max_pixels, num_threads=fc.num_threads,
-                         io_threads=fc.io_threads)
-    batch_size = fc.batch_size or auto_batch_size(backends.device, fc.model)
-    store = None
-    if out_dir is not None and cache:
-        from .store import FeatureStore
+        fc = config.features
+        backbone = load_backbone(fc.model, fc.weights, backends.device, seed=config.cluster.seed,
+                                 precision=fc.precision, compile=fc.compile, cuda_graphs=fc.cuda_graphs,
+                                 warn=reporter.warn)
+        loader = make_loader(backends.decoder, backends.device, max_pixels=fc.max_pixels, num_threads=fc.num_threads,
+                             io_threads=fc.io_threads)
+        batch_size = fc.batch_size or auto_batch_size(backends.device, fc.model)
+        store = None
+        if out_dir is not None and cache:
+            from .store import FeatureStore
 
-        store = FeatureStore.open(Path(out_dir) / outputs.FEATURE_CACHE, backbone.fingerprint, notify=reporter.notify,
-                                  made_with={"precision": backbone.precision, "decoder": backends.decoder,
-                                             "max_pixels": fc.max_pixels,
-                                             # the PIL path's reduced-scale JPEG decode (every decoder's fallback)
-                                             "pil_jpeg_decode": PIL_JPEG_DECODE},
-                                  dim=backbone.dim)
+            store = FeatureStore.open(Path(out_dir) / outputs.FEATURE_CACHE, backbone.fingerprint, notify=reporter.notify,
+                                      made_with={"precision": backbone.precision, "decoder": backends.decoder,
+                                                 "max_pixels": fc.max_pixels,
+                                                 # the PIL path's reduced-scale JPEG decode (every decoder's fallback)
+                                                 "pil_jpeg_decode": PIL_JPEG_DECODE},
+                                      dim=backbone.dim)
 
-    streaming = None
-    if config.reduce.pca and config.reduce.pca_fit_limit and len(found.paths) > config.reduce.pca_fit_limit:
-        # Too many images to hold at full width: fit PCA on a seeded sample of pca_fit_limit, reduce the rest as they come.
-        streaming = StreamingPCA(config.reduce.pca, config.reduce.pca_fit_limit,
-                                 "sklearn" if backends.cluster == "sklearn" else backends.cluster,
-                                 config.cluster.seed)
-    try:
-        with reporter.task("Extracting features", len(found.paths)) as advance:
-            extraction = extract_features(found.paths, loader, backbone, batch_size, progress=advance,
-                                          store=store, notify=reporter.notify, streaming=streaming)
-    except KeyboardInterrupt as exc:
-        if store is not None and store.discarded and outputs.is_run_folder(out_dir):
-            raise CacheRestartInterrupted(out_dir) from exc  # the message must say what it means for that run
-        raise
-    if store is not None:
-        store.close()
-    if extraction.resumed:
-        failed = (f" ({extraction.resumed_failed} of them recorded as unusable: still skipped)"
-                  if extraction.resumed_failed else "")
-        reporter.notify(f"Resumed {extraction.resumed} of {len(found.paths)} images from the feature cache{failed}")
-    timings["extract"] = _stage(extraction.seconds, len(found.paths))
-    timings["extract"]["waited_for_loader_s"] = round(extraction.waited_for_loader, 4)
-    extraction.drop_non_finite()  # before PCA and KMeans, which a NaN row would fail or poison
-    skipped = list(found.skipped) + [(found.paths[i], reason) for i, reason in extraction.failures]
-    good_paths = found.paths.take(extraction.good)  # a PathList sharing found.paths' bytes
-    cache_discarded = store is not None and store.discarded  # for a failure's message: `cluster` needs the cache
-    if not good_paths:
-        raise InputError(f"none of the {len(found.paths)} files could be used"
-                         + _failed_run_outputs(out_dir, skipped, cache_discarded))
-    if skipped:
-        # without out_dir no skipped.csv is written: the list is the result's (ImageClusterer.skipped_)
-        where = "skipped.csv" if out_dir is not None else "ImageClusterer.skipped_"
-        reporter.notify(skipped_note(count_reasons(reason for _, reason in skipped), where=where))
+        streaming = None
+        if config.reduce.pca and config.reduce.pca_fit_limit and len(found.paths) > config.reduce.pca_fit_limit:
+            # Too many images to hold at full width: fit PCA on a seeded sample of pca_fit_limit, reduce the rest as they come.
+            streaming = StreamingPCA(config.reduce.pca, config.reduce.pca_fit_limit,
+                                     "sklearn" if backends.cluster == "sklearn" else backends.cluster,
+                                     config.cluster.seed)
+        try:
+            with reporter.task("Extracting features", len(found.paths)) as advance:
+                extraction = extract_features(found.paths, loader, backbone, batch_size, progress=advance,
+                                              store=store, notify=reporter.notify, streaming=streaming)
+        except KeyboardInterrupt as exc:
+            if store is not None and store.discarded and outputs.is_run_folder(out_dir):
+                raise CacheRestartInterrupted(out_dir) from exc  # the message must say what it means for that run
+            raise
+        if store is not None:
+            store.close()
+        if extraction.resumed:
+            failed = (f" ({extraction.resumed_failed} of them recorded as unusable: still skipped)"
+                      if extraction.resumed_failed else "")
+            reporter.notify(f"Resumed {extraction.resumed} of {len(found.paths)} images from the feature cache{failed}")
+        timings["extract"] = _stage(extraction.seconds, len(found.paths))
+        timings["extract"]["waited_for_loader_s"] = round(extraction.waited_for_loader, 4)
+        extraction.drop_non_finite()  # before PCA and KMeans, which a NaN row would fail or poison
+        skipped = list(found.skipped) + [(found.paths[i], reason) for i, reason in extraction.failures]
+        good_paths = found.paths.take(extraction.good)  # a PathList sharing found.paths' bytes
+        cache_discarded = store is not None and store.discarded  # for a failure's message: `cluster` needs the cache
+        if not good_paths:
+            raise InputError(f"none of the {len(found.paths)} files could be used"
+                             + _failed_run_outputs(out_dir, skipped, cache_discarded))
+        if skipped:
+            # without out_dir no skipped.csv is written: the list is the result's (ImageClusterer.skipped_)
+            where = "skipped.csv" if out_dir is not None else "ImageClusterer.skipped_"
+            reporter.notify(skipped_note(count_reasons(reason for _, reason in skipped), where=where))
 
-    try:
-        pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster,
-                                                                 reporter, pca=extraction.pca)
-    except InputError as exc:  # e.g. fewer good images than the smallest K: still say which files were bad
-        note = _failed_run_outputs(out_dir, skipped, cache_discarded)
-        if note:
-            raise InputError(f"{exc}{note}") from exc
-        raise
-    timings.update(cluster_timings)
-    timings["total"] = _stage(time.perf_counter() - started, len(found.paths))
+        try:
+            pca, reduced, search, cluster_timings = cluster_features(extraction.features, config, backends.cluster,
+                                                                     reporter, pca=extraction.pca)
+        except InputError as exc:  # e.g. fewer good images than the smallest K: still say which files were bad
+            note = _failed_run_outputs(out_dir, skipped, cache_discarded)
+            if note:
+                raise InputError(f"{exc}{note}") from exc
+            raise
+        timings.update(cluster_timings)
+        timings["total"] = _stage(time.perf_counter() - started, len(found.paths))
 
-    fit = search.fits[search.chosen_k]
-    result = RunResult(config=config, paths=good_paths, labels=fit.labels.cpu().numpy(), k=search.chosen_k,
-                       search=search, pca=pca, reduced=reduced, centroids=fit.centroids, extraction=extraction,
-                       skipped=skipped, backbone=backbone, backends=backends, timings=timings,
-                       inputs=[os.fspath(i) for i in inputs], left_out=None if found.left_out is None else found.left_out.as_dict())
-    result.summary = build_summary(result)
-    if out_dir is not None:
-        write_run(result, out_dir, save_features=save_features, report=report, reporter=reporter)
-    return result
+        fit = search.fits[search.chosen_k]
+        result = RunResult(config=config, paths=good_paths, labels=fit.labels.cpu().numpy(), k=search.chosen_k,
+                           search=search, pca=pca, reduced=reduced, centroids=fit.centroids, extraction=extraction,
+                           skipped=skipped, backbone=backbone, backends=backends, timings=timings,
+                           inputs=[os.fspath(i) for i in inputs], left_out=None if found.left_out is None else found.left_out.as_dict())
+        result.summary = build_summary(result)
+        if out_dir is not None:
+            write_run(result, out_dir, save_features=save_features, report=report, reporter=reporter)
+        return result
 
 
 def build_summary(result: RunResult) -> dict:

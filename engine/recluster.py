@@ -113,76 +113,77 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
     summary, paths, previous_skipped = _read_run(run_dir)
     config = _config(summary, overrides)
     outputs.prepare_out_dir(out_dir)  # before the work, as in `run`
-    feat = summary["features"]
-    cache_dir = _cache_folder(run_dir, summary)
+    with outputs.exclusive_writer(out_dir):  # one command writing the folder at a time
+        feat = summary["features"]
+        cache_dir = _cache_folder(run_dir, summary)
 
-    t0 = time.perf_counter()
-    store = FeatureStore.open(cache_dir, feat["fingerprint"], notify=reporter.notify,
-                              dim=feat.get("dim"), create=False)
-    run_cwd = summary.get("cwd") or os.getcwd()  # what relative input paths are relative to
-    positions, features_np, _ = store.gather(paths, base=run_cwd)
-    missing = np.ones(len(paths), dtype=bool)  # not a set of every found position: ~60 bytes an image
-    missing[positions] = False
-    skipped: list[tuple] = [(Path(p), r) for p, r in previous_skipped]
-    for pos in np.flatnonzero(missing).tolist():
-        path = paths[pos]
-        if not os.path.lexists(os.path.join(run_cwd, path)):
-            reason = "removed since the run (not re-extracted: rerun `imgcluster run`)"
-        else:
-            reason = "changed since the run or not in the feature cache (not re-extracted: rerun `imgcluster run`)"
-        skipped.append((path, reason))
-    if not len(positions):
-        raise InputError(f"none of the {len(paths)} images of {run_dir} are in its feature cache {cache_dir} "
-                         "(moved, changed or removed since?); rerun `imgcluster run`")
-    if len(positions) < len(paths):
-        reporter.notify(f"{len(paths) - len(positions)} image(s) changed or removed since the run: "
-                        "left out (see skipped.csv)")
-    device = resolve_device(config.features.device, reporter.notify)
-    backend = resolve_cluster_backend(config.cluster.cluster_backend, device, reporter.notify)
-    features = torch.from_numpy(features_np).to(device)
-    del features_np
-    load_seconds = time.perf_counter() - t0
-    checked = Extraction(features, positions, [], load_seconds)
-    if checked.drop_non_finite():  # a damaged cache: skipped, not fed to PCA
-        skipped += [(paths[p], reason) for p, reason in checked.failures]
-        reporter.notify(f"{len(checked.failures)} cached feature row(s) are not finite: left out (see skipped.csv)")
-        features, positions = checked.features, checked.good
+        t0 = time.perf_counter()
+        store = FeatureStore.open(cache_dir, feat["fingerprint"], notify=reporter.notify,
+                                  dim=feat.get("dim"), create=False)
+        run_cwd = summary.get("cwd") or os.getcwd()  # what relative input paths are relative to
+        positions, features_np, _ = store.gather(paths, base=run_cwd)
+        missing = np.ones(len(paths), dtype=bool)  # not a set of every found position: ~60 bytes an image
+        missing[positions] = False
+        skipped: list[tuple] = [(Path(p), r) for p, r in previous_skipped]
+        for pos in np.flatnonzero(missing).tolist():
+            path = paths[pos]
+            if not os.path.lexists(os.path.join(run_cwd, path)):
+                reason = "removed since the run (not re-extracted: rerun `imgcluster run`)"
+            else:
+                reason = "changed since the run or not in the feature cache (not re-extracted: rerun `imgcluster run`)"
+            skipped.append((path, reason))
         if not len(positions):
-            raise InputError(f"every cached feature row of {run_dir} is NaN or inf: the cache in {cache_dir} "
-                             "is damaged; rerun `imgcluster run`")
-    reporter.notify(f"Re-clustering {len(positions)} images from the feature cache (nothing decoded)")
+            raise InputError(f"none of the {len(paths)} images of {run_dir} are in its feature cache {cache_dir} "
+                             "(moved, changed or removed since?); rerun `imgcluster run`")
+        if len(positions) < len(paths):
+            reporter.notify(f"{len(paths) - len(positions)} image(s) changed or removed since the run: "
+                            "left out (see skipped.csv)")
+        device = resolve_device(config.features.device, reporter.notify)
+        backend = resolve_cluster_backend(config.cluster.cluster_backend, device, reporter.notify)
+        features = torch.from_numpy(features_np).to(device)
+        del features_np
+        load_seconds = time.perf_counter() - t0
+        checked = Extraction(features, positions, [], load_seconds)
+        if checked.drop_non_finite():  # a damaged cache: skipped, not fed to PCA
+            skipped += [(paths[p], reason) for p, reason in checked.failures]
+            reporter.notify(f"{len(checked.failures)} cached feature row(s) are not finite: left out (see skipped.csv)")
+            features, positions = checked.features, checked.good
+            if not len(positions):
+                raise InputError(f"every cached feature row of {run_dir} is NaN or inf: the cache in {cache_dir} "
+                                 "is damaged; rerun `imgcluster run`")
+        reporter.notify(f"Re-clustering {len(positions)} images from the feature cache (nothing decoded)")
 
-    timings = {"load_features": _stage(load_seconds, len(positions))}
-    pca, reduced, search, cluster_timings = cluster_features(features, config, backend, reporter)
-    timings.update(cluster_timings)
-    timings["total"] = _stage(time.perf_counter() - started, len(positions))
+        timings = {"load_features": _stage(load_seconds, len(positions))}
+        pca, reduced, search, cluster_timings = cluster_features(features, config, backend, reporter)
+        timings.update(cluster_timings)
+        timings["total"] = _stage(time.perf_counter() - started, len(positions))
 
-    extraction = Extraction(features, positions, [], load_seconds, resumed=len(positions), extracted=0,
-                            shards_written=0)
-    run_config = summary.get("config") or {}
-    run_weights = os.fspath(run_config.get("weights", "auto"))
-    backbone = BackboneInfo(name=feat.get("model", "?"), weights=feat.get("weights", "?"),
-                            dim=int(feat.get("dim", features.shape[1])), fingerprint=feat["fingerprint"],
-                            precision=feat.get("precision", "fp32"),
-                            weights_seed=_weights_seed(feat.get("weights"), run_config),
-                            weights_file=None if run_weights in ("auto", "random")
-                            else os.path.join(run_cwd, run_weights))  # relative to where the run started
-    fit = search.fits[search.chosen_k]
-    result = RunResult(config=config, paths=paths.take(positions), labels=fit.labels.cpu().numpy(),
-                       k=search.chosen_k, search=search, pca=pca, reduced=reduced, centroids=fit.centroids,
-                       extraction=extraction, skipped=skipped, backbone=backbone,
-                       backends=Backends(device, "none (cached features)", backend), timings=timings,
-                       inputs=list(summary.get("inputs") or []),
-                       left_out=summary.get("left_out"))  # the original run's walk (None before it was recorded)
-    result.summary = build_summary(result)
-    result.summary["cwd"] = run_cwd  # the paths are still relative to the original run's folder
-    result.summary["cache"]["dir"] = os.path.abspath(cache_dir)
-    result.summary["reclustered_from"] = os.path.abspath(run_dir)
-    if out_dir is not None:
-        # a features.npy the run saved is rewritten to match the new predictions.csv row for row
-        write_run(result, out_dir, save_features=(run_dir / outputs.FEATURES).is_file(), report=report,
-                  reporter=reporter)
-    return result
+        extraction = Extraction(features, positions, [], load_seconds, resumed=len(positions), extracted=0,
+                                shards_written=0)
+        run_config = summary.get("config") or {}
+        run_weights = os.fspath(run_config.get("weights", "auto"))
+        backbone = BackboneInfo(name=feat.get("model", "?"), weights=feat.get("weights", "?"),
+                                dim=int(feat.get("dim", features.shape[1])), fingerprint=feat["fingerprint"],
+                                precision=feat.get("precision", "fp32"),
+                                weights_seed=_weights_seed(feat.get("weights"), run_config),
+                                weights_file=None if run_weights in ("auto", "random")
+                                else os.path.join(run_cwd, run_weights))  # relative to where the run started
+        fit = search.fits[search.chosen_k]
+        result = RunResult(config=config, paths=paths.take(positions), labels=fit.labels.cpu().numpy(),
+                           k=search.chosen_k, search=search, pca=pca, reduced=reduced, centroids=fit.centroids,
+                           extraction=extraction, skipped=skipped, backbone=backbone,
+                           backends=Backends(device, "none (cached features)", backend), timings=timings,
+                           inputs=list(summary.get("inputs") or []),
+                           left_out=summary.get("left_out"))  # the original run's walk (None before it was recorded)
+        result.summary = build_summary(result)
+        result.summary["cwd"] = run_cwd  # the paths are still relative to the original run's folder
+        result.summary["cache"]["dir"] = os.path.abspath(cache_dir)
+        result.summary["reclustered_from"] = os.path.abspath(run_dir)
+        if out_dir is not None:
+            # a features.npy the run saved is rewritten to match the new predictions.csv row for row
+            write_run(result, out_dir, save_features=(run_dir / outputs.FEATURES).is_file(), report=report,
+                      reporter=reporter)
+        return result
 
 
 __all__ = ["recluster", "text_to_path", "OVERRIDABLE"]

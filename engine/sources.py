@@ -29,7 +29,7 @@ from .errors import InputError
 from .loaders.decode import has_image_extension, name_suffix
 from .hidden_entries import EXPORT_MARKER, SYSTEM_FOLDERS, LeftOut, is_hidden_file
 from .pathlist import PathList, path_str
-from .report.outputs import PREDICTIONS, REPORT, RUN_IMAGE_DIRS, SUMMARY
+from .report.outputs import PREDICTIONS, REPORT, RUN_IMAGE_DIRS, SUMMARY, WRITER_LOCK
 from .recursive_glob import SEPARATORS, is_recursive, recursive_glob
 
 Progress = Callable[[int], None]
@@ -219,7 +219,7 @@ def _walk(folder: str | Path, skipped: list, ignored: Counter | None = None,
                     left_out.files += 1
                 else:
                     found.append(join(root, name))
-            else:
+            elif name != WRITER_LOCK:  # a run folder's lock file is imgcluster's own, not the user's
                 ignored[name_suffix(name)] += 1
         if progress is not None and len(found) > before:
             progress(len(found) - before)

@@ -661,3 +661,25 @@ def test_a_shard_is_written_once_its_first_row_waited_shard_seconds(small_set, t
     monkeypatch.setenv("IMGCLUSTER_SHARD_SECONDS", "soon")
     with pytest.raises(ConfigError, match="IMGCLUSTER_SHARD_SECONDS must be a number"):
         FeatureStore.open(tmp_path / "other", "fp", dim=4)
+
+
+def test_one_command_writes_a_run_folder_at_a_time(small_set, runner, tmp_path):
+    """Two runs into one --out at once mixed one's CSVs with the other's cache: while a command
+    holds the folder (run, cluster, report), the others stop at once with who holds it; after it,
+    they work."""
+    from engine.report.outputs import exclusive_writer
+
+    out = tmp_path / "out"
+    _run(runner, small_set, out, "--k", "3")
+    before = (out / "predictions.csv").read_bytes()
+    with exclusive_writer(out):  # as a run in another process would
+        for command in (["run", str(small_set), "--out", str(out), "--model", "pixels", "--k", "2", "--no-report"],
+                        ["cluster", str(out), "--k", "2", "--no-report"],
+                        ["report", str(out)]):
+            result = runner.invoke(app, command)
+            flat = " ".join(result.output.split())
+            assert result.exit_code == 2, (command, result.output)
+            assert f"another imgcluster command is writing there (pid {os.getpid()})" in flat, flat
+    assert (out / "predictions.csv").read_bytes() == before
+    assert runner.invoke(app, ["cluster", str(out), "--k", "2", "--no-report"]).exit_code == 0
+    assert (out / ".imgcluster.lock").is_file()  # hidden (walks leave it out), left for the next taker

@@ -81,6 +81,37 @@ def prepare_out_dir(path, flag: str = "--out") -> Path:
     return path
 
 
+WRITER_LOCK = ".imgcluster.lock"  # hidden: folder walks leave it out
+
+
+@contextlib.contextmanager
+def exclusive_writer(out_dir, flag: str = "--out") -> Iterator[None]:
+    """Hold an advisory lock (flock) on out_dir/.imgcluster.lock while a command writes the
+    folder: a second command there fails at once with OutputPathError, naming the first's pid,
+    instead of mixing its CSVs with the first's feature cache. Released when the block ends or the
+    process dies (the file stays: removing a lock file races with its next taker). No lock where
+    the platform has no flock (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(out_dir) / WRITER_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise OutputPathError(f"{flag} {out_dir}: another imgcluster command is writing there ({holder}); "
+                                  f"wait for it to finish, or give another {flag}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def check_out_file(path, flag: str) -> Path:
     """Check that the file `path` can be written (its folder is created if missing) before the
     work that produces it. Raises OutputPathError naming `flag` when `path` is a folder, or its
