@@ -146,6 +146,7 @@ class _Extractor:
     def __init__(self, paths, loader, backbone, batch_size, progress, store, notify):
         self.paths, self.loader, self.backbone = paths, loader, backbone
         self.batch_size, self.progress, self.store = batch_size, progress, store
+        self.notify = notify
         self.device = backbone.device
         self.ok = np.zeros(len(paths), dtype=bool)
         self.failures: dict[int, str] = {}
@@ -179,6 +180,9 @@ class _Extractor:
     def run(self, positions: np.ndarray, write) -> None:
         """Extract `positions` (int64, ascending); write(positions (b,), feats (b, dim) float32)."""
         todo = self._from_cache(positions, write) if self.store is not None else positions
+        if self.notify and len(todo) and len(todo) < len(positions):  # said now, not only when it is over
+            self.notify(f"Feature cache: {len(positions) - len(todo):,} of these {len(positions):,} images are "
+                        f"already extracted; extracting the other {len(todo):,}")
         self.extracted += len(todo)
         if len(todo) and getattr(self.backbone, "cuda_graphs", False):
             # capture at the batch size now, while no loader thread uses the GPU (engine.cuda_graphs)

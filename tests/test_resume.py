@@ -164,6 +164,10 @@ def test_changed_new_and_removed_files(small_set, runner, tmp_path, monkeypatch)
 
     result = _run(runner, small_set, out)
     assert "Resumed 10 of 12 images from the feature cache" in result.output
+    # said before extracting too, not only at the end
+    early = " ".join(result.output.split()).index("Feature cache: 10 of these 12 images are already extracted; "
+                                                  "extracting the other 2")
+    assert early < " ".join(result.output.split()).index("Resumed 10 of 12")
     assert _summary(out)["cache"]["extracted"] == 2  # the changed and the new file, nothing else
     after = {r["path"]: r["cluster"] for r in read_rows(out / "predictions.csv")}
     assert str(new) in after and str(removed) not in after and str(changed) in after
