@@ -64,9 +64,12 @@ class KSearch:
 WEAK_SILHOUETTE = 0.05
 
 
-def _notify_weak_or_empty(scores: list[KScore], chosen: int, single: list[int], notify) -> None:
+def _notify_weak_or_empty(scores: list[KScore], chosen: int, single: list[int], notify,
+                          largest_asked: int | None = None, chosen_cluster_means: dict | None = None) -> None:
     """Notices a result table would not show at a glance: Ks where KMeans left clusters empty
-    (fewer distinct groups than K), and a chosen K whose mean silhouette is near 0."""
+    (fewer distinct groups than K), a chosen K whose mean silhouette is near 0, a chosen K at the
+    top of the range asked for (`largest_asked`: the best may lie above it), and clusters of the
+    chosen K with a negative mean silhouette (`chosen_cluster_means` {cluster id: mean})."""
     empty = [s.k for s in scores if s.k not in single and 0 in s.cluster_sizes]
     if empty:
         notify(f"K = {', '.join(map(str, empty))}: KMeans left some clusters empty (fewer distinct groups than K); "
@@ -79,6 +82,14 @@ def _notify_weak_or_empty(scores: list[KScore], chosen: int, single: list[int], 
             notify(f"Weak cluster structure: mean silhouette at most {best.silhouette:.3f} (K = {best.k}) over the "
                    "Ks tried (near 0: the images hardly fall into separate groups; the report's silhouette plot "
                    "shows each image)")
+    if largest_asked is not None and chosen == largest_asked and len(scores) > 1:
+        notify(f"K = {chosen} is the largest K tried: a larger one may score better (try --k "
+               f"{min(s.k for s in scores)}:{2 * chosen})")
+    negative = sorted(c for c, mean in (chosen_cluster_means or {}).items() if mean < 0)
+    if negative:
+        notify(f"K = {chosen}: {len(negative)} of its clusters ({', '.join(map(str, negative[:8]))}"
+               f"{', ...' if len(negative) > 8 else ''}) have a negative mean silhouette (their images lie closer, "
+               "on average, to another cluster): the report's silhouette plot shows them")
 
 
 def usable_ks(ks: Sequence[int], n: int, notify: Callable[[str], None] | None = None) -> list[int]:
@@ -211,6 +222,7 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     images on 2 cores, after a bar that used to read complete).
     """
     n = x.shape[0]
+    asked = list(ks)
     ks = usable_ks(ks, n, notify)
     timings = {"kmeans": 0.0, "silhouette": 0.0, "metrics": 0.0}
     kmeans_halvings_before = CHUNK_BUDGET.halvings
@@ -260,7 +272,10 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     timings["metrics"] = time.perf_counter() - t0
     chosen = choose_k(scores, select)
     if notify:
-        _notify_weak_or_empty(scores, chosen, single, notify)
+        # the top of the range asked for, unless the image count cut the range (usable_ks said so)
+        top = max(asked) if max(asked) <= n - 1 else None
+        means = silhouettes[chosen].cluster_means if chosen in silhouettes else None
+        _notify_weak_or_empty(scores, chosen, single, notify, top, means)
     mode = "sampled" if sample is not None else "exact"
     halvings = {"kmeans": CHUNK_BUDGET.halvings - kmeans_halvings_before, "silhouette": sil_halvings}
     return KSearch(list(ks), scores, fits, silhouettes, chosen, select, mode, sample, sil_backend, timings, halvings)

@@ -146,3 +146,33 @@ def test_search_says_when_there_is_no_structure_or_clusters_stay_empty():
     assert found.score(3).cluster_sizes.count(0) == 1 and found.score(4).cluster_sizes.count(0) == 2
     assert said == ["K = 3, 4: KMeans left some clusters empty (fewer distinct groups than K); their scores "
                     "describe the clusters that are not empty"]
+
+
+def test_search_says_when_the_chosen_k_is_the_largest_tried_or_has_negative_clusters():
+    """Six blobs searched over K = 2..4: the choice sits at the top of the range, so a larger K
+    may be better, which the search says (with a wider range to try). Not when the image count
+    cut the range, nor when the best K is inside it. A chosen K with clusters whose mean
+    silhouette is negative names them."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import make_blobs
+
+    from engine.select import _notify_weak_or_empty, search_k
+
+    blobs, _ = make_blobs(300, 10, centers=6, cluster_std=0.5, random_state=0)
+    x = torch.from_numpy(blobs.astype(np.float32))
+    said: list[str] = []
+    found = search_k(x, [2, 3, 4], "torch", notify=said.append)
+    assert found.chosen_k == 4
+    assert "K = 4 is the largest K tried: a larger one may score better (try --k 2:8)" in said
+    said.clear()
+    found = search_k(x, list(range(2, 10)), "torch", notify=said.append)
+    assert found.chosen_k == 6 and not [m for m in said if "largest K tried" in m]
+    said.clear()
+    search_k(x[:5], [2, 3, 4, 5, 6], "torch", notify=said.append)  # 5 images: K above 4 dropped
+    assert not [m for m in said if "largest K tried" in m]
+    said.clear()
+    scores = found.scores
+    _notify_weak_or_empty(scores, 6, [], said.append, None, {0: 0.4, 1: -0.02, 2: 0.3, 3: -0.1})
+    assert said == ["K = 6: 2 of its clusters (1, 3) have a negative mean silhouette (their images lie closer, on "
+                    "average, to another cluster): the report's silhouette plot shows them"]
