@@ -153,6 +153,9 @@ def cluster_features(features: torch.Tensor, config: Config, backend: str, repor
         # (not for the default: a run of fewer than 200 images, or a narrow backbone, would always say so)
         reporter.notify(f"PCA: {pca.n_components} components, not {requested} (at most min(images, feature "
                         "width) exist)")
+    if isinstance(requested, int) and not isinstance(requested, bool) and requested == 1:
+        # "1" reads like "all of it"; a fraction needs the point
+        reporter.notify("PCA: --pca 1 keeps 1 component; to keep all the variance write --pca 1.0 (or --pca 0: no PCA)")
     with reporter.task("K search", search_progress_steps(len(usable_ks(config.cluster.k, n)))) as advance:
         search = search_k(reduced, config.cluster.k, backend, n_init=config.cluster.n_init,
                           max_iter=config.cluster.max_iter, seed=config.cluster.seed,

@@ -214,3 +214,15 @@ def test_write_csv_keeps_rows_in_order_whatever_they_hold(tmp_path):
     path = write_csv(tmp_path / "x.csv", ["path", "n"], rows)
     with open(path, newline="", encoding="utf-8") as handle:
         assert list(csv.reader(handle)) == [["path", "n"], ["a\rb", "1"], ["plain", "2"], ["c\r", "3"], ["d,e", "4"]]
+
+
+def test_pca_1_is_said_to_keep_one_component(three_groups, runner, tmp_path):
+    """`--pca 1` is one component (an int), `--pca 1.0` all the variance: the first says so."""
+    notice = "PCA: --pca 1 keeps 1 component; to keep all the variance write --pca 1.0 (or --pca 0: no PCA)"
+    one = runner.invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "a"), "--model", "pixels",
+                              "--pca", "1", "--k", "3", "--no-report"])
+    assert one.exit_code == 0 and notice in " ".join(one.output.split()), one.output
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["pca"]["n_components"] == 1
+    whole = runner.invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "b"), "--model", "pixels",
+                                "--pca", "1.0", "--k", "3", "--no-report"])
+    assert whole.exit_code == 0 and "keeps 1 component" not in whole.output, whole.output
