@@ -19,6 +19,7 @@ import torch
 from .backbones import Backbone, check_weights_argument, load_backbone
 from .config import DEFAULT_PCA, Config
 from .device import resolve_cluster_backend, resolve_compile, resolve_cuda_graphs, resolve_decoder, resolve_device
+from .duplicates import identical_copies
 from .errors import CacheRestartInterrupted, InputError, ReportInterrupted
 from .features import Extraction, StreamingPCA, auto_batch_size, extract_features
 from .loaders import make_loader
@@ -85,6 +86,7 @@ class RunResult:
     left_out: {"hidden_or_system_folders": n, "hidden_image_files": m} that the folder walks left
               out (engine.hidden_entries); None when include_hidden took them
     backbone: the loaded Backbone, or a BackboneInfo record when re-clustering cached features
+    copies:   [(i, j)]: paths[i] is a byte-identical copy of paths[j], j < i (engine.duplicates)
     """
 
     config: Config
@@ -103,6 +105,7 @@ class RunResult:
     inputs: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     left_out: dict | None = None
+    copies: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def features(self) -> torch.Tensor:
@@ -274,10 +277,13 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         timings["total"] = _stage(time.perf_counter() - started, len(found.paths))
 
         fit = search.fits[search.chosen_k]
+        copies = identical_copies(good_paths)
+        note_copies(copies, out_dir, reporter)
         result = RunResult(config=config, paths=good_paths, labels=fit.labels.cpu().numpy(), k=search.chosen_k,
                            search=search, pca=pca, reduced=reduced, centroids=fit.centroids, extraction=extraction,
                            skipped=skipped, backbone=backbone, backends=backends, timings=timings,
-                           inputs=[os.fspath(i) for i in inputs], left_out=None if found.left_out is None else found.left_out.as_dict())
+                           inputs=[os.fspath(i) for i in inputs], left_out=None if found.left_out is None else found.left_out.as_dict(),
+                           copies=copies)
         result.summary = build_summary(result)
         if out_dir is not None:
             write_run(result, out_dir, save_features=save_features, report=report, reporter=reporter)
@@ -298,6 +304,7 @@ def build_summary(result: RunResult) -> dict:
         "cwd": os.getcwd(),  # relative paths in predictions.csv are relative to this
         "n_images": len(result.paths),
         "n_skipped": len(result.skipped),
+        "n_copies": len(result.copies),  # byte-identical copies among the n images (duplicates.csv)
         "skipped_reasons": count_reasons(reason for _, reason in result.skipped),
         "left_out": result.left_out,
         "k": k,
@@ -373,6 +380,14 @@ def _failed_run_outputs(out_dir, skipped, cache_discarded: bool = False) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
+def note_copies(copies: list[tuple[int, int]], out_dir, reporter: Reporter) -> None:
+    """The notice for byte-identical copies among a run's images (engine.duplicates)."""
+    if copies:
+        where = "duplicates.csv" if out_dir is not None else "RunResult.copies"
+        reporter.notify(f"{len(copies):,} image(s) are byte-identical copies of others (listed in {where}): "
+                        "each is clustered with its original")
+
+
 def write_run(result: RunResult, out_dir, save_features: bool = False, report: bool = False,
               reporter: Reporter | None = None) -> Path:
     out = Path(out_dir)
@@ -381,6 +396,7 @@ def write_run(result: RunResult, out_dir, save_features: bool = False, report: b
     (out / outputs.FAILED_RUN_SKIPPED).unlink(missing_ok=True)  # ours by name; stale once this run is written
     outputs.write_predictions(out, result.paths, result.labels)
     outputs.write_skipped(out, result.skipped)
+    outputs.write_duplicates(out, result.paths, result.copies)
     outputs.write_analysis(out, run_analysis(result))
     if save_features:
         outputs.write_npy(out / outputs.FEATURES, result.features.float().cpu().numpy())

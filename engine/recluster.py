@@ -23,10 +23,11 @@ import torch
 
 from .config import Config
 from .device import resolve_cluster_backend, resolve_device
+from .duplicates import identical_copies
 from .errors import ConfigError, InputError
 from .features import Extraction
 from .pathlist import PathList
-from .pipeline import Backends, BackboneInfo, RunResult, _stage, build_summary, cluster_features, write_run
+from .pipeline import Backends, BackboneInfo, RunResult, _stage, build_summary, cluster_features, note_copies, write_run
 from .progress import Reporter
 from .report import outputs
 from .store import FeatureStore
@@ -169,12 +170,16 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
                                 weights_file=None if run_weights in ("auto", "random")
                                 else os.path.join(run_cwd, run_weights))  # relative to where the run started
         fit = search.fits[search.chosen_k]
-        result = RunResult(config=config, paths=paths.take(positions), labels=fit.labels.cpu().numpy(),
+        kept = paths.take(positions)
+        copies = identical_copies(kept, base=run_cwd)
+        note_copies(copies, out_dir, reporter)
+        result = RunResult(config=config, paths=kept, labels=fit.labels.cpu().numpy(),
                            k=search.chosen_k, search=search, pca=pca, reduced=reduced, centroids=fit.centroids,
                            extraction=extraction, skipped=skipped, backbone=backbone,
                            backends=Backends(device, "none (cached features)", backend), timings=timings,
                            inputs=list(summary.get("inputs") or []),
-                           left_out=summary.get("left_out"))  # the original run's walk (None before it was recorded)
+                           left_out=summary.get("left_out"),  # the original run's walk (None before it was recorded)
+                           copies=copies)
         result.summary = build_summary(result)
         result.summary["cwd"] = run_cwd  # the paths are still relative to the original run's folder
         result.summary["cache"]["dir"] = os.path.abspath(cache_dir)

@@ -32,9 +32,10 @@ PREDICTIONS = "predictions.csv"
 SKIPPED = "skipped.csv"
 SUMMARY = "summary.json"
 ANALYSIS = "analysis.npz"
+DUPLICATES = "duplicates.csv"  # byte-identical copies among the clustered images (engine.duplicates)
 FEATURES = "features.npy"
 FEATURE_CACHE = "features"  # the folder engine.store.FeatureStore writes in a run
-RUN_FILES = (PREDICTIONS, SKIPPED, SUMMARY, ANALYSIS)  # what every run writes at the top of its folder
+RUN_FILES = (PREDICTIONS, SKIPPED, SUMMARY, ANALYSIS, DUPLICATES)  # what every run writes at the top of its folder
 # a failed run's skip list, in a folder that holds a finished run (whose skipped.csv must still
 # match its predictions); the next finished run there removes it
 FAILED_RUN_SKIPPED = "skipped-failed-run.csv"
@@ -323,6 +324,13 @@ def write_predictions(out_dir, paths, labels) -> Path:
     texts = paths.strings() if isinstance(paths, PathList) else paths
     return write_csv(Path(out_dir) / PREDICTIONS, ["path", "cluster"], zip(map(path_to_text, texts), labels),
                      check_cr=not isinstance(paths, PathList) or paths.may_hold("\r"))
+
+
+def write_duplicates(out_dir, paths, copies) -> Path:
+    """copies: [(position, position of its first copy)] in `paths` (engine.duplicates); written as
+    path,copy_of rows (a header alone when there are none)."""
+    return write_csv(Path(out_dir) / DUPLICATES, ["path", "copy_of"],
+                     ((path_to_text(paths[i]), path_to_text(paths[j])) for i, j in copies))
 
 
 def write_skipped(out_dir, skipped, name: str = SKIPPED) -> Path:

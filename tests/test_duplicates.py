@@ -1,0 +1,52 @@
+"""Byte-identical copies among a run's images (engine.duplicates): found, listed, clustered alike."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from engine.cli import app
+from engine.duplicates import identical_copies
+from engine.pathlist import PathList
+from tests.helpers import read_rows
+
+
+def test_identical_copies_by_bytes_and_by_hard_link(tmp_path):
+    a = tmp_path / "a.jpg"
+    a.write_bytes(b"\xff\xd8 same bytes \xff\xd9")
+    shutil.copy(a, tmp_path / "b.jpg")  # a copy: same bytes, another file
+    os.link(a, tmp_path / "c.jpg")  # a hard link: the same file under another name
+    (tmp_path / "d.jpg").write_bytes(b"\xff\xd8 same size!! \xff\xd9")  # same size, other bytes
+    (tmp_path / "e.jpg").write_bytes(b"other")
+    names = ["a.jpg", "e.jpg", "b.jpg", "d.jpg", "c.jpg", "missing.jpg"]
+    assert identical_copies([tmp_path / n for n in names]) == [(2, 0), (4, 0)]
+    # relative paths against a base folder, and a PathList (what runs pass)
+    assert identical_copies(PathList.from_strings(names), base=tmp_path) == [(2, 0), (4, 0)]
+    assert identical_copies([tmp_path / "e.jpg", tmp_path / "d.jpg"]) == []
+
+
+def test_a_run_lists_copies_and_clusters_them_with_their_original(three_groups, runner, tmp_path):
+    data = tmp_path / "photos"
+    shutil.copytree(three_groups, data)
+    originals = sorted(data.glob("*/*.jpg"))[:2]
+    copies = [data / "zz_copies" / f"copy_{i}.jpg" for i in range(2)]  # after the originals in path order
+    copies[0].parent.mkdir()
+    for original, copy in zip(originals, copies):
+        shutil.copy(original, copy)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(data), "--out", str(out), "--model", "pixels", "--k", "3", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert ("2 image(s) are byte-identical copies of others (listed in duplicates.csv): each is clustered with "
+            "its original") in " ".join(result.output.split())
+    rows = read_rows(out / "duplicates.csv")
+    assert [(r["path"], r["copy_of"]) for r in rows] == [(str(c), str(o)) for c, o in zip(copies, originals)]
+    cluster = {r["path"]: r["cluster"] for r in read_rows(out / "predictions.csv")}
+    assert all(cluster[str(c)] == cluster[str(o)] for c, o in zip(copies, originals))
+    assert json.loads((out / "summary.json").read_text())["n_copies"] == 2
+    # a re-clustering lists them too; a run without copies writes the header alone
+    again = runner.invoke(app, ["cluster", str(out), "--k", "2", "--no-report"])
+    assert again.exit_code == 0 and len(read_rows(out / "duplicates.csv")) == 2
+    shutil.rmtree(data / "zz_copies")
+    clean = runner.invoke(app, ["run", str(data), "--out", str(out), "--model", "pixels", "--k", "3", "--no-report"])
+    assert clean.exit_code == 0 and "byte-identical" not in clean.output
+    assert read_rows(out / "duplicates.csv") == [] and json.loads((out / "summary.json").read_text())["n_copies"] == 0
