@@ -3,8 +3,11 @@ twice under two names. Discovery already drops the same file reached twice (a sy
 given twice); a copy is another file with the same bytes. Both are clustered (their features are
 the same, so is their cluster); the run lists the copies in duplicates.csv and says how many.
 
-Cheap enough to run on every run: one stat per image, and only files whose size another file
-shares are read (and hashed: BLAKE2b); hard links to one file are copies without reading.
+Cost: one stat per image; a file whose size another shares has its first 64 KB hashed, and only
+files that still match are hashed whole (BLAKE2b); hard links to one file are copies unread. On
+the 2-core VM 20,000 files of 20-120 KB (random bytes, many sizes shared) took 0.43-0.49 s
+(0.54 s before the 64 KB pre-check), from the page cache. Runs of more than CHECK_LIMIT images are not checked: there nearly
+every size is shared, and reading a million photos again would cost minutes.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from typing import Sequence
 from .pathlist import PathList
 
 _CHUNK = 1 << 20
+_HEAD = 64 << 10
+CHECK_LIMIT = 200_000  # images; above it identical_copies is not run (engine.pipeline)
 
 
 def identical_copies(paths: Sequence[str | os.PathLike], base: str | os.PathLike | None = None
@@ -43,7 +48,21 @@ def identical_copies(paths: Sequence[str | os.PathLike], base: str | os.PathLike
             original = seen.get(("inode", inode))
             if original is None:
                 path = os.fspath(paths[pos])
-                digest = _digest(os.path.join(base, path) if base is not None else path)
+                full = os.path.join(base, path) if base is not None else path
+                head = _digest(full, _HEAD)
+                if head is None:
+                    continue
+                if ("head", head) not in seen:  # no earlier file starts alike: an original, unread further
+                    seen[("head", head)] = pos
+                    seen[("inode", inode)] = pos
+                    continue
+                first = seen[("head", head)]
+                if ("whole", first) not in seen:  # the first file of this head, hashed whole once
+                    first_digest = _digest(_full_path(paths, first, base))
+                    seen[("whole", first)] = pos if first_digest is None else first
+                    if first_digest is not None:
+                        seen.setdefault(("bytes", first_digest), first)
+                digest = _digest(full)
                 if digest is None:
                     continue
                 original = seen.setdefault(("bytes", digest), pos)
@@ -53,13 +72,22 @@ def identical_copies(paths: Sequence[str | os.PathLike], base: str | os.PathLike
     return sorted(copies)
 
 
-def _digest(path) -> bytes | None:
-    """BLAKE2b of the file's bytes (hashlib releases the GIL while it hashes), None if unreadable."""
+def _full_path(paths, pos: int, base) -> str:
+    path = os.fspath(paths[pos])
+    return os.path.join(base, path) if base is not None else path
+
+
+def _digest(path, limit: int | None = None) -> bytes | None:
+    """BLAKE2b of the file's bytes (its first `limit` bytes when given; hashlib releases the GIL
+    while it hashes), None if unreadable."""
     h = hashlib.blake2b(digest_size=20)
     try:
         with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(_CHUNK), b""):
-                h.update(chunk)
+            if limit is not None:
+                h.update(f.read(limit))
+            else:
+                for chunk in iter(lambda: f.read(_CHUNK), b""):
+                    h.update(chunk)
     except OSError:
         return None
     return h.digest()

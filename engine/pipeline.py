@@ -19,6 +19,7 @@ import torch
 from .backbones import Backbone, check_weights_argument, load_backbone
 from .config import DEFAULT_PCA, Config
 from .device import resolve_cluster_backend, resolve_compile, resolve_cuda_graphs, resolve_decoder, resolve_device
+from .duplicates import CHECK_LIMIT as COPIES_CHECK_LIMIT
 from .duplicates import identical_copies
 from .errors import CacheRestartInterrupted, InputError, ReportInterrupted
 from .features import Extraction, StreamingPCA, auto_batch_size, extract_features
@@ -86,7 +87,8 @@ class RunResult:
     left_out: {"hidden_or_system_folders": n, "hidden_image_files": m} that the folder walks left
               out (engine.hidden_entries); None when include_hidden took them
     backbone: the loaded Backbone, or a BackboneInfo record when re-clustering cached features
-    copies:   [(i, j)]: paths[i] is a byte-identical copy of paths[j], j < i (engine.duplicates)
+    copies:   [(i, j)]: paths[i] is a byte-identical copy of paths[j], j < i (engine.duplicates);
+              None when not checked (more than engine.duplicates.CHECK_LIMIT images)
     """
 
     config: Config
@@ -105,7 +107,7 @@ class RunResult:
     inputs: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     left_out: dict | None = None
-    copies: list[tuple[int, int]] = field(default_factory=list)
+    copies: list[tuple[int, int]] | None = field(default_factory=list)
 
     @property
     def features(self) -> torch.Tensor:
@@ -277,7 +279,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         timings["total"] = _stage(time.perf_counter() - started, len(found.paths))
 
         fit = search.fits[search.chosen_k]
-        copies = identical_copies(good_paths)
+        copies = identical_copies(good_paths) if len(good_paths) <= COPIES_CHECK_LIMIT else None
         note_copies(copies, out_dir, reporter)
         result = RunResult(config=config, paths=good_paths, labels=fit.labels.cpu().numpy(), k=search.chosen_k,
                            search=search, pca=pca, reduced=reduced, centroids=fit.centroids, extraction=extraction,
@@ -304,7 +306,8 @@ def build_summary(result: RunResult) -> dict:
         "cwd": os.getcwd(),  # relative paths in predictions.csv are relative to this
         "n_images": len(result.paths),
         "n_skipped": len(result.skipped),
-        "n_copies": len(result.copies),  # byte-identical copies among the n images (duplicates.csv)
+        # byte-identical copies among the n images (duplicates.csv); None: not checked (too many images)
+        "n_copies": None if result.copies is None else len(result.copies),
         "skipped_reasons": count_reasons(reason for _, reason in result.skipped),
         "left_out": result.left_out,
         "k": k,
@@ -380,9 +383,11 @@ def _failed_run_outputs(out_dir, skipped, cache_discarded: bool = False) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def note_copies(copies: list[tuple[int, int]], out_dir, reporter: Reporter) -> None:
+def note_copies(copies: list[tuple[int, int]] | None, out_dir, reporter: Reporter) -> None:
     """The notice for byte-identical copies among a run's images (engine.duplicates)."""
-    if copies:
+    if copies is None:
+        reporter.notify(f"Byte-identical copies not looked for: more than {COPIES_CHECK_LIMIT:,} images")
+    elif copies:
         where = "duplicates.csv" if out_dir is not None else "RunResult.copies"
         reporter.notify(f"{len(copies):,} image(s) are byte-identical copies of others (listed in {where}): "
                         "each is clustered with its original")
@@ -396,7 +401,10 @@ def write_run(result: RunResult, out_dir, save_features: bool = False, report: b
     (out / outputs.FAILED_RUN_SKIPPED).unlink(missing_ok=True)  # ours by name; stale once this run is written
     outputs.write_predictions(out, result.paths, result.labels)
     outputs.write_skipped(out, result.skipped)
-    outputs.write_duplicates(out, result.paths, result.copies)
+    if result.copies is not None:
+        outputs.write_duplicates(out, result.paths, result.copies)
+    else:  # not checked: an earlier run's list would describe other images
+        (out / outputs.DUPLICATES).unlink(missing_ok=True)
     outputs.write_analysis(out, run_analysis(result))
     if save_features:
         outputs.write_npy(out / outputs.FEATURES, result.features.float().cpu().numpy())

@@ -25,6 +25,17 @@ def test_identical_copies_by_bytes_and_by_hard_link(tmp_path):
     assert identical_copies([tmp_path / "e.jpg", tmp_path / "d.jpg"]) == []
 
 
+def test_files_that_start_alike_are_compared_whole(tmp_path):
+    """Same size and the same first 64 KB (a camera's header and the top of a similar scene) are
+    not enough: the whole bytes decide. A and B differ only at the end; C is a copy of B."""
+    head = bytes(range(256)) * 400  # 102,400 bytes: past the 64 KB head
+    (tmp_path / "a.jpg").write_bytes(head + b"end A")
+    (tmp_path / "b.jpg").write_bytes(head + b"end B")
+    (tmp_path / "c.jpg").write_bytes(head + b"end B")
+    (tmp_path / "d.jpg").write_bytes(head + b"end A")
+    assert identical_copies([tmp_path / n for n in ("a.jpg", "b.jpg", "c.jpg", "d.jpg")]) == [(2, 1), (3, 0)]
+
+
 def test_a_run_lists_copies_and_clusters_them_with_their_original(three_groups, runner, tmp_path):
     data = tmp_path / "photos"
     shutil.copytree(three_groups, data)
@@ -50,3 +61,18 @@ def test_a_run_lists_copies_and_clusters_them_with_their_original(three_groups, 
     clean = runner.invoke(app, ["run", str(data), "--out", str(out), "--model", "pixels", "--k", "3", "--no-report"])
     assert clean.exit_code == 0 and "byte-identical" not in clean.output
     assert read_rows(out / "duplicates.csv") == [] and json.loads((out / "summary.json").read_text())["n_copies"] == 0
+
+
+def test_above_the_check_limit_copies_are_not_looked_for_and_said_so(three_groups, runner, tmp_path, monkeypatch):
+    import engine.pipeline
+
+    out = tmp_path / "out"
+    first = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3",
+                                "--no-report"])
+    assert first.exit_code == 0 and (out / "duplicates.csv").is_file()
+    monkeypatch.setattr(engine.pipeline, "COPIES_CHECK_LIMIT", 10)
+    result = runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3",
+                                 "--no-report"])
+    assert result.exit_code == 0 and "Byte-identical copies not looked for: more than 10 images" in result.output
+    assert json.loads((out / "summary.json").read_text())["n_copies"] is None
+    assert not (out / "duplicates.csv").exists()  # an earlier run's list would not describe this one
