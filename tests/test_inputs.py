@@ -102,20 +102,25 @@ def test_decompression_bomb_limit(tmp_path):
 
 
 def test_max_pixels_above_pils_own_limit_is_honoured(tmp_path, monkeypatch):
-    """PIL refuses images over 2x its MAX_IMAGE_PIXELS in Image.open; a larger max_pixels lifts that,
-    a smaller one leaves PIL's (process-wide) limit alone."""
+    """PIL refuses images over 2x its MAX_IMAGE_PIXELS in Image.open. A max_pixels the caller
+    chose above the default (or None) lifts that; the default, and smaller values, leave PIL's
+    process-wide limit alone, even one the program made stricter."""
+    from engine.loaders.decode import DEFAULT_MAX_PIXELS
     from engine.loaders.probe import probe_file
     path = tmp_path / "big.png"
     Image.new("RGB", (300, 300)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # PIL alone would refuse 90,000 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # a program's strict limit: PIL refuses 90,000 pixels
     with pytest.raises(DecodeError, match="too large: 90000 pixels exceeds max_pixels=1000"):
         decode_image(path, max_pixels=1_000)  # PIL's refusal, in max_pixels' words
-    with pytest.raises(DecodeError, match="too large: 90000 pixels exceeds max_pixels=20000"):
-        decode_image(path, max_pixels=20_000)  # at PIL's own error level (2x): nothing to lift
+    with pytest.raises(DecodeError, match="too large: Image size .90000 pixels. exceeds limit of 20000"):
+        decode_image(path)  # the default max_pixels allows it, the program's limit does not: its words
+    with pytest.raises(DecodeError, match="exceeds limit of 20000"):
+        decode_image(path, max_pixels=100_000)  # under the default: not a choice to lift anything
     assert Image.MAX_IMAGE_PIXELS == 10_000
-    assert decode_image(path, max_pixels=100_000).size == (300, 300)
-    assert probe_file(path, max_pixels=100_000).width == 300
-    assert Image.MAX_IMAGE_PIXELS == 50_000  # PIL refuses over twice it: max_pixels is the limit
+    big = DEFAULT_MAX_PIXELS + 2
+    assert decode_image(path, max_pixels=big).size == (300, 300)
+    assert probe_file(path, max_pixels=big).width == 300
+    assert Image.MAX_IMAGE_PIXELS == big // 2  # PIL refuses over twice it: max_pixels is the limit
     assert decode_image(path, max_pixels=None).size == (300, 300)
     assert Image.MAX_IMAGE_PIXELS is None
 

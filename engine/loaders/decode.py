@@ -177,14 +177,15 @@ def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
     """Image.open on bytes; an image PIL refuses as a decompression bomb gets max_pixels' wording.
 
     PIL's own limit (Image.MAX_IMAGE_PIXELS, process-wide: the embedding program's) refuses
-    images over twice it, which with PIL's default is exactly DEFAULT_MAX_PIXELS: left alone.
-    Only a max_pixels above that level (or None: no limit), an explicit choice, raises it, so
-    that max_pixels is the limit that applies. (Between once and twice it, PIL only warns;
+    images over twice it, which with PIL's default is exactly DEFAULT_MAX_PIXELS: left alone, and
+    so is a stricter limit the program set. Only a max_pixels above both (or None: no limit), an
+    explicit choice, raises it, so that max_pixels is the limit that applies. (Between once and twice it, PIL only warns;
     pil_errors_as_decode_errors silences that.)
 
     A HEIF/AVIF file that no installed plugin reads raises DecodeError with the install hint."""
     pil_limit = Image.MAX_IMAGE_PIXELS
-    if pil_limit is not None and (max_pixels is None or max_pixels > 2 * pil_limit):
+    # only a max_pixels the caller chose (not the default) lifts a limit the program may have lowered
+    if pil_limit is not None and (max_pixels is None or (max_pixels > DEFAULT_MAX_PIXELS and max_pixels > 2 * pil_limit)):
         Image.MAX_IMAGE_PIXELS = None if max_pixels is None else -(-max_pixels // 2)
     brand = _iso_brand(data)
     if brand is not None:
