@@ -298,7 +298,7 @@ def report(
         fail(not_a_finished_run(run_dir, "summary.json"))
     from .report.outputs import exclusive_writer
 
-    with exclusive_writer(run_dir, "report"):  # not while a run or re-clustering writes the folder
+    with exclusive_writer(run_dir, None):  # not while a run or re-clustering writes the folder
         index = build_report(run_dir, max_montage=max_montage,
                              warn=lambda message: err_console.print(f"[yellow]Warning:[/yellow] {escape(message)}",
                                                                     soft_wrap=True))

@@ -86,7 +86,7 @@ WRITER_LOCK = ".imgcluster.lock"  # hidden: folder walks leave it out
 
 
 @contextlib.contextmanager
-def exclusive_writer(out_dir, flag: str = "--out") -> Iterator[None]:
+def exclusive_writer(out_dir, flag: str | None = "--out") -> Iterator[None]:
     """Hold an advisory lock (flock) on out_dir/.imgcluster.lock while a command writes the
     folder: a second command there fails at once with OutputPathError, naming the first's pid,
     instead of mixing its CSVs with the first's feature cache. Released when the block ends or the
@@ -98,16 +98,28 @@ def exclusive_writer(out_dir, flag: str = "--out") -> Iterator[None]:
         yield
         return
     path = Path(out_dir) / WRITER_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # 0o666 less the umask, as the other outputs: a group-shared folder's lock for the group
+        fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
+    except PermissionError:  # another user's lock file: flock works on a read-only descriptor too
+        try:
+            fd, writable = os.open(path, os.O_RDONLY), False
+        except OSError:
+            yield  # no lock to be had here; the folder itself was checked writable
+            return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise OutputPathError(f"{flag} {out_dir}: another imgcluster command is writing there ({holder}); "
-                                  f"wait for it to finish, or give another {flag}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+            where = f"{flag} {out_dir}" if flag else str(out_dir)
+            raise OutputPathError(f"{where}: another imgcluster command is writing there ({holder}); wait for it "
+                                  "to finish" + (f", or give another {flag}" if flag else "")) from None
+        except OSError:  # flock not supported on this mount (some SMB/FUSE): work unlocked, as before
+            yield
+            return
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
