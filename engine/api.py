@@ -236,9 +236,12 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         model = load_model(path, device=device, weights=weights,
                            allow_fingerprint_mismatch=allow_fingerprint_mismatch, **options)
         params = {name: value for name, value in model.state.config.items() if name in _PARAMS}
-        # what this load was given (max_pixels, batch_size, ...) over what the fit used, so
-        # get_params() describes the model that predicts
-        params.update({name: value for name, value in options.items() if name in _PARAMS})
+        # the predictor's options (max_pixels, batch_size, decoder, ...) are this load's, given or
+        # load_model's defaults, not the fit's: get_params() describes the model that predicts
+        loaded_with = {name: p.default for name, p in inspect.signature(load_model).parameters.items()
+                       if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        loaded_with.update(options)
+        params.update({name: value for name, value in loaded_with.items() if name in _PARAMS})
         params["device"] = device
         if weights is not None:
             params["weights"] = os.fspath(weights)

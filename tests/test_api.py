@@ -203,6 +203,11 @@ def test_a_loaded_clusterer_pickles_and_load_options_are_checked(fitted, three_g
     tuned = ImageClusterer.load(path, device="cpu", max_pixels=1000, batch_size=4)
     assert tuned.get_params()["max_pixels"] == 1000 and tuned.get_params()["batch_size"] == 4
     assert tuned.model_.max_pixels == 1000 and loaded.get_params()["max_pixels"] == loaded.model_.max_pixels
+    # not given: load_model's defaults, whatever the fit used (a fit with batch_size=7, max_pixels=None)
+    odd = ImageClusterer(model="pixels", device="cpu", pca=4, k="2:3", batch_size=7, max_pixels=None)
+    plain = ImageClusterer.load(odd.fit([image.parent]).save(tmp_path / "odd.imgc"), device="cpu")
+    assert plain.get_params()["max_pixels"] == plain.model_.max_pixels == 178_956_970
+    assert plain.get_params()["batch_size"] is None  # auto, as the predictor chose
     with pytest.raises(ConfigError, match="batch_size='8' must be an integer"):
         load_model(path, device="cpu", batch_size="8")
     with pytest.raises(ConfigError, match="max_pixels=0 must be >= 1"):
