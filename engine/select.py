@@ -65,11 +65,13 @@ WEAK_SILHOUETTE = 0.05
 
 
 def _notify_weak_or_empty(scores: list[KScore], chosen: int, single: list[int], notify,
-                          largest_asked: int | None = None, chosen_cluster_means: dict | None = None) -> None:
+                          largest_asked: int | None = None, chosen_cluster_means: dict | None = None,
+                          wider: str | None = None) -> None:
     """Notices a result table would not show at a glance: Ks where KMeans left clusters empty
     (fewer distinct groups than K), a chosen K whose mean silhouette is near 0, a chosen K at the
-    top of the range asked for (`largest_asked`: the best may lie above it), and clusters of the
-    chosen K with a negative mean silhouette (`chosen_cluster_means` {cluster id: mean})."""
+    top of the range asked for (`largest_asked`, None when the images allow no larger K: the best
+    may lie above it; `wider`: the --k range to suggest), and clusters of the chosen K with a
+    negative mean silhouette (`chosen_cluster_means` {cluster id: mean})."""
     empty = [s.k for s in scores if s.k not in single and 0 in s.cluster_sizes]
     if empty:
         notify(f"K = {', '.join(map(str, empty))}: KMeans left some clusters empty (fewer distinct groups than K); "
@@ -84,7 +86,7 @@ def _notify_weak_or_empty(scores: list[KScore], chosen: int, single: list[int], 
                    "shows each image)")
     if largest_asked is not None and chosen == largest_asked and len(scores) > 1:
         notify(f"K = {chosen} is the largest K tried: a larger one may score better (try --k "
-               f"{min(s.k for s in scores)}:{2 * chosen})")
+               f"{wider or f'{min(s.k for s in scores)}:{2 * chosen}'})")
     negative = sorted(c for c, mean in (chosen_cluster_means or {}).items() if mean < 0)
     if negative:
         notify(f"K = {chosen}: {len(negative)} of its clusters ({', '.join(map(str, negative[:8]))}"
@@ -272,10 +274,12 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     timings["metrics"] = time.perf_counter() - t0
     chosen = choose_k(scores, select)
     if notify:
-        # the top of the range asked for, unless the image count cut the range (usable_ks said so)
-        top = max(asked) if max(asked) <= n - 1 else None
+        # the top of the range asked for, unless no larger K can be fitted on n images (the count
+        # cut the range, and usable_ks said so, or the range ends at n - 1)
+        top = max(asked) if max(asked) < n - 1 else None
+        wider = f"{min(asked)}:{min(2 * max(asked), n - 1)}"
         means = silhouettes[chosen].cluster_means if chosen in silhouettes else None
-        _notify_weak_or_empty(scores, chosen, single, notify, top, means)
+        _notify_weak_or_empty(scores, chosen, single, notify, top, means, wider)
     mode = "sampled" if sample is not None else "exact"
     halvings = {"kmeans": CHUNK_BUDGET.halvings - kmeans_halvings_before, "silhouette": sil_halvings}
     return KSearch(list(ks), scores, fits, silhouettes, chosen, select, mode, sample, sil_backend, timings, halvings)

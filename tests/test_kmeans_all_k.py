@@ -176,3 +176,19 @@ def test_search_says_when_the_chosen_k_is_the_largest_tried_or_has_negative_clus
     _notify_weak_or_empty(scores, 6, [], said.append, None, {0: 0.4, 1: -0.02, 2: 0.3, 3: -0.1})
     assert said == ["K = 6: 2 of its clusters (1, 3) have a negative mean silhouette (their images lie closer, on "
                     "average, to another cluster): the report's silhouette plot shows them"]
+
+
+def test_the_wider_range_suggested_stays_within_what_the_images_allow():
+    """The range suggested after "largest K tried" is what search_k computed: capped at n - 1."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import make_blobs
+
+    from engine.select import _notify_weak_or_empty, search_k
+
+    blobs, _ = make_blobs(12, 4, centers=6, cluster_std=0.1, random_state=1)
+    said: list[str] = []
+    found = search_k(torch.from_numpy(blobs.astype(np.float32)), [2, 3, 4], "torch")
+    said.clear()
+    _notify_weak_or_empty(found.scores, 4, [], said.append, 4, None, "2:7")  # what search_k passes for n = 8
+    assert said == ["K = 4 is the largest K tried: a larger one may score better (try --k 2:7)"]
