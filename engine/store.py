@@ -14,7 +14,9 @@ its index file exists; the .npy is renamed into place first, and both are writte
 a kill at any moment leaves complete shards plus at most a stray .npy or temporary file (ignored,
 and removed or overwritten later). Ctrl-C also writes the rows already queued (engine.features).
 A file is identified by (path, size, mtime): a changed file misses the cache and is recomputed, a
-removed one is simply never asked for. A different fingerprint (model, weights, preprocessing)
+removed one is simply never asked for. A file whose folder was renamed or moved (same name, size
+and mtime to the nanosecond: `mv` keeps them) is found too, through a second index built on the
+first miss (MOVED_INDEX_LIMIT); a renamed folder of 367 photos was extracted again whole. A different fingerprint (model, weights, preprocessing)
 empties the cache and says so, and so does another `made_with` (the precision and the decoder:
 features from bf16 and fp32, or from nvJPEG and PIL pixels, differ by about 1 %, and one run's
 features must all come from one configuration; max_pixels: which images are skipped as too large,
@@ -44,6 +46,8 @@ from .report.outputs import atomic_write_text, path_to_text, write_npy
 FORMAT = 1
 DEFAULT_SHARD_SIZE = 4096
 DEFAULT_SHARD_SECONDS = 60.0
+# Cached rows up to which the moved-file index is built (a second dict of every row: ~100 bytes each)
+MOVED_INDEX_LIMIT = 5_000_000
 MANIFEST = "manifest.json"
 
 
@@ -60,6 +64,19 @@ def _index_key(key: tuple[str, int, int]) -> str:
     string and two ints (at 10 million entries that tuple and its ints are ~1.2 GB)."""
     path, size, mtime = key
     return f"{size}:{mtime}:{path}"
+
+
+def _split_index_key(text: str) -> tuple[str, int, int]:
+    """_index_key's string -> (path text, size, mtime_ns)."""
+    size, mtime, path = text.split(":", 2)
+    return path, int(size), int(mtime)
+
+
+def _moved_key(key: tuple[str, int, int]) -> str:
+    """(path text, size, mtime_ns) -> the key of a file wherever its folder went: its name, size
+    and mtime_ns (a rename or `mv` keeps all three)."""
+    path, size, mtime = key
+    return f"{size}:{mtime}:{os.path.basename(path)}"
 
 
 def _location(shard_id: int, row: int) -> int:
@@ -109,6 +126,7 @@ class FeatureStore:
         self.notify = notify or (lambda message: None)
         self.discarded = False  # an existing cache was emptied (another model or configuration, damage)
         self._rows: dict[str, int] = {}  # _index_key -> _location(shard id, row)
+        self._moved: dict[str, int] | None = None  # _moved_key -> location (-1: ambiguous); on first miss
         self._failed: dict[str, str] = {}  # _index_key -> reason
         self._shards: dict[int, np.ndarray] = {}
         self._pending_keys: list[tuple] = []
@@ -318,8 +336,11 @@ class FeatureStore:
             key = file_key(path, base)
             if key is None:
                 continue
-            key = _index_key(key)
+            raw, key = key, _index_key(key)
             loc = self._rows.get(key)
+            if loc is None and key not in self._failed:  # a moved or renamed folder's file?
+                loc = self._moved_rows().get(_moved_key(raw))
+                loc = None if loc == -1 else loc
             if loc is not None:
                 hit_pos.append(pos)
                 hit_shard.append(loc >> 32)
@@ -342,8 +363,20 @@ class FeatureStore:
                     out[torch.as_tensor(positions[sel], device=out.device)] = torch.from_numpy(block).to(out.device)
         return positions, feats, failed
 
+    def _moved_rows(self) -> dict[str, int]:
+        """_moved_key -> location for every cached row (-1 where two rows share it: neither is
+        taken), built on first use; empty above MOVED_INDEX_LIMIT rows."""
+        if self._moved is None:
+            self._moved = {}
+            if len(self._rows) <= MOVED_INDEX_LIMIT:
+                for key, loc in self._rows.items():
+                    moved = _moved_key(_split_index_key(key))
+                    self._moved[moved] = -1 if moved in self._moved else loc
+        return self._moved
+
     def close(self) -> None:
         """Unmap the shards (their pages count in the process's resident memory while mapped)."""
         self._shards.clear()
         self._rows.clear()
         self._failed.clear()
+        self._moved = None

@@ -687,3 +687,39 @@ def test_one_command_writes_a_run_folder_at_a_time(small_set, runner, tmp_path):
     assert (out / "predictions.csv").read_bytes() == before
     assert runner.invoke(app, ["cluster", str(out), "--k", "2", "--no-report"]).exit_code == 0
     assert (out / ".imgcluster.lock").is_file()  # hidden (walks leave it out), left for the next taker
+
+
+def test_a_renamed_folder_is_found_in_the_cache(small_set, runner, tmp_path):
+    """Renaming a folder (mv keeps each file's name, size and mtime) re-extracted every image in
+    it; the cache finds them by name, size and mtime. Two cached files that share all three are
+    ambiguous: neither is taken for a moved one."""
+    out = tmp_path / "out"
+    _run(runner, small_set, out, "--k", "3")
+    first = {Path(r["path"]).name: r["cluster"] for r in read_rows(out / "predictions.csv")}
+    (small_set / "green_disc").rename(small_set / "Green Disc (2024)")
+    result = _run(runner, small_set, out, "--k", "3")
+    assert "Resumed 12 of 12 images from the feature cache" in result.output
+    assert _summary(out)["cache"]["extracted"] == 0
+    assert {Path(r["path"]).name: r["cluster"] for r in read_rows(out / "predictions.csv")} == first
+
+    # ambiguous: two cached files share name, size and mtime (copied with their mtime); moved,
+    # either could be the one: neither is taken, the image is extracted again
+    import torch
+
+    from engine.store import FeatureStore
+
+    other = tmp_path / "other"
+    src = sorted(small_set.glob("red_stripes/*.jpg"))[0]
+    for folder in ("a", "b"):
+        (other / folder).mkdir(parents=True)
+        shutil.copy2(src, other / folder / "same.jpg")
+    shutil.copy2(src, other / "a" / "unique.jpg")
+    store = FeatureStore.open(tmp_path / "cache", "fp", dim=2)
+    store.add([other / "a" / "same.jpg", other / "b" / "same.jpg", other / "a" / "unique.jpg"],
+              torch.arange(6, dtype=torch.float32).reshape(3, 2), [])
+    store.flush()
+    store.close()
+    (other / "a").rename(other / "c")
+    reopened = FeatureStore.open(tmp_path / "cache", "fp", dim=2)
+    positions, feats, _ = reopened.gather([other / "c" / "same.jpg", other / "c" / "unique.jpg"])
+    assert positions.tolist() == [1] and feats.tolist() == [[4.0, 5.0]]
