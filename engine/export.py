@@ -94,13 +94,13 @@ def _place(source: str, target: Path, mode: str) -> None:
         shutil.copy2(source, target)
 
 
-def _run_cwd(run_dir: Path) -> str | None:
-    """The folder the run started in: predictions.csv's relative paths are relative to it."""
+def _run_cwd(run_dir: Path, paths) -> str | None:
+    """The folder predictions.csv's relative paths are relative to (outputs.run_base)."""
     try:
-        cwd = outputs.read_summary(run_dir).get("cwd")
+        summary = outputs.read_summary(run_dir)
     except (OSError, ValueError, AttributeError):
         return None  # no (readable) summary: paths are taken as they are
-    return cwd if isinstance(cwd, str) else None
+    return outputs.run_base(run_dir, summary, paths) if isinstance(summary, dict) else None
 
 
 def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str = "symlink",
@@ -124,7 +124,7 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
         paths, labels = read_predictions(predictions)
     except ReportError as exc:
         raise InputError(str(exc)) from None
-    base = _run_cwd(run_dir)
+    base = _run_cwd(run_dir, paths)
     to = Path(to)
     created = _prepare_target(to)
     largest = int(labels.max()) if len(labels) else 0

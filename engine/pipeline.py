@@ -398,6 +398,9 @@ def write_run(result: RunResult, out_dir, save_features: bool = False, report: b
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     earlier_run = outputs.is_run_folder(out)  # before this run's summary replaces it
+    # where the run started, seen from its folder: relative paths survive moving both (outputs.run_base)
+    if isinstance(result.summary.get("cwd"), str):
+        result.summary["cwd_from_out"] = os.path.relpath(result.summary["cwd"], out.resolve())
     (out / outputs.FAILED_RUN_SKIPPED).unlink(missing_ok=True)  # ours by name; stale once this run is written
     outputs.write_predictions(out, result.paths, result.labels)
     outputs.write_skipped(out, result.skipped)

@@ -121,7 +121,8 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
         t0 = time.perf_counter()
         store = FeatureStore.open(cache_dir, feat["fingerprint"], notify=reporter.notify,
                                   dim=feat.get("dim"), create=False)
-        run_cwd = summary.get("cwd") or os.getcwd()  # what relative input paths are relative to
+        # what relative input paths are relative to (the run folder's new place if the project moved)
+        run_cwd = outputs.run_base(run_dir, summary, paths.strings()) or os.getcwd()
         positions, features_np, _ = store.gather(paths, base=run_cwd)
         missing = np.ones(len(paths), dtype=bool)  # not a set of every found position: ~60 bytes an image
         missing[positions] = False

@@ -723,3 +723,27 @@ def test_a_renamed_folder_is_found_in_the_cache(small_set, runner, tmp_path):
     reopened = FeatureStore.open(tmp_path / "cache", "fp", dim=2)
     positions, feats, _ = reopened.gather([other / "c" / "same.jpg", other / "c" / "unique.jpg"])
     assert positions.tolist() == [1] and feats.tolist() == [[4.0, 5.0]]
+
+
+def test_a_moved_project_keeps_its_images(small_set, runner, tmp_path, monkeypatch):
+    """Photos and results moved together (`mv project archive/`): predictions.csv's relative
+    paths are found again from the run folder's new place, for `cluster`, `report` (its
+    montages had only placeholders) and `export`."""
+    project = tmp_path / "project"
+    shutil.copytree(small_set, project / "photos")
+    monkeypatch.chdir(project)
+    _run(runner, Path("photos"), Path("results"), "--k", "3")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "archive").mkdir()
+    project.rename(tmp_path / "archive" / "project")
+    results = tmp_path / "archive" / "project" / "results"
+    again = runner.invoke(app, ["cluster", str(results), "--k", "3"])
+    assert again.exit_code == 0, again.output
+    summary = _summary(results)
+    assert summary["n_images"] == 12 and summary["n_skipped"] == 0 and summary["cache"]["resumed"] == 12
+    assert summary["cwd"] == str(tmp_path / "archive" / "project")  # the base it found, for the next command
+    report = runner.invoke(app, ["report", str(results)])
+    assert report.exit_code == 0 and "could not be read" not in report.output, report.output
+    exported = runner.invoke(app, ["export", str(results), "--to", str(tmp_path / "by-cluster")])
+    assert exported.exit_code == 0 and "missing" not in exported.output, exported.output
+    assert len(list((tmp_path / "by-cluster").glob("*/*.jpg"))) == 12

@@ -169,7 +169,8 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
     pool = ThreadPoolExecutor(max_workers=num_threads or default_threads(), thread_name_prefix="report-thumb")
     try:
         wanted = [data.paths[i] for _, near, far in picks for i in (*near.tolist(), *far.tolist())]
-        thumbs = montage.submit_thumbnails(pool, wanted, base=data.summary.get("cwd"))
+        base = outputs.run_base(run_dir, data.summary, wanted)  # the run folder's new place if the project moved
+        thumbs = montage.submit_thumbnails(pool, wanted, base=base)
 
         plot_entries, notes = _plots(data, w)
         colors = plots.cluster_colors(data.k)

@@ -200,6 +200,26 @@ def path_to_text(path) -> str:
 _ESCAPED_BYTE = re.compile(r"\\udc([89a-f][0-9a-f])")
 
 
+def run_base(run_dir, summary: dict, paths: Iterable[str] = ()) -> str | None:
+    """The folder a run's relative paths (predictions.csv) are relative to.
+
+    summary.json's "cwd", the folder the run started in; but when the project moved (photos and
+    results together: `mv ~/photos ~/results ~/archive/`), its relative paths are found again from
+    the run folder's new place, through "cwd_from_out" (that folder relative to the run folder,
+    written by write_run). `paths`: some of the run's path texts; the first relative ones decide
+    (absolute paths cannot follow a move). None when the summary records no cwd."""
+    cwd = summary.get("cwd") if isinstance(summary.get("cwd"), str) else None
+    rel = summary.get("cwd_from_out")
+    if not isinstance(rel, str):
+        return cwd
+    moved = os.path.normpath(os.path.join(os.fspath(run_dir), rel))
+    sample = [p for _, p in zip(range(20), (p for p in paths if not os.path.isabs(p)))]
+    if not sample or moved == cwd:
+        return cwd if cwd is not None and os.path.isdir(cwd) else moved
+    found = lambda base: sum(os.path.lexists(os.path.join(base, p)) for p in sample)  # noqa: E731
+    return moved if cwd is None or found(moved) > found(cwd) else cwd
+
+
 def file_for_text(text: str, base: str | os.PathLike | None = None) -> str:
     """The file a path as written in a run's CSVs names (the inverse of path_to_text).
 
