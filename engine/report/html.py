@@ -129,6 +129,10 @@ def _summary(data: RunData) -> str:
     if cwd and any(not _is_absolute(p) for p in data.paths[:1000]):
         rows.append(("image paths relative to", f"<code>{escape(str(cwd))}</code> (the folder the run started in; "
                                                 "paths on this page and in the CSVs are as given to the run)"))
+    copies = s.get("n_copies")
+    if copies:
+        rows.append(("byte-identical copies", escape(f"{int(copies):,} image(s) are copies of others "
+                                                     "(../duplicates.csv lists them); each is clustered with its original")))
     left_out = s.get("left_out") or {}
     if any(left_out.values()):
         from ..hidden_entries import LeftOut
