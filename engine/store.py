@@ -16,7 +16,9 @@ and removed or overwritten later). Ctrl-C also writes the rows already queued (e
 A file is identified by (path, size, mtime): a changed file misses the cache and is recomputed, a
 removed one is simply never asked for. A file whose folder was renamed or moved (same name, size
 and mtime to the nanosecond: `mv` keeps them) is found too, through a second index built on the
-first miss (MOVED_INDEX_LIMIT); a renamed folder of 367 photos was extracted again whole. A different fingerprint (model, weights, preprocessing)
+first miss (MOVED_INDEX_LIMIT); a renamed folder of 367 photos was extracted again whole. Only when
+the cached file is gone from its old path: a same-named file elsewhere (unzipped sets share mtimes,
+BMPs of one size share sizes: train/cat/0000.bmp and train/dog/0000.bmp) is another image. A different fingerprint (model, weights, preprocessing)
 empties the cache and says so, and so does another `made_with` (the precision and the decoder:
 features from bf16 and fp32, or from nvJPEG and PIL pixels, differ by about 1 %, and one run's
 features must all come from one configuration; max_pixels: which images are skipped as too large,
@@ -126,7 +128,7 @@ class FeatureStore:
         self.notify = notify or (lambda message: None)
         self.discarded = False  # an existing cache was emptied (another model or configuration, damage)
         self._rows: dict[str, int] = {}  # _index_key -> _location(shard id, row)
-        self._moved: dict[str, int] | None = None  # _moved_key -> location (-1: ambiguous); on first miss
+        self._moved: dict[str, tuple[int, str]] | None = None  # _moved_key -> (location or -1: ambiguous, old path)
         self._failed: dict[str, str] = {}  # _index_key -> reason
         self._shards: dict[int, np.ndarray] = {}
         self._pending_keys: list[tuple] = []
@@ -339,8 +341,7 @@ class FeatureStore:
             raw, key = key, _index_key(key)
             loc = self._rows.get(key)
             if loc is None and key not in self._failed:  # a moved or renamed folder's file?
-                loc = self._moved_rows().get(_moved_key(raw))
-                loc = None if loc == -1 else loc
+                loc = self._moved_location(raw, base)
             if loc is not None:
                 hit_pos.append(pos)
                 hit_shard.append(loc >> 32)
@@ -363,16 +364,21 @@ class FeatureStore:
                     out[torch.as_tensor(positions[sel], device=out.device)] = torch.from_numpy(block).to(out.device)
         return positions, feats, failed
 
-    def _moved_rows(self) -> dict[str, int]:
-        """_moved_key -> location for every cached row (-1 where two rows share it: neither is
-        taken), built on first use; empty above MOVED_INDEX_LIMIT rows."""
-        if self._moved is None:
+    def _moved_location(self, key: tuple[str, int, int], base) -> int | None:
+        """The cached row of a file that moved: one cached row with its name, size and mtime
+        (_moved_key), whose own path no longer exists (relative to `base`, as in gather). None
+        otherwise: no such row, two such rows, or the cached file still there (another image)."""
+        if self._moved is None:  # built on first use; empty above MOVED_INDEX_LIMIT rows
             self._moved = {}
             if len(self._rows) <= MOVED_INDEX_LIMIT:
-                for key, loc in self._rows.items():
-                    moved = _moved_key(_split_index_key(key))
-                    self._moved[moved] = -1 if moved in self._moved else loc
-        return self._moved
+                for text, loc in self._rows.items():
+                    old = _split_index_key(text)
+                    moved = _moved_key(old)
+                    self._moved[moved] = (-1, "") if moved in self._moved else (loc, old[0])
+        loc, old_path = self._moved.get(_moved_key(key), (-1, ""))
+        if loc == -1 or os.path.lexists(os.path.join(base, old_path) if base is not None else old_path):
+            return None
+        return loc
 
     def close(self) -> None:
         """Unmap the shards (their pages count in the process's resident memory while mapped)."""

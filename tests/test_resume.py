@@ -747,3 +747,23 @@ def test_a_moved_project_keeps_its_images(small_set, runner, tmp_path, monkeypat
     exported = runner.invoke(app, ["export", str(results), "--to", str(tmp_path / "by-cluster")])
     assert exported.exit_code == 0 and "missing" not in exported.output, exported.output
     assert len(list((tmp_path / "by-cluster").glob("*/*.jpg"))) == 12
+
+
+def test_a_same_named_file_elsewhere_is_not_taken_for_a_moved_one(tmp_path, runner, monkeypatch):
+    """Unzipped sets share mtimes and BMPs of one size share sizes: train/dog/0000.bmp has the
+    name, size and mtime of the cached train/cat/0000.bmp, which is still there. It is another
+    image, extracted for itself (it got the cat's features, and the clusters mixed the two)."""
+    data = tmp_path / "train"
+    for group, colour in (("cat", (220, 30, 30)), ("dog", (30, 30, 220))):
+        (data / group).mkdir(parents=True)
+        for i in range(6):
+            path = data / group / f"{i:04d}.bmp"
+            Image.new("RGB", (32, 32), colour).save(path)
+            os.utime(path, ns=(1_577_836_800 * 10**9, 1_577_836_800 * 10**9))
+    out = tmp_path / "out"
+    _run(runner, data / "cat", out, "--k", "2")
+    result = _run(runner, data, out, "--k", "2")
+    assert "Resumed 6 of 12 images" in result.output and _summary(out)["cache"]["extracted"] == 6
+    clusters = {Path(r["path"]).parent.name + "/" + Path(r["path"]).name: r["cluster"]
+                for r in read_rows(out / "predictions.csv")}
+    assert {clusters[f"cat/{i:04d}.bmp"] for i in range(6)} != {clusters[f"dog/{i:04d}.bmp"] for i in range(6)}
