@@ -687,6 +687,12 @@ def test_one_command_writes_a_run_folder_at_a_time(small_set, runner, tmp_path):
     assert (out / "predictions.csv").read_bytes() == before
     assert runner.invoke(app, ["cluster", str(out), "--k", "2", "--no-report"]).exit_code == 0
     assert (out / ".imgcluster.lock").is_file()  # hidden (walks leave it out), left for the next taker
+    # a holder that could not write its pid (another user's read-only lock file) leaves the last
+    # writer's there: a pid that is no process is not named
+    from engine.report.outputs import _lock_holder
+
+    assert _lock_holder(f"pid {os.getpid()}") == f"pid {os.getpid()}"
+    assert _lock_holder("pid 999999999") == _lock_holder("") == "another process"
 
 
 def test_a_renamed_folder_is_found_in_the_cache(small_set, runner, tmp_path):

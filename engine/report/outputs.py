@@ -110,7 +110,7 @@ def exclusive_writer(out_dir, flag: str | None = "--out") -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            holder = _lock_holder(os.pread(fd, 200, 0).decode("utf-8", "replace").strip())
             where = f"{flag} {out_dir}" if flag else str(out_dir)
             raise OutputPathError(f"{where}: another imgcluster command is writing there ({holder}); wait for it "
                                   "to finish" + (f", or give another {flag}" if flag else "")) from None
@@ -123,6 +123,19 @@ def exclusive_writer(out_dir, flag: str | None = "--out") -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock_holder(text: str) -> str:
+    """'pid N' from the lock file when that process is alive, else 'another process' (a holder
+    that could not write its pid, another user's, leaves the last writer's there)."""
+    try:
+        pid = int(text.removeprefix("pid "))
+        os.kill(pid, 0)  # signal 0: only asks whether it exists
+    except PermissionError:
+        return text  # alive, another user's
+    except (ValueError, OSError):
+        return "another process"
+    return text
 
 
 def check_out_file(path, flag: str) -> Path:
