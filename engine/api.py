@@ -12,6 +12,7 @@ import glob
 import inspect
 import os
 import threading
+import warnings
 from itertools import chain
 from pathlib import Path
 from typing import Sequence
@@ -104,10 +105,19 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def set_params(self, **params) -> "ImageClusterer":
-        """scikit-learn's set_params; an unknown name is a ConfigError (a ValueError, as there)."""
+        """scikit-learn's set_params; an unknown name is a ConfigError (a ValueError, as there).
+
+        As in scikit-learn, the new values are for the next fit: a fitted or loaded clusterer's
+        predictor (model_) keeps the batch size, max_pixels, decoder... it was built with, and
+        says so in a warning; ImageClusterer.load(path, **options) builds one with others."""
         unknown = sorted(set(params) - set(_PARAMS))
         if unknown:
             raise ConfigError(f"unknown parameter(s) {unknown}; known: {', '.join(sorted(_PARAMS))}")
+        if self.__sklearn_is_fitted__():
+            changed = sorted(name for name, value in params.items() if not _same(value, self.get_params()[name]))
+            if changed:
+                warnings.warn(f"set_params({', '.join(changed)}) changes the next fit, not this fitted model's "
+                              "predictor (model_); load the model again with the new options", stacklevel=2)
         return super().set_params(**params)
 
     def __sklearn_is_fitted__(self) -> bool:

@@ -199,6 +199,10 @@ def test_a_loaded_clusterer_pickles_and_load_options_are_checked(fitted, three_g
     assert scoped.model_._pool is None and pool._shutdown
     assert scoped.predict_bytes([image.read_bytes()]).tolist() == label
     ImageClusterer().close()  # not fitted: nothing to stop, no error
+    # set_params on a loaded clusterer is for the next fit: the predictor keeps its settings, and says so
+    with pytest.warns(UserWarning, match=r"set_params\(batch_size\) changes the next fit"):
+        scoped.set_params(batch_size=3)
+    assert scoped.model_.batch_size != 3
     # the options a load was given are its parameters (get_params reported the fit's)
     tuned = ImageClusterer.load(path, device="cpu", max_pixels=1000, batch_size=4)
     assert tuned.get_params()["max_pixels"] == 1000 and tuned.get_params()["batch_size"] == 4
