@@ -194,8 +194,12 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         # a mistyped input path leaves no empty one.
         backends = resolve_backends(config, reporter)
         check_weights_argument(config.features.model, config.features.weights)
+        locked = False
         if out_dir is not None:
             outputs.refuse_file_as_out_dir(out_dir)
+            if Path(out_dir).is_dir():  # an existing folder: take it now, before a walk of a large share
+                writing.enter_context(outputs.exclusive_writer(out_dir))
+                locked = True
         t0 = time.perf_counter()
         own = run_outputs(out_dir) if out_dir is not None else None
         with reporter.task("Finding images", None, transient=True) as advance:
@@ -213,7 +217,8 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         if out_dir is not None:  # before the heavy work (a mistyped input path leaves no empty folder)
             out_dir = outputs.prepare_out_dir(out_dir)
             # one command writing the folder at a time: two runs there mixed one's CSVs with the other's cache
-            writing.enter_context(outputs.exclusive_writer(out_dir))
+            if not locked:
+                writing.enter_context(outputs.exclusive_writer(out_dir))
 
         fc = config.features
         backbone = load_backbone(fc.model, fc.weights, backends.device, seed=config.cluster.seed,

@@ -158,7 +158,7 @@ class FeatureStore:
             raise ConfigError(f"IMGCLUSTER_SHARD_SIZE={shard_size} must be >= 1")
         if shard_seconds is None:
             try:
-                shard_seconds = float(os.environ.get("IMGCLUSTER_SHARD_SECONDS", DEFAULT_SHARD_SECONDS))
+                shard_seconds = float(os.environ.get("IMGCLUSTER_SHARD_SECONDS") or DEFAULT_SHARD_SECONDS)
             except ValueError:
                 raise ConfigError("IMGCLUSTER_SHARD_SECONDS must be a number of seconds") from None
         if not shard_seconds >= 0:

@@ -684,6 +684,9 @@ def test_one_command_writes_a_run_folder_at_a_time(small_set, runner, tmp_path):
             flat = " ".join(result.output.split())
             assert result.exit_code == 2, (command, result.output)
             assert f"another imgcluster command is writing there (pid {os.getpid()})" in flat, flat
+        # an existing folder is taken before the inputs are walked (a walk of a large share takes minutes)
+        early = runner.invoke(app, ["run", str(tmp_path / "not-walked-yet"), "--out", str(out), "--model", "pixels"])
+        assert early.exit_code == 2 and "another imgcluster command is writing there" in " ".join(early.output.split())
     assert (out / "predictions.csv").read_bytes() == before
     assert runner.invoke(app, ["cluster", str(out), "--k", "2", "--no-report"]).exit_code == 0
     assert (out / ".imgcluster.lock").is_file()  # hidden (walks leave it out), left for the next taker
