@@ -120,6 +120,10 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
     predictions = run_dir / outputs.PREDICTIONS
     if not predictions.is_file():
         raise InputError(outputs.not_a_finished_run(run_dir, outputs.PREDICTIONS))
+    busy = outputs.writer_now(run_dir)
+    if busy:  # its predictions.csv may be half rewritten
+        raise InputError(f"{run_dir}: an imgcluster command is writing there ({busy}); wait for it to finish, "
+                         "then export")
     try:
         paths, labels = read_predictions(predictions)
     except ReportError as exc:

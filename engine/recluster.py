@@ -48,8 +48,8 @@ def _read_run(run_dir: Path) -> tuple[dict, PathList, list[tuple[str, str]]]:
     try:
         summary = outputs.read_summary(run_dir)
     except (FileNotFoundError, NotADirectoryError):
-        raise InputError(outputs.not_a_finished_run(run_dir, outputs.SUMMARY)
-                         + (" (make one with `imgcluster run`)" if run_dir.is_dir() else "")) from None
+        message = outputs.not_a_finished_run(run_dir, outputs.SUMMARY)
+        raise InputError(message + (" (make one with `imgcluster run`)" if message.endswith("is missing)") else "")) from None
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {run_dir / outputs.SUMMARY}: {exc}") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("features"), dict) \

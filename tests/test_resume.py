@@ -679,11 +679,22 @@ def test_one_command_writes_a_run_folder_at_a_time(small_set, runner, tmp_path):
     with exclusive_writer(out):  # as a run in another process would
         for command in (["run", str(small_set), "--out", str(out), "--model", "pixels", "--k", "2", "--no-report"],
                         ["cluster", str(out), "--k", "2", "--no-report"],
-                        ["report", str(out)]):
+                        ["report", str(out)],
+                        ["export", str(out), "--to", str(tmp_path / "by-cluster")]):
             result = runner.invoke(app, command)
             flat = " ".join(result.output.split())
             assert result.exit_code == 2, (command, result.output)
-            assert f"another imgcluster command is writing there (pid {os.getpid()})" in flat, flat
+            assert f"imgcluster command is writing there (pid {os.getpid()})" in flat, flat
+        # a first run still going (no summary.json yet): report, cluster and export say a command is writing there
+        fresh = tmp_path / "first-run"
+        fresh.mkdir()
+        with exclusive_writer(fresh):
+            for command in (["report", str(fresh)], ["cluster", str(fresh)],
+                            ["export", str(fresh), "--to", str(tmp_path / "exported")]):
+                said = runner.invoke(app, command)
+                assert said.exit_code == 2 and (f"{fresh} is not a finished run yet: an imgcluster command is writing "
+                                                f"there (pid {os.getpid()})") in " ".join(said.output.split()), said.output
+        assert "(summary.json is missing)" in runner.invoke(app, ["report", str(fresh)]).output  # lock released
         # an existing folder is taken before the inputs are walked (a walk of a large share takes minutes)
         early = runner.invoke(app, ["run", str(tmp_path / "not-walked-yet"), "--out", str(out), "--model", "pixels"])
         assert early.exit_code == 2 and "another imgcluster command is writing there" in " ".join(early.output.split())

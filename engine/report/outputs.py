@@ -315,7 +315,32 @@ def not_a_finished_run(run_dir, missing: str) -> str:
         return f"{run_dir} not found"
     if not run_dir.is_dir():
         return f"{run_dir} is a file, not a run's output folder"
+    busy = writer_now(run_dir)
+    if busy:  # a first run there, still going
+        return f"{run_dir} is not a finished run yet: an imgcluster command is writing there ({busy}); wait for it to finish"
     return f"{run_dir} is not a finished run ({missing} is missing)"
+
+
+def writer_now(out_dir) -> str | None:
+    """Who holds out_dir's lock (exclusive_writer) now, as 'pid N' or 'another process'; None when
+    nobody does (or the platform or mount has no flock). Takes and drops the lock to find out."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(Path(out_dir) / WRITER_LOCK, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: no command has written there
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_holder(os.pread(fd, 200, 0).decode("utf-8", "replace").strip())
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also drops the lock if we took it
+    return None
 
 
 def is_run_folder(out_dir) -> bool:
