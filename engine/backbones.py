@@ -259,7 +259,7 @@ def load_backbone(model: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto
         module: nn.Module = PixelFeatures()
         dim, description, identity = 3 * PIXEL_GRID * PIXEL_GRID, "none", f"pixels-grid{PIXEL_GRID}"
         if os.fspath(weights) != "auto":  # a weights file or "random" given with it: say it is not used
-            warning = f"--model pixels has no weights: --weights {os.fspath(weights)} is not used"
+            warning = f"--model pixels has no weights: --weights {os.fspath(weights)!r} is not used"
     else:
         import torchvision
 

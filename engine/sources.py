@@ -270,6 +270,8 @@ def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
                                       progress=progress))
         return items
     path = Path(text)
+    if text.endswith((os.sep, os.altsep or os.sep)) and path.is_file():  # the shell's "Not a directory"
+        raise InputError(f"{text} is a file, not a folder (the trailing '{text[-1]}' names a folder)")
     if glob.has_magic(text) and text.endswith((os.sep, os.altsep or os.sep)) and not path.exists():
         # 'photos/*/' names folders only, as in a shell: Path() would drop the slash, and the glob
         # would take the files beside the folders too

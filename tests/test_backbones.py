@@ -182,4 +182,4 @@ def test_weights_given_with_pixels_are_said_to_be_unused(tmp_path):
     said = []
     load_backbone("pixels", "random", "cpu", warn=said.append)
     load_backbone("pixels", "auto", "cpu", warn=said.append)  # the default: nothing to say
-    assert said == ["--model pixels has no weights: --weights random is not used"]
+    assert said == ["--model pixels has no weights: --weights 'random' is not used"]

@@ -281,3 +281,5 @@ def test_a_glob_ending_in_a_slash_names_folders_only(tmp_path, monkeypatch, patt
     assert [p.as_posix() for p in discover([pattern]).paths] == expected
     with pytest.raises(InputError, match="no files match"):
         discover(["top*/"])  # matches a file only: no folder
+    with pytest.raises(InputError, match="top.png/ is a file, not a folder"):
+        discover(["top.png/"])  # as a shell: "Not a directory"
