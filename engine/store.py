@@ -18,8 +18,8 @@ removed one is simply never asked for. A file whose folder was renamed or moved 
 and mtime to the nanosecond: `mv` keeps them) is found too, through a second index built on the
 first miss (MOVED_INDEX_LIMIT); a renamed folder of 367 photos was extracted again whole. Only when
 the cached file is gone from its old path: a same-named file elsewhere (unzipped sets share mtimes,
-BMPs of one size share sizes: train/cat/0000.bmp and train/dog/0000.bmp) is another image. A different fingerprint (model, weights, preprocessing)
-empties the cache and says so, and so does another `made_with` (the precision and the decoder:
+BMPs of one size share sizes: train/cat/0000.bmp and train/dog/0000.bmp) is another image.
+A different fingerprint (model, weights, preprocessing) empties the cache and says so, and so does another `made_with` (the precision and the decoder:
 features from bf16 and fp32, or from nvJPEG and PIL pixels, differ by about 1 %, and one run's
 features must all come from one configuration; max_pixels: which images are skipped as too large,
 cached successes and failures alike; a manifest from before a setting was recorded is kept and
