@@ -25,6 +25,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+try:
+    import fcntl  # flock: the run-folder lock (exclusive_writer)
+except ImportError:  # Windows: no lock
+    fcntl = None
+
 from ..errors import ImgclusterError
 from ..pathlist import PathList
 
@@ -92,9 +97,7 @@ def exclusive_writer(out_dir, flag: str | None = "--out") -> Iterator[None]:
     instead of mixing its CSVs with the first's feature cache. Released when the block ends or the
     process dies (the file stays: removing a lock file races with its next taker). No lock where
     the platform has no flock (Windows)."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         yield
         return
     path = Path(out_dir) / WRITER_LOCK
@@ -107,22 +110,29 @@ def exclusive_writer(out_dir, flag: str | None = "--out") -> Iterator[None]:
             yield  # no lock to be had here; the folder itself was checked writable
             return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(os.pread(fd, 200, 0).decode("utf-8", "replace").strip())
+        holder = _flock_or_holder(fd)
+        if holder is not None:
             where = f"{flag} {out_dir}" if flag else str(out_dir)
             raise OutputPathError(f"{where}: another imgcluster command is writing there ({holder}); wait for it "
-                                  "to finish" + (f", or give another {flag}" if flag else "")) from None
-        except OSError:  # flock not supported on this mount (some SMB/FUSE): work unlocked, as before
-            yield
-            return
+                                  "to finish" + (f", or give another {flag}" if flag else ""))
         if writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _flock_or_holder(fd: int) -> str | None:
+    """Take the lock on `fd` without waiting. None when taken, or when the mount has no flock
+    (some SMB/FUSE: work goes on unlocked, as before the lock); else who holds it (_lock_holder)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_holder(os.pread(fd, 200, 0).decode("utf-8", "replace").strip())
+    except OSError:
+        pass
+    return None
 
 
 def _lock_holder(text: str) -> str:
@@ -324,23 +334,16 @@ def not_a_finished_run(run_dir, missing: str) -> str:
 def writer_now(out_dir) -> str | None:
     """Who holds out_dir's lock (exclusive_writer) now, as 'pid N' or 'another process'; None when
     nobody does (or the platform or mount has no flock). Takes and drops the lock to find out."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return None
     try:
         fd = os.open(Path(out_dir) / WRITER_LOCK, os.O_RDONLY)
     except OSError:
         return None  # no lock file: no command has written there
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _lock_holder(os.pread(fd, 200, 0).decode("utf-8", "replace").strip())
-    except OSError:
-        return None
+        return _flock_or_holder(fd)
     finally:
         os.close(fd)  # also drops the lock if we took it
-    return None
 
 
 def is_run_folder(out_dir) -> bool:
