@@ -45,33 +45,32 @@ def identical_copies(paths: Sequence[str | os.PathLike], base: str | os.PathLike
     for group in by_size.values():
         if len(group) < 2:
             continue
-        seen: dict[tuple, int] = {}  # ("inode", (dev, ino)) or ("bytes", digest) -> first position
-        for pos, inode in group:  # position order: the first of a group is the original
-            original = seen.get(("inode", inode))
-            if original is None:
-                path = os.fspath(paths[pos])
-                full = os.path.join(base, path) if base is not None else path
-                head = _digest(full, _HEAD)
-                if head is None:
-                    continue
-                if ("head", head) not in seen:  # no earlier file starts alike: an original, unread further
-                    seen[("head", head)] = pos
-                    seen[("inode", inode)] = pos
-                    continue
-                first = seen[("head", head)]
-                if ("whole", first) not in seen:  # the first file of this head, hashed whole once
-                    first_digest = _digest(_full_path(paths, first, base))
-                    seen[("whole", first)] = pos if first_digest is None else first
-                    if first_digest is not None:
-                        seen.setdefault(("bytes", first_digest), first)
-                digest = _digest(full)
-                if digest is None:
-                    continue
-                original = seen.setdefault(("bytes", digest), pos)
-                seen[("inode", inode)] = original
-            if original != pos:
-                copies.append((pos, original))
+        first_of_inode: dict[tuple[int, int], int] = {}
+        linked = []  # (position, first position of its inode): the same file, not read
+        for pos, inode in group:  # position order
+            if inode in first_of_inode:
+                linked.append((pos, first_of_inode[inode]))
+            else:
+                first_of_inode[inode] = pos
+        heads = {pos: _digest(_full_path(paths, pos, base), _HEAD) for pos in first_of_inode.values()}
+        original = {}  # position -> earliest position with the same bytes, for the copies found
+        for same_head in _groups(heads):  # only files that start alike are read whole
+            wholes = {pos: _digest(_full_path(paths, pos, base)) for pos in same_head}
+            for same_bytes in _groups(wholes):
+                original.update((pos, same_bytes[0]) for pos in same_bytes[1:])
+        copies += original.items()
+        copies += [(pos, original.get(first, first)) for pos, first in linked if heads[first] is not None]
     return sorted(copies)
+
+
+def _groups(keys: dict[int, bytes | None]) -> list[list[int]]:
+    """The positions of `keys` that share a key (None, an unreadable file, shares none), in groups of
+    two or more, each in position order."""
+    groups: dict[bytes, list[int]] = defaultdict(list)
+    for pos, key in keys.items():
+        if key is not None:
+            groups[key].append(pos)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
 
 
 def _full_path(paths, pos: int, base) -> str:
