@@ -284,8 +284,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         timings["total"] = _stage(time.perf_counter() - started, len(found.paths))
 
         fit = search.fits[search.chosen_k]
-        copies = identical_copies(good_paths) if len(good_paths) <= COPIES_CHECK_LIMIT else None
-        note_copies(copies, out_dir, reporter)
+        copies = find_copies(good_paths, out_dir, reporter)
         result = RunResult(config=config, paths=good_paths, labels=fit.labels.cpu().numpy(), k=search.chosen_k,
                            search=search, pca=pca, reduced=reduced, centroids=fit.centroids, extraction=extraction,
                            skipped=skipped, backbone=backbone, backends=backends, timings=timings,
@@ -388,14 +387,18 @@ def _failed_run_outputs(out_dir, skipped, cache_discarded: bool = False) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def note_copies(copies: list[tuple[int, int]] | None, out_dir, reporter: Reporter) -> None:
-    """The notice for byte-identical copies among a run's images (engine.duplicates)."""
-    if copies is None:
+def find_copies(paths, out_dir, reporter: Reporter, base=None) -> list[tuple[int, int]] | None:
+    """RunResult.copies for a run's good `paths` (engine.duplicates.identical_copies; base: what
+    relative paths are relative to), with its notice; None, also said, above COPIES_CHECK_LIMIT."""
+    if len(paths) > COPIES_CHECK_LIMIT:
         reporter.notify(f"Byte-identical copies not looked for: more than {COPIES_CHECK_LIMIT:,} images")
-    elif copies:
+        return None
+    copies = identical_copies(paths, base=base)
+    if copies:
         where = "duplicates.csv" if out_dir is not None else "RunResult.copies"
         reporter.notify(f"{len(copies):,} image(s) are byte-identical copies of others (listed in {where}): "
                         "each is clustered with its original")
+    return copies
 
 
 def write_run(result: RunResult, out_dir, save_features: bool = False, report: bool = False,

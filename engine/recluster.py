@@ -23,11 +23,10 @@ import torch
 
 from .config import Config
 from .device import resolve_cluster_backend, resolve_device
-from .duplicates import CHECK_LIMIT, identical_copies
 from .errors import ConfigError, InputError
 from .features import Extraction
 from .pathlist import PathList
-from .pipeline import Backends, BackboneInfo, RunResult, _stage, build_summary, cluster_features, note_copies, write_run
+from .pipeline import Backends, BackboneInfo, RunResult, _stage, build_summary, cluster_features, find_copies, write_run
 from .progress import Reporter
 from .report import outputs
 from .store import FeatureStore
@@ -172,8 +171,7 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
                                 else os.path.join(run_cwd, run_weights))  # relative to where the run started
         fit = search.fits[search.chosen_k]
         kept = paths.take(positions)
-        copies = identical_copies(kept, base=run_cwd) if len(kept) <= CHECK_LIMIT else None
-        note_copies(copies, out_dir, reporter)
+        copies = find_copies(kept, out_dir, reporter, base=run_cwd)
         result = RunResult(config=config, paths=kept, labels=fit.labels.cpu().numpy(),
                            k=search.chosen_k, search=search, pca=pca, reduced=reduced, centroids=fit.centroids,
                            extraction=extraction, skipped=skipped, backbone=backbone,
