@@ -114,7 +114,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         if unknown:
             raise ConfigError(f"unknown parameter(s) {unknown}; known: {', '.join(sorted(_PARAMS))}")
         if self.__sklearn_is_fitted__():
-            changed = sorted(name for name, value in params.items() if not _same(value, self.get_params()[name]))
+            current = self.get_params()
+            changed = sorted(name for name, value in params.items() if not _same(value, current[name]))
             if changed:
                 warnings.warn(f"set_params({', '.join(changed)}) changes the next fit, not this fitted model's "
                               "predictor (model_); load the model again with the new options", stacklevel=2)

@@ -204,7 +204,7 @@ def run(
     try:
         if save_model is not None:
             clusterer.save(save_model)
-            reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
+            _say_model_saved(save_model, reporter)
         _warn_of_earlier_models(out, clusterer.result_, save_model, reporter)
         print_run_summary(clusterer.result_.summary, out_console)
         out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/", soft_wrap=True)
@@ -292,11 +292,10 @@ def report(
     """
     from .report import build_report
 
-    if not (run_dir / "summary.json").is_file():
-        from .report.outputs import not_a_finished_run
+    from .report.outputs import SUMMARY, exclusive_writer, not_a_finished_run
 
-        fail(not_a_finished_run(run_dir, "summary.json"))
-    from .report.outputs import exclusive_writer
+    if not (run_dir / SUMMARY).is_file():
+        fail(not_a_finished_run(run_dir, SUMMARY))
 
     with exclusive_writer(run_dir, None):  # not while a run or re-clustering writes the folder
         index = build_report(run_dir, max_montage=max_montage,
@@ -336,7 +335,7 @@ def cluster(
                        **run_config(k=k, pca=parse_pca(pca) if pca is not None else None, select=select, seed=seed))
     if save_model is not None:
         ModelState.from_result(result).save(save_model)
-        reporter.notify(f"Model saved to {save_model} (try: imgcluster predict {save_model} NEW_IMAGES --out predictions.csv)")
+        _say_model_saved(save_model, reporter)
     _warn_of_earlier_models(out or run_dir, result, save_model, reporter)
     print_run_summary(result.summary, out_console)
     out_console.print(f"Chosen K = [bold]{result.k}[/bold]; results in {escape(str(out or run_dir))}/", soft_wrap=True)
@@ -403,12 +402,16 @@ for _info in app.registered_commands:  # every command's --help as a flag (_Help
         _info.cls = _Command
 
 
+def _say_model_saved(path, reporter) -> None:
+    reporter.notify(f"Model saved to {path} (try: imgcluster predict {path} NEW_IMAGES --out predictions.csv)")
+
+
 def _warn_of_earlier_models(folder, result, saved, reporter) -> None:
     """A notice per model file in `folder` that holds another clustering than this run's
     (engine.model_file.other_clusterings_in), `saved` (this run's --save-model) excepted."""
     from .model_file import other_clusterings_notice
 
-    for line in other_clusterings_notice(folder, result.k, result.search.fits[result.k].centroids, keep=saved):
+    for line in other_clusterings_notice(folder, result.k, result.centroids, keep=saved):
         reporter.notify(line)
 
 

@@ -312,6 +312,9 @@ def other_clusterings_in(folder: str | os.PathLike, k: int, centroids: torch.Ten
     folder = Path(folder)
     keep_path = Path(keep).resolve() if keep is not None else None
     found = []
+    mine = centroids.detach().float().cpu()
+    # loose: a rerun on a GPU need not be bit-identical; another clustering moves centroids by far more
+    scale = float(mine.abs().max()) if mine.numel() else 1.0
     for path in sorted(folder.glob("*.imgc")) if folder.is_dir() else []:
         if keep_path is not None and path.resolve() == keep_path:
             continue
@@ -319,9 +322,6 @@ def other_clusterings_in(folder: str | os.PathLike, k: int, centroids: torch.Ten
             other = read_model_file(path)
         except ModelFileError:
             continue
-        mine = centroids.detach().float().cpu()
-        # loose: a rerun on a GPU need not be bit-identical; another clustering moves centroids by far more
-        scale = float(mine.abs().max()) if mine.numel() else 1.0
         same = (other.k == k and other.centroids.shape == mine.shape
                 and torch.allclose(other.centroids, mine, rtol=1e-3, atol=1e-3 * max(scale, 1e-6)))
         if not same:

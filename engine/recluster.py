@@ -47,8 +47,7 @@ def _read_run(run_dir: Path) -> tuple[dict, PathList, list[tuple[str, str]]]:
     try:
         summary = outputs.read_summary(run_dir)
     except (FileNotFoundError, NotADirectoryError):
-        message = outputs.not_a_finished_run(run_dir, outputs.SUMMARY)
-        raise InputError(message + (" (make one with `imgcluster run`)" if message.endswith("is missing)") else "")) from None
+        raise InputError(outputs.not_a_finished_run(run_dir, outputs.SUMMARY, hint=" (make one with `imgcluster run`)")) from None
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {run_dir / outputs.SUMMARY}: {exc}") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("features"), dict) \

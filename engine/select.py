@@ -66,7 +66,7 @@ WEAK_SILHOUETTE = 0.05
 
 def _notify_weak_or_empty(scores: list[KScore], chosen: int, single: list[int], notify,
                           largest_asked: int | None = None, chosen_cluster_means: dict | None = None,
-                          wider: str | None = None) -> None:
+                          wider: str = "") -> None:
     """Notices a result table would not show at a glance: Ks where KMeans left clusters empty
     (fewer distinct groups than K), a chosen K whose mean silhouette is near 0, a chosen K at the
     top of the range asked for (`largest_asked`, None when the images allow no larger K: the best
@@ -86,7 +86,7 @@ def _notify_weak_or_empty(scores: list[KScore], chosen: int, single: list[int], 
                    "shows each image)")
     if largest_asked is not None and chosen == largest_asked and len(scores) > 1:
         notify(f"K = {chosen} is the largest K tried: a larger one may score better (try --k "
-               f"{wider or f'{min(s.k for s in scores)}:{2 * chosen}'})")
+               f"{wider})")
     negative = sorted(c for c, mean in (chosen_cluster_means or {}).items() if mean < 0)
     if negative:
         notify(f"K = {chosen}: {len(negative)} of its clusters ({', '.join(map(str, negative[:8]))}"

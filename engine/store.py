@@ -375,6 +375,8 @@ class FeatureStore:
                     old = _split_index_key(text)
                     moved = _moved_key(old)
                     self._moved[moved] = (-1, "") if moved in self._moved else (loc, old[0])
+        if not self._moved:  # no rows, or above the limit: nothing to look up per miss
+            return None
         loc, old_path = self._moved.get(_moved_key(key), (-1, ""))
         if loc == -1 or os.path.lexists(os.path.join(base, old_path) if base is not None else old_path):
             return None

@@ -317,9 +317,9 @@ def read_paths(path, column: str = "path") -> PathList:
         return PathList.from_strings(texts())
 
 
-def not_a_finished_run(run_dir, missing: str) -> str:
-    """The message for a run folder without its `missing` file: not there at all, a file, or a
-    folder that holds no finished run."""
+def not_a_finished_run(run_dir, missing: str, hint: str = "") -> str:
+    """The message for a run folder without its `missing` file: not there at all, a file, a first
+    run still writing there, or a folder that holds no finished run (then `hint` is added)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         return f"{run_dir} not found"
@@ -328,7 +328,7 @@ def not_a_finished_run(run_dir, missing: str) -> str:
     busy = writer_now(run_dir)
     if busy:  # a first run there, still going
         return f"{run_dir} is not a finished run yet: an imgcluster command is writing there ({busy}); wait for it to finish"
-    return f"{run_dir} is not a finished run ({missing} is missing)"
+    return f"{run_dir} is not a finished run ({missing} is missing){hint}"
 
 
 def writer_now(out_dir) -> str | None:
