@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ..device import quiet_nvimgcodec
 from ..errors import BackendUnavailable
-from .base import Batch
 from .decode import DEFAULT_MAX_PIXELS
-from .nvjpeg import DEFAULT_DECODE_AHEAD, DEFAULT_PIXEL_BUDGET, NvJpegLoader, decode_pipeline, send_to_pil
+from .nvjpeg import DEFAULT_DECODE_AHEAD, DEFAULT_PIXEL_BUDGET, NvJpegLoader, send_to_pil
 from .probe import short_error
 
 quiet_nvimgcodec()  # before nvImageCodec's first import
@@ -191,22 +188,18 @@ class NvImageCodecLoader(NvJpegLoader):
         self.own_stream = own_stream
         self._jpegs: NvImageCodecJpegs | None = None
 
-    def batches(self, paths: Sequence[Path], batch_size: int) -> Iterator[Batch]:
-        """As NvJpegLoader.batches. The nvImageCodec decoder is made (and checked) on first use."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    def _jpeg_decoder(self) -> NvImageCodecJpegs:
+        """Made (and checked) on first use, before the first batch: a missing nvJPEG library fails here."""
         if self._jpegs is None:
             jpegs = NvImageCodecJpegs(self.device, self.cpu_threads, self.own_stream)
             with torch.cuda.device(self.device):
-                jpegs._ready_decoder()  # here, so a missing nvJPEG library fails before the first batch
+                jpegs._ready_decoder()
             self._jpegs = jpegs
-        if self._stream is None:
-            self._stream = self._side_stream()
-        try:
-            yield from decode_pipeline(paths, batch_size, self.device, self.dtype, self.max_pixels, self.num_threads,
-                                       self.prefetch, self.pixel_budget, side=self._stream, io_threads=self.io_threads,
-                                       on_batch=self._record, ahead=self.decode_ahead, jpeg_decoder=self._jpegs)
-        finally:  # the last groups' decoded images (up to a decode budget each) are not kept for the next call
+        return self._jpegs
+
+    def _batches_done(self) -> None:
+        # the last groups' decoded images (up to a decode budget each) are not kept for the next call
+        if self._jpegs is not None:
             self._jpegs.release(self._stream)
 
 

@@ -382,17 +382,25 @@ class NvJpegLoader:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        jpeg_decoder = self._jpeg_decoder()
         if self._stream is None:
-            self._stream = self._side_stream()
+            self._stream = _loader_stream(self.device, "side-high" if self.high_priority else "side")
             if self.overlap_resize:
                 self._alloc_stream = _loader_stream(self.device, "alloc")
-        yield from decode_pipeline(paths, batch_size, self.device, self.dtype, self.max_pixels, self.num_threads,
-                                   self.prefetch, self.pixel_budget, side=self._stream, io_threads=self.io_threads,
-                                   on_batch=self._record, ahead=self.decode_ahead, alloc_stream=self._alloc_stream)
+        try:
+            yield from decode_pipeline(paths, batch_size, self.device, self.dtype, self.max_pixels, self.num_threads,
+                                       self.prefetch, self.pixel_budget, side=self._stream, io_threads=self.io_threads,
+                                       on_batch=self._record, ahead=self.decode_ahead, alloc_stream=self._alloc_stream,
+                                       jpeg_decoder=jpeg_decoder)
+        finally:
+            self._batches_done()
 
-    def _side_stream(self) -> "torch.cuda.Stream":
-        """The decode thread's stream (_loader_stream), at high priority if asked."""
-        return _loader_stream(self.device, "side-high" if self.high_priority else "side")
+    def _jpeg_decoder(self) -> JpegDecoder | None:
+        """What decodes the JPEGs (decode_batch): None, torchvision. Subclasses give their own."""
+        return None
+
+    def _batches_done(self) -> None:
+        """Called when a batches() generator ends (exhausted, closed or failed)."""
 
     def _record(self, front: FrontEnd) -> None:
         self.io_threads_used = front.threads_in_use
