@@ -173,14 +173,19 @@ def check_weights_argument(model: str, weights) -> None:
     """WeightsUnavailable when `weights` names a file that is not there (pixels takes no weights).
     Cheap: a run checks it before walking its inputs, which can take minutes."""
     text = os.fspath(weights)
-    if model != "pixels" and text not in ("auto", "random") and not Path(text).is_file():
+    if model != "pixels" and text not in ("auto", "random"):
+        _require_weights_file(text)
+
+
+def _require_weights_file(text: str) -> None:
+    if not Path(text).is_file():
         raise WeightsUnavailable(f"--weights {text}: not auto, random or an existing file (a local "
                                  ".pth/.safetensors state dict)")
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A local state dict: .safetensors, or a torch file loaded with weights_only=True (no pickle code)."""
-    check_weights_argument("any", path)
+    _require_weights_file(os.fspath(path))
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

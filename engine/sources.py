@@ -409,6 +409,7 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     # Strings until the end (a Path each would cost ~320 bytes a file), and the position of each
     # kept file's string, not a Path, for the "duplicate of" message.
     kept: list[str | None] = []  # None: a link whose file turned up later (see below)
+    relinked = False  # any such None
     seen: dict[tuple[int, int], int] = {}
     duplicates: list[tuple[int, tuple[int, int]]] = []  # (row in skipped, file key): reasons named at the end
     for arg in inputs:
@@ -429,6 +430,7 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
                     # run's CSVs name the real file, in its own place in the order, and the link
                     # is listed as skipped
                     kept[seen[key]] = None
+                    relinked = True
                     duplicates.append((len(result.skipped), key))
                     result.skipped.append((Path(first), ""))
                     seen[key] = len(kept)
@@ -443,7 +445,7 @@ def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
         path, first = result.skipped[row][0], Path(kept[seen[key]])
         result.skipped[row] = (path, "given twice (the same path)" if path == first else f"duplicate of {first}")
     del seen  # ~170 bytes a file (tracemalloc): freed before the PathList is built
-    result.paths = PathList.from_strings([t for t in kept if t is not None] if None in kept else kept)
+    result.paths = PathList.from_strings([t for t in kept if t is not None] if relinked else kept)
     return result
 
 
