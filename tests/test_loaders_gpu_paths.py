@@ -526,7 +526,7 @@ def test_nvimgcodec_loader_and_decoder_choice_need_cuda():
     if not torch.cuda.is_available():
         assert not dev.capabilities()["nvimgcodec"].available
         assert dev.capabilities()["nvimgcodec"].reason
-    pytest.importorskip("nvidia.nvimgcodec")
+    pytest.importorskip("nvidia.nvimgcodec", reason="nvidia-nvimgcodec-cu13 is not installed: its loader cannot be built")
     from engine.loaders.nvimgcodec import NvImageCodecLoader
 
     with pytest.raises(BackendUnavailable, match="--decoder nvimgcodec decodes on the GPU"):
