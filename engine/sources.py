@@ -263,6 +263,9 @@ def _expand(arg: str | bytes | os.PathLike, skipped: list, ignored: Counter,
     if isinstance(text, str) and text.startswith("@") and not (Path(text).exists() and not Path(text[1:]).is_file()):
         list_file = Path(text[1:])
         if not list_file.is_file():
+            if glob.has_magic(text) and next(glob.iglob(text, recursive=is_recursive(text)), None):
+                # a quoted '@*.png' the shell left alone: names that start with '@', not a list
+                return _expand_glob(text, skipped, ignored, outputs, left_out, progress)
             raise InputError(f"path list not found: {list_file}")
         items = []
         for entry in _read_list(list_file, skipped):

@@ -255,6 +255,17 @@ def test_a_file_named_with_a_leading_at_sign(tmp_path, monkeypatch):
         discover(["@nothing.txt"])
 
 
+def test_a_quoted_glob_with_a_leading_at_sign(tmp_path, monkeypatch):
+    """'@*.png' that the shell left as it is (quoted, or matching nothing there) names the files
+    starting with '@' when there is no list '*.png'; matching nothing it is still a missing list."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("@2x.png", "@3x.png", "plain.png"):
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / name)
+    assert [str(p) for p in discover(["@*.png"]).paths] == ["@2x.png", "@3x.png"]
+    with pytest.raises(InputError, match=r"path list not found: \*\.gif"):
+        discover(["@*.gif"])
+
+
 def test_symlinks(tmp_path):
     root = _tree(tmp_path / "data")
     (root / "link.jpg").symlink_to(root / "b" / "2.jpg")
