@@ -212,6 +212,21 @@ def fit_kmeans_all(x: torch.Tensor, ks: Sequence[int], backend: str, n_init: int
     return fits
 
 
+def exact_silhouette_limit(backend: str, device: torch.device, n_ks: int) -> tuple[int, int]:
+    """(largest n scored exactly, the all-K limit it comes from) for the K search's silhouettes.
+
+    The all-K limit is default_exact_limit (the n where one exact pass of the torch backend, which
+    scores every K from one set of distances, takes about a minute). scikit-learn and cuML score
+    one K per pass, each costing about that pass (n^2 distances), so the same time allows
+    limit / sqrt(#K): at 1M on CUDA and 19 K, cuML would otherwise compute 19 exact 1M x 1M passes
+    (not measured: cuML has not run on a GPU here; this is the cost model, not a timing).
+    scikit-learn runs on the CPU whatever the features' device, so it takes the CPU's limit."""
+    one_pass = default_exact_limit("cpu" if backend == "sklearn" else device)
+    if backend in ("sklearn", "cuml"):
+        return max(2, int(one_pass / math.sqrt(max(1, n_ks)))), one_pass
+    return one_pass, one_pass
+
+
 def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init: int = 3, max_iter: int = 100,
              seed: int = 0, select: str = "silhouette", silhouette_sample: int | None = None,
              progress: Callable[[int], None] | None = None,
@@ -232,14 +247,15 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
     fits = fit_kmeans_all(x, ks, backend, n_init=n_init, max_iter=max_iter, seed=seed, progress=progress)
     timings["kmeans"] = time.perf_counter() - t0
 
-    limit = default_exact_limit(x.device)
+    limit, one_pass = exact_silhouette_limit(backend, x.device, len(ks))
     sample = silhouette_sample
     if sample is None and n > limit:
         # Sampled mode scores each K in its own pass over the sample, so a sample of
-        # limit / sqrt(#K) costs about what one exact all-K pass at the limit does.
-        sample = max(2, int(limit / math.sqrt(len(ks))))
+        # one_pass / sqrt(#K) costs about what one exact all-K pass at one_pass does.
+        sample = max(2, int(one_pass / math.sqrt(len(ks))))
         if notify:
-            notify(f"Silhouette: {n} images is above the exact limit ({limit}) on {x.device.type}; "
+            notify(f"Silhouette: {n} images is above the exact limit ({limit}) of the {backend} backend on "
+                   f"{'cpu' if backend == 'sklearn' else x.device.type}; "
                    f"using a stratified sample of {sample} (set --silhouette-sample to change)")
     if sample is not None and sample >= n:
         sample = None

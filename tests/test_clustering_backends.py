@@ -197,3 +197,28 @@ def test_search_k_progress_moves_through_the_silhouettes_and_ends_after_the_metr
     assert during_silhouette == len(ks)
     if sample is None:  # one exact pass: its steps come while it runs, not all at its end
         assert sum(isinstance(e, int) for e in events[first_distances:first_metric]) > 1
+
+
+def test_one_k_per_pass_backends_sample_the_silhouette_sooner(blobs, monkeypatch):
+    """scikit-learn and cuML score one K per pass (the torch backend every K in one), so their
+    exact limit is the all-K limit over sqrt(#K), and scikit-learn takes the CPU's limit even for
+    features on a GPU: cuML at 1M images and 19 K would have run 19 exact 1M x 1M passes."""
+    import engine.select as select_mod
+    from engine.select import exact_silhouette_limit
+    from engine.silhouette import default_exact_limit
+
+    cpu, cuda = default_exact_limit("cpu"), default_exact_limit("cuda")
+    assert exact_silhouette_limit("torch", torch.device("cuda"), 19) == (cuda, cuda)
+    assert exact_silhouette_limit("cuml", torch.device("cuda"), 19) == (int(cuda / 19 ** 0.5), cuda)
+    assert exact_silhouette_limit("sklearn", torch.device("cuda"), 16) == (cpu // 4, cpu)
+    assert exact_silhouette_limit("sklearn", torch.device("cpu"), 1) == (cpu, cpu)
+
+    x, _ = blobs  # n rows: an all-K limit of n makes torch exact and scikit-learn (8 K) sampled
+    n = x.shape[0]
+    monkeypatch.setattr(select_mod, "default_exact_limit", lambda device: n)
+    notices = []
+    assert search_k(x, range(2, 10), "torch", seed=0).silhouette_mode == "exact"
+    ref = search_k(x, range(2, 10), "sklearn", seed=0, notify=notices.append)
+    assert ref.silhouette_mode == "sampled" and ref.silhouette_sample == int(n / 8 ** 0.5)
+    assert ref.chosen_k == 6
+    assert any(f"exact limit ({int(n / 8 ** 0.5)}) of the sklearn backend on cpu" in m for m in notices)
