@@ -37,6 +37,23 @@ def to_torch(array) -> torch.Tensor:
     return torch.from_dlpack(array)
 
 
+def release_cupy_pool() -> None:
+    """Give CuPy's cached free blocks back to the driver: cuML allocates through CuPy's pool
+    (its copies of the inputs, its outputs), which torch's allocator cannot reuse. Arrays still
+    in use (shared with torch through DLPack) are not touched."""
+    import cupy
+
+    cupy.get_default_memory_pool().free_all_blocks()
+
+
+def silhouette_chunk(free_bytes: int, rows: int) -> int:
+    """Rows per chunk for cuML's silhouette_samples: its batched version works on chunk x chunk
+    float32 distance tiles; two of them are kept within half the free memory, between 1,000 and
+    40,000 (40,000: a 6.4 GB tile) and at most `rows`."""
+    fit = int((free_bytes / 2 / (2 * 4)) ** 0.5)
+    return max(1, min(rows, 40_000, max(1_000, fit)))
+
+
 def pca_cuml(features: torch.Tensor, request, seed: int = 0, fit_limit: int | None = None) -> PCAResult:
     _require()
     from cuml.decomposition import PCA
@@ -50,6 +67,8 @@ def pca_cuml(features: torch.Tensor, request, seed: int = 0, fit_limit: int | No
     k = components_for(ratio, request, m)
     comps = _svd_flip_rows(to_torch(pca.components_[:k]).float())
     mean = to_torch(pca.mean_).float()
+    del pca, data  # its copy of the data (cuML fits on a Fortran-ordered copy) and its other outputs
+    release_cupy_pool()
     return PCAResult(mean, comps, ratio, k, "exact" if rows is None else "sampled", int(fit.shape[0]))
 
 
@@ -58,10 +77,15 @@ def kmeans_cuml(x: torch.Tensor, k: int, n_init: int = 3, max_iter: int = 100, t
     _require()
     from cuml.cluster import KMeans
 
-    km = KMeans(n_clusters=k, init="k-means++", n_init=max(1, n_init), max_iter=max_iter, tol=tol,
-                random_state=seed, output_type="cupy").fit(to_cupy(x.float()))
+    x = x.float()
+    # cuML stops when the summed squared centroid shift is below tol itself; the torch and
+    # scikit-learn backends scale tol by the mean feature variance first: the same here
+    abs_tol = tol * float(x.var(dim=0).mean()) if x.shape[0] > 1 else 0.0
+    km = KMeans(n_clusters=k, init="k-means++", n_init=max(1, n_init), max_iter=max_iter, tol=abs_tol,
+                random_state=seed, output_type="cupy").fit(to_cupy(x))
     labels = to_torch(km.labels_).long()
     centers = to_torch(km.cluster_centers_).float()
+    release_cupy_pool()
     labels, centers = order_by_size(labels, centers)
     return KMeansResult(labels, centers, float(km.inertia_), int(getattr(km, "n_iter_", 0) or 0))
 
@@ -74,8 +98,12 @@ def silhouette_cuml(x: torch.Tensor, labels: torch.Tensor, sample: int | None, s
     n = x.shape[0]
     rows = np.arange(n) if sample is None else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
     idx = torch.as_tensor(rows, device=x.device)
-    values = silhouette_samples(to_cupy(x[idx].float()), to_cupy(labels[idx].int()), chunksize=min(40_000, len(rows)))
+    free_bytes, _ = torch.cuda.mem_get_info(x.device)
+    values = silhouette_samples(to_cupy(x[idx].float()), to_cupy(labels[idx].int()),
+                                chunksize=silhouette_chunk(free_bytes, len(rows)))
     picked = np.asarray(values.get() if hasattr(values, "get") else values, dtype=np.float32)
+    del values
+    release_cupy_pool()
     full = np.full(n, np.nan, dtype=np.float32)
     full[rows] = picked
     lab = labels[idx].cpu().numpy()
