@@ -11,14 +11,14 @@ import numpy as np
 import torch
 
 from .cluster import KMeansResult, order_by_size
-from .device import capabilities
+from .device import capability
 from .errors import BackendUnavailable
 from .reduce import PCAResult, _sample_rows, _svd_flip_rows, components_for
 from .silhouette import SilhouetteResult
 
 
 def _require():
-    cap = capabilities()["cuml"]
+    cap = capability("cuml")
     if not cap.available:
         raise BackendUnavailable(f"cuML backend: {cap.reason}")
 

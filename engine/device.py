@@ -193,18 +193,19 @@ def _compile() -> Capability:
     return Capability("torch.compile", True, torch.__version__)
 
 
+_PROBES = {"cuda": _cuda, "dali": _dali, "nvimgcodec": _nvimgcodec, "cupy": _cupy, "cuml": _cuml,
+           "triton": _triton, "compile": _compile, "cpu_bf16": _cpu_bf16}
+
+
 def capabilities() -> dict[str, Capability]:
     """Probe everything once (cached). Keys: cuda, dali, nvimgcodec, cupy, cuml, triton, compile, cpu_bf16."""
-    return {
-        "cuda": _cuda(),
-        "dali": _dali(),
-        "nvimgcodec": _nvimgcodec(),
-        "cupy": _cupy(),
-        "cuml": _cuml(),
-        "triton": _triton(),
-        "compile": _compile(),
-        "cpu_bf16": _cpu_bf16(),
-    }
+    return {name: probe() for name, probe in _PROBES.items()}
+
+
+def capability(name: str) -> Capability:
+    """One of capabilities(), probing only it: the silhouette's Triton check need not import
+    DALI, cuML and nvImageCodec (seconds when they are installed)."""
+    return _PROBES[name]()
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

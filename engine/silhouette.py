@@ -277,9 +277,9 @@ def _cluster_distance_sums_torch(Xc: torch.Tensor, onehot: torch.Tensor, chunk_s
 def _resolve_backend(backend: str, device: torch.device, notify: Callable[[str], None] | None) -> str:
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is not one of: {', '.join(BACKENDS)}")
-    from .device import capabilities, triton_interpreted
+    from .device import capability, triton_interpreted
 
-    triton_cap = capabilities()["triton"]
+    triton_cap = capability("triton")
     if backend == "triton":
         if not triton_cap.available:
             raise BackendUnavailable(f"silhouette backend 'triton': {triton_cap.reason}; use backend='torch'")

@@ -27,6 +27,17 @@ def test_capabilities_have_reasons():
         assert cap.available or cap.reason
 
 
+def test_the_silhouette_probes_triton_only():
+    """The torch silhouette checks whether Triton works; that used to probe every capability,
+    importing DALI, cuML and nvImageCodec (seconds each) in every process that scored a K."""
+    code = ("import sys, torch; from engine.silhouette import silhouette_all_k;"
+            "silhouette_all_k(torch.randn(40, 3), [torch.arange(40) % 2]);"
+            "print(sorted(m for m in ('nvidia.dali', 'nvidia.nvimgcodec', 'cuml', 'cupy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert dev.capability("triton") == dev.capabilities()["triton"]
+
+
 def test_precision_auto_follows_the_device_and_the_cpu(monkeypatch):
     """bf16 on CUDA, and on a CPU with native bf16 (AMX / AVX512-BF16); fp32 on other CPUs."""
     assert dev.resolve_precision("auto", "cuda") == "bf16"
