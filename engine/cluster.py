@@ -26,7 +26,8 @@ class KMeansResult:
     n_iter: int
 
 
-_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+# torch's CUDA and CPU allocators, the CUDA runtime, DALI's device allocator ("CUDA allocation failed")
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "cuda allocation failed")
 
 
 def is_oom(exc: BaseException) -> bool:

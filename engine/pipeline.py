@@ -254,6 +254,8 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
             raise
         if store is not None:
             store.close()
+        if hasattr(loader, "close"):  # DALI: its memory pool back before clustering needs the GPU
+            loader.close()
         if extraction.resumed:
             failed = (f" ({extraction.resumed_failed} of them recorded as unusable: still skipped)"
                       if extraction.resumed_failed else "")

@@ -173,6 +173,35 @@ def test_dali_cpu_bad_files_do_not_kill_the_batch(dali_cpu, images):
     assert (mean_abs_diff(denormalize_to_uint8_scale(got), ref) <= PIXEL_TOL).all()
 
 
+def test_dali_cpu_out_of_memory_halves_the_run_not_file_by_file(images, monkeypatch):
+    """DALI decodes a whole run at full resolution, so a big batch of photos can run it out of
+    memory; that used to count as a bad file (a rebuild and a run per file, for every batch).
+    Now the run is halved, the halved size kept, and the batch comes out the same."""
+    pytest.importorskip("nvidia.dali", reason="nvidia.dali is not importable: DALI tests skipped")
+    from engine.loaders.dali import DALILoader
+
+    paths = [images[k] for k in GOOD]
+    _, ref_indices, ref, _ = run_loader(DALILoader(torch.device("cpu"), num_threads=2), paths, batch_size=6)
+    loader = DALILoader(torch.device("cpu"), num_threads=2)
+    real_run, sizes = loader._run, []
+
+    def run_short_of_memory(probes, capacity):
+        sizes.append(len(probes))
+        if len(probes) > 3:
+            raise RuntimeError("Critical error in pipeline:\nError in MIXED operator nvidia.dali.fn.decoders.image: "
+                               "CUDA allocation failed")
+        return real_run(probes, capacity)
+
+    monkeypatch.setattr(loader, "_run", run_short_of_memory)
+    batches, indices, got, failures = run_loader(loader, paths + paths, batch_size=6)
+    assert failures == [] and indices.tolist() == list(range(12)) and len(batches) == 2
+    assert sizes == [6, 3, 3, 3, 3]  # the second batch starts at the halved size
+    assert loader.run_limit == 3 and loader.oom_halvings == 1
+    torch.testing.assert_close(got, torch.cat([ref, ref]))
+    loader.close()  # drops the pipeline; a later call builds a new one
+    assert run_loader(loader, paths[:2], batch_size=2)[3] == []
+
+
 def test_dali_cpu_every_exif_orientation(dali_cpu, tmp_path):
     base = smooth_image(300, 420, 7)
     paths = [save_jpeg(base, tmp_path / f"o{o}.jpg", orientation=o) for o in range(1, 9)]

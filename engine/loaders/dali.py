@@ -45,6 +45,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..cluster import is_oom
 from ..errors import BackendUnavailable
 from .base import Batch, index_on
 from .decode import DEFAULT_MAX_PIXELS
@@ -114,6 +115,12 @@ class _HeldUntilUsed:
         while len(self.held) > self.depth:
             self.held.pop(0)[1].synchronize()
 
+    def release_all(self) -> None:
+        """Wait for every held batch's consumer work, then let the buffers go."""
+        for _, event in self.held:
+            event.synchronize()
+        self.held = []
+
 
 class DALILoader:
     """paths -> Batch of (b, 3, 224, 224) normalized images on `device`, decoded by DALI.
@@ -156,6 +163,11 @@ class DALILoader:
         self._dali_outputs: list[torch.Tensor] = []  # raw DALI outputs of the batch being assembled
         self._pipe = None
         self._pipe_batch = 0
+        # Images per pipeline run: the batch, until DALI runs out of memory (it decodes a whole
+        # run at full resolution, ~36 MB a 12 MP photo, more than the model needs per image).
+        # Halved then and kept, as the model's micro-batch (features.OOMBackoff).
+        self.run_limit: int | None = None
+        self.oom_halvings = 0
 
     # -- pipeline management ------------------------------------------------------------------
     def _pipeline(self, batch_size: int):
@@ -194,6 +206,27 @@ class DALILoader:
             out = torch.from_numpy(np.array(images.as_tensor()))
         return out, np.array(shapes.as_tensor())[:, :2].astype(np.int64)
 
+    def _run_in_parts(self, probes: list[ImageProbe], capacity: int) -> tuple[torch.Tensor, np.ndarray]:
+        """_run over `probes` in runs of at most self.run_limit images, halving it on
+        out-of-memory (the same outputs, in order). Raises what a run raises otherwise, and
+        out-of-memory for a run of one image."""
+        parts, shapes, i = [], [], 0
+        while i < len(probes):
+            part = probes[i:i + (self.run_limit or len(probes))]
+            try:
+                out, shape = self._run(part, capacity)
+            except Exception as exc:
+                if not is_oom(exc) or len(part) == 1:
+                    raise
+                self._reset()
+                self.run_limit = max(1, len(part) // 2)
+                self.oom_halvings += 1
+                continue
+            parts.append(out)
+            shapes.append(shape)
+            i += len(part)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), np.concatenate(shapes)
+
     def _decode(self, items: list[tuple[int, ImageProbe]], capacity: int):
         """DALI-decode `items` [(offset, probe)].
 
@@ -205,7 +238,7 @@ class DALILoader:
         if not items:
             return ([], None), slow, failures
         try:
-            whole, shapes = self._run([p for _, p in items], capacity)
+            whole, shapes = self._run_in_parts([p for _, p in items], capacity)
             rows = [(k, r, shapes[r]) for r, (k, _) in enumerate(items)]
         except Exception:  # one bad file stops DALI's whole run: retry the batch one file at a time
             self._reset()
@@ -249,16 +282,34 @@ class DALILoader:
         with FrontEnd(DALI_FORMATS, self.max_pixels, io_threads=self.io_threads,
                       fallback_threads=self.num_threads, name="imgcluster-dali") as front:
             in_use = _HeldUntilUsed(self.device) if self.device.type == "cuda" else None
-            # Reads, probes and PIL fallbacks of the next batches run while DALI does this one.
-            for start, prepared in front.batches(paths, batch_size, self.prefetch):
-                fast = [(k, p.probe) for k, p in enumerate(prepared) if p.probe is not None]
-                slow = {k: p.array for k, p in enumerate(prepared) if p.array is not None}
-                failures = [(start + k, p.reason) for k, p in enumerate(prepared) if p.reason is not None]
-                (offsets, tensor), more_slow, more_failures = self._decode(fast, batch_size)
-                slow.update(more_slow)
-                failures += [(start + k, reason) for k, reason in more_failures]
-                self.io_threads_used = front.threads_in_use
-                yield assemble(start, (offsets, tensor), slow, failures, self.device, self.dtype)
+            try:
+                # Reads, probes and PIL fallbacks of the next batches run while DALI does this one.
+                for start, prepared in front.batches(paths, batch_size, self.prefetch):
+                    fast = [(k, p.probe) for k, p in enumerate(prepared) if p.probe is not None]
+                    slow = {k: p.array for k, p in enumerate(prepared) if p.array is not None}
+                    failures = [(start + k, p.reason) for k, p in enumerate(prepared) if p.reason is not None]
+                    (offsets, tensor), more_slow, more_failures = self._decode(fast, batch_size)
+                    slow.update(more_slow)
+                    failures += [(start + k, reason) for k, reason in more_failures]
+                    self.io_threads_used = front.threads_in_use
+                    yield assemble(start, (offsets, tensor), slow, failures, self.device, self.dtype)
+                    if in_use is not None:
+                        in_use.hold(self._dali_outputs)
+                        self._dali_outputs = []
+            finally:
+                # Ended, stopped early or failed: DALI may reuse these buffers in its next run (a
+                # second pass, another call), so the work queued on them must be done first.
                 if in_use is not None:
                     in_use.hold(self._dali_outputs)
-                    self._dali_outputs = []
+                    in_use.release_all()
+                self._dali_outputs = []
+
+    def close(self) -> None:
+        """Drop the pipeline and give DALI's unused device memory back (its pool never shrinks
+        by itself), so clustering after extraction has it. The loader builds a new pipeline if
+        used again."""
+        self._pipe = None
+        if self.device.type == "cuda":
+            from nvidia.dali.backend import ReleaseUnusedMemory
+
+            ReleaseUnusedMemory()
