@@ -170,4 +170,6 @@ if profile.exists():
     print("\n".join(ln for ln in profile.read_text().splitlines() if "img/s" in ln or "profile" in ln
                     or "auto chose" in ln or ln.startswith("launch tax")))
 PY
+# Skipped GPU tests are paths this run did not check (the device image has no DALI or cuML): say so
+grep "^SKIPPED" "$OUT/gpu_tests.txt" 2>/dev/null | sed 's/^/NOT CHECKED: /'
 tail -3 "$OUT/gpu_tests.txt"
