@@ -43,7 +43,7 @@ class RichReporter(Reporter):
             return
         if not self.console.is_terminal:
             plain = _PlainProgress(self.console, description, total, self.progress_interval)
-            yield plain.advance
+            yield plain
             plain.close()
             return
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -68,6 +68,11 @@ class RichReporter(Reporter):
                 if time.monotonic() - pending[1] >= UPDATE_INTERVAL:
                     push()
 
+            def fewer(n: int) -> None:  # n items need no work: out of the total, not into the speed
+                if progress.tasks[0].total is not None:
+                    progress.update(task, total=max(0, progress.tasks[0].total - n))
+
+            advance.fewer = fewer
             try:
                 yield advance
             finally:
@@ -84,6 +89,14 @@ class _PlainProgress:
         self.done = 0
         self.start = self.last = time.monotonic()
         self.printed = False
+
+    def __call__(self, n: int) -> None:
+        self.advance(n)
+
+    def fewer(self, n: int) -> None:
+        """n items of the total need no work (see Reporter): the rate and ETA leave them out."""
+        if self.total is not None:
+            self.total = max(0, self.total - n)
 
     def advance(self, n: int) -> None:
         self.done += n

@@ -174,7 +174,9 @@ class _Extractor:
         done = int(cached.sum())
         self.resumed += done
         if self.progress and done:
-            self.progress(done)
+            # not work done now: counted out of the total, not into the rate and ETA (a resumed
+            # run's first seconds read 1,290 images/s and an ETA of 17 s for a 71 s job)
+            getattr(self.progress, "fewer", self.progress)(done)
         return positions[~cached]
 
     def run(self, positions: np.ndarray, write) -> None:

@@ -19,7 +19,9 @@ class Reporter:
     advanced with the number of items done); total None when it is not known in advance (files
     found by a walk); transient: the counter disappears when its stage ends (a terminal). A
     subclass's task must accept all three. advance may be called once per item: implementations
-    keep it cheap (engine.cli_progress throttles its terminal updates)."""
+    keep it cheap (engine.cli_progress throttles its terminal updates). advance may also have a
+    `fewer(n)` method: n items of the total need no work after all (the feature cache had them),
+    so a rate or ETA leaves them out; callers use advance(n) where it has none."""
 
     # The logger is the Python caller's channel: a notice that names a CLI flag also says what a
     # Python caller writes instead (api_wording; the CLI's reporter prints the flag alone).

@@ -82,3 +82,55 @@ def test_a_terminal_bar_updated_per_item_ends_at_its_total():
             advance(1)
     assert "5000/5000" in buffer.getvalue()
     assert buffer.getvalue().count("\r") < 100  # not one redraw per item
+
+
+def test_items_that_need_no_work_leave_the_total_not_enter_the_rate(tmp_path):
+    """A resumed run's cached images used to count as done at once: its first lines read 1,290
+    images/s and an ETA of 17 s for a job that took 71 s more. They now come out of the total
+    (advance.fewer), in a log and on a terminal, and extraction reports them that way."""
+    reporter, buffer = _reporter(interval=0.0)
+    with reporter.task("Extracting features", total=10) as advance:
+        advance.fewer(6)
+        advance(2)
+    assert buffer.getvalue().splitlines()[0].startswith("Extracting features: 2/4 (50 %), ")
+
+    terminal = io.StringIO()
+    reporter = RichReporter(Console(file=terminal, force_terminal=True, width=100))
+    with reporter.task("Extracting features", 10) as advance:
+        advance.fewer(6)
+        advance(4)
+    assert "4/4" in terminal.getvalue().rsplit("Extracting features", 1)[1]  # the last render
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from engine.backbones import load_backbone
+    from engine.features import extract_features
+    from engine.loaders import make_loader
+    from engine.store import FeatureStore
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(paths[-1])
+    backbone = load_backbone("pixels", "auto", torch.device("cpu"))
+    loader = make_loader("pil", torch.device("cpu"))
+    store = FeatureStore.open(tmp_path / "cache", backbone.fingerprint, dim=backbone.dim)
+    extract_features(paths[:3], loader, backbone, 8, store=store)
+    store.close()
+
+    calls = []
+
+    class Counting:
+        def __call__(self, n):
+            calls.append(("done", n))
+
+        def fewer(self, n):
+            calls.append(("fewer", n))
+
+    store = FeatureStore.open(tmp_path / "cache", backbone.fingerprint, dim=backbone.dim)
+    result = extract_features(paths, loader, backbone, 8, progress=Counting(), store=store)
+    store.close()
+    assert result.resumed == 3 and calls == [("fewer", 3), ("done", 2)]
+    assert np.asarray(result.good).size == 5
