@@ -257,9 +257,9 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         if hasattr(loader, "close"):  # DALI: its memory pool back before clustering needs the GPU
             loader.close()
         if extraction.resumed:
-            failed = (f" ({extraction.resumed_failed} of them recorded as unusable: still skipped)"
+            failed = (f" ({extraction.resumed_failed:,} of them recorded as unusable: still skipped)"
                       if extraction.resumed_failed else "")
-            reporter.notify(f"Resumed {extraction.resumed} of {len(found.paths)} images from the feature cache{failed}")
+            reporter.notify(f"Resumed {extraction.resumed:,} of {len(found.paths):,} images from the feature cache{failed}")
         timings["extract"] = _stage(extraction.seconds, len(found.paths))
         timings["extract"]["waited_for_loader_s"] = round(extraction.waited_for_loader, 4)
         extraction.drop_non_finite()  # before PCA and KMeans, which a NaN row would fail or poison

@@ -254,9 +254,9 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
         # one_pass / sqrt(#K) costs about what one exact all-K pass at one_pass does.
         sample = max(2, int(one_pass / math.sqrt(len(ks))))
         if notify:
-            notify(f"Silhouette: {n} images is above the exact limit ({limit}) of the {backend} backend on "
+            notify(f"Silhouette: {n:,} images are above the exact limit ({limit:,}) of the {backend} backend on "
                    f"{'cpu' if backend == 'sklearn' else x.device.type}; "
-                   f"using a stratified sample of {sample} (set --silhouette-sample to change)")
+                   f"using a stratified sample of {sample:,} (set --silhouette-sample to change)")
     if sample is not None and sample >= n:
         sample = None
     sizes = {k: torch.bincount(fits[k].labels, minlength=k).cpu().tolist() for k in ks}

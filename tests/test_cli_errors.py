@@ -366,6 +366,24 @@ def test_arguments_are_checked_before_the_inputs_are_walked(runner, tmp_path, mo
     assert not (tmp_path / "o").exists()
 
 
+def test_ctrl_c_in_cluster_does_not_speak_of_resuming(three_groups, runner, tmp_path, monkeypatch):
+    """`cluster` extracts nothing: Ctrl-C there used to say 'rerun the same command to resume from
+    the feature cache' as `run` does."""
+    import engine.recluster
+
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["run", str(three_groups), "--out", str(out), "--model", "pixels", "--k", "3",
+                               "--no-report"]).exit_code == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.recluster, "cluster_features", interrupted)
+    result = runner.invoke(app, ["cluster", str(out), "--k", "2:4", "--no-report"])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "resume" not in result.output
+
+
 def test_ctrl_c_during_the_report_points_at_imgcluster_report(three_groups, runner, tmp_path, monkeypatch):
     """The results are written before the report: an interrupt there needs `imgcluster report`,
     not the whole run again."""

@@ -221,4 +221,4 @@ def test_one_k_per_pass_backends_sample_the_silhouette_sooner(blobs, monkeypatch
     ref = search_k(x, range(2, 10), "sklearn", seed=0, notify=notices.append)
     assert ref.silhouette_mode == "sampled" and ref.silhouette_sample == int(n / 8 ** 0.5)
     assert ref.chosen_k == 6
-    assert any(f"exact limit ({int(n / 8 ** 0.5)}) of the sklearn backend on cpu" in m for m in notices)
+    assert any(f"exact limit ({int(n / 8 ** 0.5):,}) of the sklearn backend on cpu" in m for m in notices)
