@@ -186,6 +186,9 @@ def run(
 
     Example: [bold]imgcluster run ./photos --out results/ --k 2:15 --pca 0.9[/bold]
     """
+    from .sources import check_named_paths_exist
+
+    check_named_paths_exist(paths)  # before importing torch (seconds): a mistyped path is said at once
     from .api import ImageClusterer
     from .cli_progress import RichReporter
     from .report.outputs import check_out_file

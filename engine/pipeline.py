@@ -31,7 +31,7 @@ from .reduce import PCAResult, fit_pca
 from .report import outputs
 from .select import KSearch, search_k, search_progress_steps, usable_ks
 from .skip_reasons import count_reasons, skipped_note
-from .sources import RunOutputs, discover, no_images_message
+from .sources import RunOutputs, check_named_paths_exist, discover, no_images_message
 from .versions import imgcluster_version, versions
 
 # How the PIL path decodes JPEGs (engine.loaders.decode.DRAFT_MIN_SIZE), in the feature cache's
@@ -192,6 +192,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
         # What can be checked without the inputs is checked before walking them (minutes on a large
         # share): the backends, a weights file, an --out that is a file. The folder is made later, so
         # a mistyped input path leaves no empty one.
+        check_named_paths_exist(inputs)  # a mistyped path, before the backends' probes and notices
         backends = resolve_backends(config, reporter)
         check_weights_argument(config.features.model, config.features.weights)
         locked = False

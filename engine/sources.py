@@ -390,6 +390,20 @@ def _system_folder_filter(pattern: str, left_out: LeftOut | None):
     return in_system_folder
 
 
+def check_named_paths_exist(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> None:
+    """InputError('path not found: ...') for an input that names one path (not a glob, not an
+    @list) that does not exist: what discover would say, said before the slow start (torch, the
+    GPU probe), not after it."""
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        inputs = [inputs]
+    for arg in inputs:
+        text = os.fsdecode(arg)
+        if text.startswith("@") or glob.has_magic(text):
+            continue
+        if not os.path.lexists(text.rstrip("/" + (os.altsep or "")) or text):
+            raise InputError(f"path not found: {os.fspath(Path(text))}")
+
+
 def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,
              outputs: RunOutputs | None = None, include_hidden: bool = False,
              progress: Progress | None = None) -> Discovery:

@@ -1,6 +1,9 @@
 """Bad arguments: one line on stderr, exit code 2, no traceback."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from engine.cli import app
@@ -35,6 +38,17 @@ def test_missing_path_exit_2(runner, tmp_path):
     assert result.exit_code == 2
     assert "path not found" in result.output
     assert not (tmp_path / "o").exists()  # a mistyped input leaves no empty --out behind
+
+
+def test_a_missing_path_is_said_before_the_slow_start(tmp_path):
+    """It used to come after torch's import and the GPU probe's notice (3.3 s on a 2-core VM)."""
+    code = ("import sys; from engine.cli import app\n"
+            "try:\n    app(['run', sys.argv[1], 'also/missing/*.jpg', '--out', sys.argv[2]])\n"
+            "except SystemExit as exc:\n    print('exit', exc.code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope") + "/", str(tmp_path / "o")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == "exit 2 False", out.stdout + out.stderr
+    assert f"path not found: {tmp_path / 'nope'}" in " ".join(out.stderr.split()) and "Using" not in out.stderr
 
 
 def test_empty_folder_exit_2(runner, tmp_path):
@@ -353,6 +367,7 @@ def test_arguments_are_checked_before_the_inputs_are_walked(runner, tmp_path, mo
 
     monkeypatch.setattr(pipeline, "discover", no_walk)
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "photos").mkdir()  # it exists (a missing input is said first of all)
     cases = [(["--out", str(tmp_path / "afile"), "--model", "pixels"], "is a file, not a folder"),
              (["--out", str(tmp_path / "o"), "--model", "resnet18", "--weights", str(tmp_path / "nope.pth")],
               "not auto, random or an existing file"),
