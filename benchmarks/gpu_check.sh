@@ -172,4 +172,4 @@ if profile.exists():
 PY
 # Skipped GPU tests are paths this run did not check (the device image has no DALI or cuML): say so
 grep "^SKIPPED" "$OUT/gpu_tests.txt" 2>/dev/null | sed 's/^/NOT CHECKED: /'
-tail -3 "$OUT/gpu_tests.txt"
+tail -1 "$OUT/gpu_tests.txt"
