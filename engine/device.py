@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from .errors import BackendUnavailable, ConfigError
 
-GPU_EXTRA_HINT = "install it with: pip install 'imgcluster[gpu]' (needs an NVIDIA GPU and CUDA 13)"
-RAPIDS_EXTRA_HINT = "install it with: pip install 'imgcluster[rapids]' (needs an NVIDIA GPU and CUDA 13)"
+# The extras as the README installs them (imgcluster is installed from its folder, not an index)
+GPU_EXTRA_HINT = "install it with: pip install -e '.[gpu]' in the imgcluster folder (needs an NVIDIA GPU and CUDA 13)"
+RAPIDS_EXTRA_HINT = "install it with: pip install -e '.[rapids]' in the imgcluster folder (needs an NVIDIA GPU and CUDA 13)"
 
 DEVICES = ("auto", "cuda", "cpu")
 DECODERS = ("auto", "dali", "nvjpeg", "nvimgcodec", "pil")

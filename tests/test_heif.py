@@ -17,7 +17,7 @@ from PIL import Image
 from engine.loaders import decode
 from engine.loaders.decode import HEIF_HINT, decode_image, depends_on_environment, load_and_preprocess
 
-pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif is not installed (pip install 'imgcluster[heif]')")
+pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif is not installed (pip install pillow-heif)")
 
 
 def smooth(h: int, w: int, seed: int) -> Image.Image:
@@ -123,7 +123,7 @@ def without_heif_plugin(monkeypatch):
 
 def test_without_the_plugin_a_heic_fails_with_the_install_hint(tmp_path, without_heif_plugin):
     data = save_heic(smooth(64, 64, 3), io.BytesIO()).getvalue()
-    with pytest.raises(decode.DecodeError, match=r"pip install 'imgcluster\[heif\]'") as info:
+    with pytest.raises(decode.DecodeError, match=r"pip install pillow-heif") as info:
         decode_image(data)
     assert depends_on_environment(str(info.value))
     assert not depends_on_environment("not an image (unrecognised content)")

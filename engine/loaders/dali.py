@@ -142,7 +142,7 @@ class DALILoader:
         except Exception as exc:
             raise BackendUnavailable(
                 f"--decoder dali: nvidia.dali is not importable ({type(exc).__name__}: {exc}); "
-                "install it with: pip install 'imgcluster[gpu]'") from None
+                "install it with: pip install -e '.[gpu]' in the imgcluster folder") from None
         device = torch.device(device)
         if device.type == "cuda":
             if not torch.cuda.is_available():

@@ -5,7 +5,7 @@ bad file never escapes a loader. EXIF orientation is applied; grayscale, CMYK, p
 alpha images become 8-bit RGB (alpha composited on white); a GIF gives its first frame.
 
 HEIC/HEIF (iPhone photos) are read through the optional pillow-heif plugin (`pip install
-'imgcluster[heif]'`), registered on the first file that looks like one; AVIF through Pillow's
+pillow-heif`, the `heif` extra), registered on the first file that looks like one; AVIF through Pillow's
 own plugin. Without them such files are skipped with the install hint as the reason, never
 silently passed over.
 """
@@ -33,7 +33,7 @@ ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO", "HEIF", 
 # skipped.csv with the install hint rather than counted as "not named like images".
 EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif",
               ".heic", ".heif", ".hif", ".avif"}
-HEIF_HINT = "install pillow-heif to read HEIC/HEIF images (pip install 'imgcluster[heif]')"
+HEIF_HINT = "install pillow-heif to read HEIC/HEIF images (pip install pillow-heif)"
 AVIF_HINT = "this Pillow has no AVIF support (upgrade Pillow: recent wheels include it)"
 # ISO base media file brands (bytes 8..12 of the file) of HEIF images (HEVC-coded: iPhone photos)
 # and of AVIF images (AV1-coded).
