@@ -184,6 +184,8 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
                  reporter: Reporter | None = None, save_features: bool = False, report: bool = False,
                  cache: bool = True) -> RunResult:
     """Cluster the images found under `inputs`. With out_dir, write the run's files there."""
+    # read once: a generator would be used up by the first look (the early path check)
+    inputs = [inputs] if isinstance(inputs, (str, bytes, os.PathLike)) else list(inputs)
     reporter = reporter or Reporter()
     started = time.perf_counter()
     timings: dict[str, dict[str, float]] = {}

@@ -393,15 +393,21 @@ def _system_folder_filter(pattern: str, left_out: LeftOut | None):
 def check_named_paths_exist(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> None:
     """InputError('path not found: ...') for an input that names one path (not a glob, not an
     @list) that does not exist: what discover would say, said before the slow start (torch, the
-    GPU probe), not after it."""
+    GPU probe), not after it. Only a missing path (or a file used as a folder in it): any other
+    problem (no permission, a name too long) is left to discover, which says what it is."""
     if isinstance(inputs, (str, bytes, os.PathLike)):
         inputs = [inputs]
     for arg in inputs:
         text = os.fsdecode(arg)
         if text.startswith("@") or glob.has_magic(text):
             continue
-        if not os.path.lexists(text.rstrip("/" + (os.altsep or "")) or text):
-            raise InputError(f"path not found: {os.fspath(Path(text))}")
+        path = Path(text)  # as discover reads it: 'a/' and 'a/.' name 'a', '' names '.'
+        try:
+            os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise InputError(f"path not found: {os.fspath(path)}") from None
+        except OSError:
+            continue
 
 
 def discover(inputs: Sequence[str | os.PathLike] | str | os.PathLike,

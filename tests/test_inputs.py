@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -284,3 +285,20 @@ def test_missing_path_and_empty_glob_are_errors(tmp_path):
         discover([tmp_path / "missing"])
     with pytest.raises(InputError, match="no files match"):
         discover([str(tmp_path / "*.jpg")])
+
+
+def test_the_early_path_check_says_only_what_discover_would(tmp_path, monkeypatch):
+    """check_named_paths_exist (said before torch's import) refuses a missing path, or a file used
+    as a folder; what discover takes ('' as '.', 'f.png/.' as the file) it lets through, and a
+    problem other than a missing path (no permission, a name too long) is left to discover's
+    own message."""
+    from engine.sources import check_named_paths_exist
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "f.png")
+    check_named_paths_exist(["", "f.png/.", "f.png", ".", "@no-list.txt", "*.nothing", "x" * 300])
+    for missing, said in (("nope", "nope"), ("nope/", "nope"), ("f.png/x.jpg", "f.png/x.jpg")):
+        with pytest.raises(InputError, match=f"path not found: {re.escape(said)}$"):
+            check_named_paths_exist([missing])
+    with pytest.raises(OSError, match="too long"):  # discover says what it is, not "not found"
+        discover(["x" * 300])

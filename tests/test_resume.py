@@ -696,6 +696,7 @@ def test_one_command_writes_a_run_folder_at_a_time(small_set, runner, tmp_path):
                                                 f"there (pid {os.getpid()})") in " ".join(said.output.split()), said.output
         assert "(summary.json is missing)" in runner.invoke(app, ["report", str(fresh)]).output  # lock released
         # an existing folder is taken before the inputs are walked (a walk of a large share takes minutes)
+        (tmp_path / "not-walked-yet").mkdir()  # it exists: a missing input is said before all else
         early = runner.invoke(app, ["run", str(tmp_path / "not-walked-yet"), "--out", str(out), "--model", "pixels"])
         assert early.exit_code == 2 and "another imgcluster command is writing there" in " ".join(early.output.split())
     assert (out / "predictions.csv").read_bytes() == before
