@@ -14,7 +14,7 @@ from .cluster import KMeansResult, order_by_size
 from .device import capability
 from .errors import BackendUnavailable
 from .reduce import PCAResult, _sample_rows, _svd_flip_rows, components_for
-from .silhouette import SilhouetteResult
+from .silhouette import SilhouetteResult, stratified_rows
 
 
 def _require():
@@ -96,17 +96,19 @@ def silhouette_cuml(x: torch.Tensor, labels: torch.Tensor, sample: int | None, s
     from cuml.metrics.cluster import silhouette_samples
 
     n = x.shape[0]
-    rows = np.arange(n) if sample is None else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    lab_host = labels.cpu().numpy()
+    # stratified as the torch backend's: a uniform sample could miss a small cluster (one label left)
+    rows = np.arange(n) if sample is None else stratified_rows(lab_host, sample, [seed, int(lab_host.max()) + 1])
     idx = torch.as_tensor(rows, device=x.device)
+    data, codes = to_cupy(x[idx].float()), to_cupy(labels[idx].int())  # (refuses a CPU tensor first)
     free_bytes, _ = torch.cuda.mem_get_info(x.device)
-    values = silhouette_samples(to_cupy(x[idx].float()), to_cupy(labels[idx].int()),
-                                chunksize=silhouette_chunk(free_bytes, len(rows)))
+    values = silhouette_samples(data, codes, chunksize=silhouette_chunk(free_bytes, len(rows)))
     picked = np.asarray(values.get() if hasattr(values, "get") else values, dtype=np.float32)
     del values
     release_cupy_pool()
     full = np.full(n, np.nan, dtype=np.float32)
     full[rows] = picked
-    lab = labels[idx].cpu().numpy()
+    lab = lab_host[rows]
     means = {int(c): float(picked[lab == c].mean()) for c in np.unique(lab)}
     return SilhouetteResult(mean=float(picked.mean()), samples=full, cluster_means=means,
                             fraction_negative=float((picked < 0).mean()), sampled=sample is not None,

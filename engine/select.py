@@ -17,7 +17,7 @@ from .cluster import CHUNK_BUDGET, KMeansResult, fit_kmeans, is_oom
 from .kmeans_all_k import kmeans_all_k
 from .errors import InputError
 from .metrics import balance, cluster_scores
-from .silhouette import SilhouetteResult, _auto_chunk, default_exact_limit, silhouette_all_k
+from .silhouette import SilhouetteResult, _auto_chunk, default_exact_limit, silhouette_all_k, stratified_rows
 
 
 @dataclass
@@ -133,8 +133,8 @@ def _silhouette_sklearn(x: torch.Tensor, labels: torch.Tensor, sample: int | Non
     lab = labels.detach().cpu().numpy()
     values = np.full(len(lab), np.nan, dtype=np.float32)
     rows = np.arange(len(lab))
-    if sample is not None:
-        rows = np.sort(np.random.default_rng(seed).choice(len(lab), size=sample, replace=False))
+    if sample is not None:  # stratified as the torch backend's: a uniform one could miss a small cluster
+        rows = stratified_rows(lab, sample, [seed, int(lab.max()) + 1])
     values[rows] = silhouette_samples(data[rows], lab[rows]).astype(np.float32)
     picked = values[rows]
     means = {int(c): float(picked[lab[rows] == c].mean()) for c in np.unique(lab[rows])}
@@ -233,7 +233,8 @@ def search_k(x: torch.Tensor, ks: Sequence[int], backend: str = "torch", n_init:
              notify: Callable[[str], None] | None = None) -> KSearch:
     """x: (n, d) float32 reduced features on any device. Returns every K's fit and scores.
 
-    silhouette_sample None: exact silhouettes up to default_exact_limit(device), sampled above it.
+    silhouette_sample None: exact silhouettes up to exact_silhouette_limit(backend, device, #K),
+    sampled (stratified) above it.
     progress(n) adds up to search_progress_steps(len(ks)): one step per K for KMeans, for the
     silhouettes (as their pass goes) and for the other metrics (about a second per K at 60,000
     images on 2 cores, after a bar that used to read complete).

@@ -222,3 +222,19 @@ def test_one_k_per_pass_backends_sample_the_silhouette_sooner(blobs, monkeypatch
     assert ref.silhouette_mode == "sampled" and ref.silhouette_sample == int(n / 8 ** 0.5)
     assert ref.chosen_k == 6
     assert any(f"exact limit ({int(n / 8 ** 0.5):,}) of the sklearn backend on cpu" in m for m in notices)
+
+
+def test_sklearn_sampled_silhouette_keeps_every_cluster():
+    """The scikit-learn backend's sample was uniform: a one-image cluster (a far outlier) was left
+    out, that K had one label in the sample, and scikit-learn raised 'Number of labels is 1'. It
+    is stratified now, as the torch backend's: every cluster keeps min(size, 2) rows."""
+    from engine.select import _silhouette_sklearn
+
+    x, _ = make_blobs(2000, centers=1, n_features=5, random_state=0)
+    x = np.vstack([x, np.full((1, 5), 1e3)]).astype(np.float32)
+    labels = torch.zeros(len(x), dtype=torch.int64)
+    labels[-1] = 1  # K = 2: everything, and the outlier alone
+    for seed in range(6):
+        sil = _silhouette_sklearn(torch.from_numpy(x), labels, 50, seed)
+        assert sil.sampled and set(sil.cluster_means) == {0, 1}
+        assert np.isfinite(sil.samples).sum() == 50 and np.isfinite(sil.samples[-1])
