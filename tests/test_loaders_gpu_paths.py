@@ -201,6 +201,27 @@ def test_dali_cpu_out_of_memory_halves_the_run_not_file_by_file(images, monkeypa
     loader.close()  # drops the pipeline; a later call builds a new one
     assert run_loader(loader, paths[:2], batch_size=2)[3] == []
 
+    # One image that no run can hold (its own decode runs out of memory): its batch goes file by
+    # file, but the size is not kept, so the next batch runs whole (it used to run one by one for
+    # the rest of the job)
+    loader = DALILoader(torch.device("cpu"), num_threads=2)
+    real_run, sizes = loader._run, []
+    huge = paths[1].read_bytes()
+
+    def run_with_a_huge_photo(probes, capacity):
+        sizes.append(len(probes))
+        if any(p.data == huge for p in probes):
+            raise RuntimeError("Error in MIXED operator nvidia.dali.fn.decoders.image: CUDA allocation failed")
+        return real_run(probes, capacity)
+
+    monkeypatch.setattr(loader, "_run", run_with_a_huge_photo)
+    others = [p for p in paths if p != paths[1]] + [paths[0]]
+    batches, indices, got, failures = run_loader(loader, paths + others, batch_size=6)
+    assert failures == [] and indices.tolist() == list(range(12))  # the huge one: PIL's, as a DALI failure is
+    assert loader.run_limit is None and loader.oom_halvings == 0
+    assert sizes[-1] == 6  # the next batch runs whole
+    torch.testing.assert_close(got, torch.cat([ref, ref[[0, 2, 3, 4, 5, 0]]]), atol=2e-2, rtol=0)
+
 
 def test_dali_cpu_every_exif_orientation(dali_cpu, tmp_path):
     base = smooth_image(300, 420, 7)

@@ -207,21 +207,30 @@ class DALILoader:
         return out, np.array(shapes.as_tensor())[:, :2].astype(np.int64)
 
     def _run_in_parts(self, probes: list[ImageProbe], capacity: int) -> tuple[torch.Tensor, np.ndarray]:
-        """_run over `probes` in runs of at most self.run_limit images, halving it on
-        out-of-memory (the same outputs, in order). Raises what a run raises otherwise, and
-        out-of-memory for a run of one image."""
+        """_run over `probes` in runs of at most self.run_limit images (the same outputs, in
+        order). Out of memory halves the run and tries again; the halved size is kept for later
+        batches (memory pressure), unless one image alone runs out of memory: then it was that
+        image (a huge photo), the size goes back to what it was before this batch and the batch
+        goes file by file (raised), so the next one runs whole, not one image at a time.
+        Raises what a run raises otherwise, and out-of-memory for a run of one image."""
         parts, shapes, i = [], [], 0
+        before = (self.run_limit, self.oom_halvings)
+        limit, halved = self.run_limit or len(probes), False
         while i < len(probes):
-            part = probes[i:i + (self.run_limit or len(probes))]
+            part = probes[i:i + limit]
             try:
                 out, shape = self._run(part, capacity)
             except Exception as exc:
+                if is_oom(exc) and len(part) == 1:
+                    self.run_limit, self.oom_halvings = before
                 if not is_oom(exc) or len(part) == 1:
                     raise
                 self._reset()
-                self.run_limit = max(1, len(part) // 2)
-                self.oom_halvings += 1
+                limit, halved = max(1, len(part) // 2), True
                 continue
+            if halved and len(part) == limit and (self.run_limit is None or limit < self.run_limit):
+                self.run_limit = limit
+                self.oom_halvings += 1
             parts.append(out)
             shapes.append(shape)
             i += len(part)
