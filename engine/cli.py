@@ -74,9 +74,6 @@ def report_interrupted_message(exc: ReportInterrupted) -> str:
             f"`imgcluster report {exc.out_dir}` writes the report")
 
 
-RESUMABLE = ("run", "demo")  # the commands whose Ctrl-C leaves a feature cache to resume from
-
-
 def user_errors(func):
     """Turn ImgclusterError into a one-line message and exit 2 (no traceback)."""
     @functools.wraps(func)
@@ -93,9 +90,10 @@ def user_errors(func):
                  "for this run's settings: `imgcluster cluster` on it works again once this run finishes",
                  interrupted_code(exc))
         except KeyboardInterrupt as exc:
-            # only run and demo extract into a feature cache; cluster, report, export and predict
-            # have nothing to resume (their outputs are written whole or not at all)
-            resume = "; rerun the same command to resume from the feature cache" if func.__name__ in RESUMABLE else ""
+            # only run extracts into a feature cache it keeps (the demo remakes its images, so its
+            # cache is of no use again); cluster, report, export and predict have nothing to resume
+            resumable = func.__name__ == "run" and kwargs.get("cache", True)
+            resume = "; rerun the same command to resume from the feature cache" if resumable else ""
             fail(f"{_stopped(exc)}{resume}", interrupted_code(exc))
         except OSError as exc:  # a file system problem the checks before the work could not foresee (disk full, ...)
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)

@@ -44,6 +44,10 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
     for path in stale:
         path.unlink()
     generate_sample_set(images, per_group=per_group)
+    # Marks results/ as the demo's before the run writes there: an interrupted demo leaves a feature
+    # cache without a summary.json, and its rerun must know the folder is its own to replace
+    results.mkdir(parents=True, exist_ok=True)
+    (results / DEMO_MARKER).touch()
     reporter.notify(f"Sample set: {per_group * len(GROUPS)} images in {len(GROUPS)} groups under {images}/")
     clusterer = ImageClusterer(model=model, device=device, k=DEMO_K, pca=0.9)
     try:
@@ -70,6 +74,9 @@ def run_demo(out: Path, model: str = "resnet152", device: str = "auto", per_grou
     return clusterer
 
 
+DEMO_MARKER = ".imgcluster-demo"  # in results/: written by the demo (hidden: walks leave it out)
+
+
 def held_out_size(per_group: int) -> int:
     """Held-out images per group: a third of the training set, at least 4."""
     return max(4, per_group // 3)
@@ -90,7 +97,7 @@ def _remove_previous_results(results: Path, images: Path) -> None:
         inputs = [os.path.join(summary.get("cwd") or "", i) for i in summary.get("inputs") or []]
         ours = [os.path.realpath(i) for i in inputs] == [os.path.realpath(images)]
     except (OSError, ValueError, AttributeError, TypeError):
-        ours = False
+        ours = (results / DEMO_MARKER).is_file()  # a demo interrupted before its summary was written
     if not ours:
         raise ConfigError(f"{results} holds files an earlier demo did not write: the demo replaces that folder "
                           "on every run; move them out or give the demo another --out")

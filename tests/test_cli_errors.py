@@ -381,7 +381,7 @@ def test_arguments_are_checked_before_the_inputs_are_walked(runner, tmp_path, mo
     assert not (tmp_path / "o").exists()
 
 
-def test_ctrl_c_in_cluster_does_not_speak_of_resuming(three_groups, runner, tmp_path, monkeypatch):
+def test_ctrl_c_speaks_of_resuming_only_where_a_cache_is_kept(three_groups, runner, tmp_path, monkeypatch):
     """`cluster` extracts nothing: Ctrl-C there used to say 'rerun the same command to resume from
     the feature cache' as `run` does."""
     import engine.recluster
@@ -397,6 +397,14 @@ def test_ctrl_c_in_cluster_does_not_speak_of_resuming(three_groups, runner, tmp_
     result = runner.invoke(app, ["cluster", str(out), "--k", "2:4", "--no-report"])
     assert result.exit_code == 130
     assert "interrupted" in result.output and "resume" not in result.output
+
+    import engine.pipeline  # `run --no-cache` keeps no cache to resume from either; with one it does
+
+    monkeypatch.setattr(engine.pipeline, "extract_features", interrupted)
+    for cache, says_resume in (("--no-cache", False), ("--cache", True)):
+        result = runner.invoke(app, ["run", str(three_groups), "--out", str(tmp_path / cache), "--model", "pixels",
+                                     cache])
+        assert result.exit_code == 130 and ("resume from the feature cache" in result.output) == says_resume
 
 
 def test_ctrl_c_during_the_report_points_at_imgcluster_report(three_groups, runner, tmp_path, monkeypatch):

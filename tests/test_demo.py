@@ -72,6 +72,27 @@ def test_demo_rejects_per_group_below_one(runner, tmp_path, per_group):
     assert not out.exists()  # rejected before anything is written
 
 
+def test_an_interrupted_demo_can_be_run_again(runner, tmp_path, monkeypatch):
+    """Stopped while extracting, the demo left a feature cache and no summary.json, and its rerun
+    refused results/ as files an earlier demo did not write (after being told to rerun to resume)."""
+    import engine.pipeline
+
+    real = engine.pipeline.extract_features
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "demo"
+    monkeypatch.setattr(engine.pipeline, "extract_features", interrupted)
+    stopped = runner.invoke(app, ["demo", "--out", str(out), "--model", "pixels", "--per-group", "2"])
+    assert stopped.exit_code == 130 and "resume" not in stopped.output  # the demo remakes its images
+    assert (out / "results").is_dir() and not (out / "results" / "summary.json").exists()
+    monkeypatch.setattr(engine.pipeline, "extract_features", real)
+    again = runner.invoke(app, ["demo", "--out", str(out), "--model", "pixels", "--per-group", "2"])
+    assert again.exit_code == 0, again.output
+    assert (out / "results" / "summary.json").is_file()
+
+
 def test_demo_refuses_to_clear_a_results_folder_it_did_not_write(tmp_path):
     """`demo --out .` in a project that has its own results/: nothing there is deleted."""
     from engine.demo import run_demo
