@@ -69,8 +69,11 @@ class RichReporter(Reporter):
                     push()
 
             def fewer(n: int) -> None:  # n items need no work: out of the total, not into the speed
-                if progress.tasks[0].total is not None:
-                    progress.update(task, total=max(0, progress.tasks[0].total - n))
+                total = progress.tasks[0].total
+                if total is not None and n < total - progress.tasks[0].completed - pending[0]:
+                    progress.update(task, total=total - n)
+                else:  # nothing left to time: the bar ends full (0/0 read as a stage that did nothing)
+                    advance(n)
 
             advance.fewer = fewer
             try:
@@ -94,9 +97,12 @@ class _PlainProgress:
         self.advance(n)
 
     def fewer(self, n: int) -> None:
-        """n items of the total need no work (see Reporter): the rate and ETA leave them out."""
-        if self.total is not None:
-            self.total = max(0, self.total - n)
+        """n items of the total need no work (see Reporter): the rate and ETA leave them out
+        (unless that is all that is left: then they count as done, as on a terminal)."""
+        if self.total is not None and n < self.total - self.done:
+            self.total -= n
+        else:
+            self.advance(n)
 
     def advance(self, n: int) -> None:
         self.done += n

@@ -101,6 +101,17 @@ def test_items_that_need_no_work_leave_the_total_not_enter_the_rate(tmp_path):
         advance(4)
     assert "4/4" in terminal.getvalue().rsplit("Extracting features", 1)[1]  # the last render
 
+    # everything from the cache: the bar ends full (it read 0/0 with no ETA), as before
+    terminal = io.StringIO()
+    reporter = RichReporter(Console(file=terminal, force_terminal=True, width=100))
+    with reporter.task("Extracting features", 7) as advance:
+        advance.fewer(7)
+    assert "7/7" in terminal.getvalue().rsplit("Extracting features", 1)[1]
+    reporter, buffer = _reporter(interval=0.0)
+    with reporter.task("Extracting features", total=7) as advance:
+        advance.fewer(7)
+    assert buffer.getvalue().splitlines()[-1].startswith("Extracting features: 7/7 (100 %)")
+
     import numpy as np
     import torch
     from PIL import Image
