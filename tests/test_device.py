@@ -123,3 +123,13 @@ def test_doctor_says_which_imagenet_weights_are_cached(runner, tmp_path, monkeyp
     checkpoints.mkdir(parents=True)
     (checkpoints / torchvision.models.ResNet152_Weights.DEFAULT.url.rsplit("/", 1)[1]).write_bytes(b"")
     assert cached_imagenet_weights()[0] == ["resnet152"]
+
+
+def test_a_replaced_probe_is_what_capabilities_report(monkeypatch):
+    """Probes are looked up when asked for, so replacing one (as tests of the fallbacks do)
+    changes capabilities() and capability() alike."""
+    off = dev.Capability("triton", False, reason="patched off")
+    monkeypatch.setattr(dev, "_triton", lambda: off)
+    assert dev.capabilities()["triton"] is off and dev.capability("triton") is off
+    with pytest.raises(KeyError, match="no capability 'tpu'"):
+        dev.capability("tpu")
