@@ -242,6 +242,9 @@ def _read_list(list_file: Path, skipped: list) -> list[Path]:
         text = list_file.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise InputError(f"cannot read path list {list_file}: {exc.strerror}") from None
+    if "\0" in text:  # no path holds a NUL: this is a binary file (an image named after '@'?)
+        raise InputError(f"@{list_file} reads {list_file} as a path list, but it is a binary file, not a list "
+                         f"(for a file named '@{list_file.name}', write ./@{list_file.name})")
     base = list_file.parent
     out = []
     for line in text.splitlines():

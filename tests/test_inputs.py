@@ -256,6 +256,14 @@ def test_a_file_named_with_a_leading_at_sign(tmp_path, monkeypatch):
         discover(["@nothing.txt"])
 
 
+def test_an_image_named_as_a_path_list_is_refused(tmp_path, monkeypatch):
+    """'@x.png' with an image x.png beside it read the PNG's bytes as paths (5 'unusable' ones)."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "x.png")
+    with pytest.raises(InputError, match=r"@x.png reads x.png as a path list, but it is a binary file"):
+        discover(["@x.png"])
+
+
 def test_a_quoted_glob_with_a_leading_at_sign(tmp_path, monkeypatch):
     """'@*.png' that the shell left as it is (quoted, or matching nothing there) names the files
     starting with '@' when there is no list '*.png'; matching nothing it is still a missing list."""
