@@ -100,6 +100,11 @@ def user_errors(func):
     return wrapper
 
 
+def _report_at(run_dir: Path, written: bool) -> str:
+    """The closing line's pointer at the page to open ('' without a report)."""
+    return f"; report: {escape(str(Path(run_dir) / 'report' / 'index.html'))}" if written else ""
+
+
 def parse_pca(text: str) -> float | int:
     """'200' -> 200 components, '0.9' -> keep 90 % of variance, '0' -> off."""
     try:
@@ -214,7 +219,8 @@ def run(
             _say_model_saved(save_model, reporter)
         _warn_of_earlier_models(out, clusterer.result_, save_model, reporter)
         print_run_summary(clusterer.result_.summary, out_console)
-        out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/", soft_wrap=True)
+        out_console.print(f"Chosen K = [bold]{clusterer.k_}[/bold]; results in {escape(str(out))}/"
+                          + _report_at(out, report), soft_wrap=True)
     except KeyboardInterrupt as exc:  # the results are written: say so rather than "rerun to resume"
         fail(f"{_stopped(exc)} after the run: its results are in {out}/"
              + (f" (the model file {save_model} may not be saved)" if save_model is not None else ""),
@@ -345,7 +351,8 @@ def cluster(
         _say_model_saved(save_model, reporter)
     _warn_of_earlier_models(out or run_dir, result, save_model, reporter)
     print_run_summary(result.summary, out_console)
-    out_console.print(f"Chosen K = [bold]{result.k}[/bold]; results in {escape(str(out or run_dir))}/", soft_wrap=True)
+    out_console.print(f"Chosen K = [bold]{result.k}[/bold]; results in {escape(str(out or run_dir))}/"
+                      + _report_at(out or run_dir, report), soft_wrap=True)
 
 
 @app.command()

@@ -151,7 +151,7 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
             if not len(positions):
                 raise InputError(f"every cached feature row of {run_dir} is NaN or inf: the cache in {cache_dir} "
                                  "is damaged; rerun `imgcluster run`")
-        reporter.notify(f"Re-clustering {len(positions)} images from the feature cache (nothing decoded)")
+        reporter.notify(f"Re-clustering {len(positions):,} images from the feature cache (nothing decoded)")
 
         timings = {"load_features": _stage(load_seconds, len(positions))}
         pca, reduced, search, cluster_timings = cluster_features(features, config, backend, reporter)

@@ -46,7 +46,8 @@ def test_result_lines_stay_one_line_in_a_pipe(three_groups, runner, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"Chosen K = 3; results in {out}/" in result.output.splitlines()
     again = runner.invoke(app, ["cluster", str(out), "--k", "3"], terminal_width=80)
-    assert f"Chosen K = 3; results in {out}/" in again.output.splitlines(), again.output
+    assert f"Chosen K = 3; results in {out}/; report: {out / 'report' / 'index.html'}" in again.output.splitlines(), \
+        again.output
     report = runner.invoke(app, ["report", str(out)], terminal_width=80)
     assert f"Report written to {out / 'report' / 'index.html'}" in report.output.splitlines(), report.output
 
