@@ -29,6 +29,7 @@ from .loaders.preprocess import describe as describe_preprocess
 from .progress import Reporter
 from .reduce import PCAResult, fit_pca
 from .report import outputs
+from .report.kchoice import k_choice
 from .select import KSearch, search_k, search_progress_steps, usable_ks
 from .skip_reasons import count_reasons, skipped_note
 from .sources import RunOutputs, check_named_paths_exist, discover, no_images_message
@@ -322,6 +323,8 @@ def build_summary(result: RunResult) -> dict:
         "k": k,
         "select": search.select,
         "scores": search.scores_table(),
+        # how sure the choice is: runner-up and margin, each metric's K, a K at an edge of the range
+        "k_choice": k_choice(search.scores_table(), search.select, k, len(result.paths)),
         "cluster_sizes": search.score(k).cluster_sizes,
         "cluster_silhouettes": cluster_sil,
         "pca": {"mode": result.pca.mode, "n_components": result.pca.n_components,

@@ -50,13 +50,13 @@ def test_a_run_lists_copies_and_clusters_them_with_their_original(three_groups, 
     assert ("2 image(s) are byte-identical copies of others (listed in duplicates.csv): each is clustered with "
             "its original") in " ".join(result.output.split())
     rows = read_rows(out / "duplicates.csv")
-    assert [(r["path"], r["copy_of"]) for r in rows] == [(str(c), str(o)) for c, o in zip(copies, originals)]
+    assert [(r["path"], r["same_bytes_as"]) for r in rows] == [(str(c), str(o)) for c, o in zip(copies, originals)]
     cluster = {r["path"]: r["cluster"] for r in read_rows(out / "predictions.csv")}
     assert all(cluster[str(c)] == cluster[str(o)] for c, o in zip(copies, originals))
     assert json.loads((out / "summary.json").read_text())["n_copies"] == 2
     # the report says so; a re-clustering lists them too; a run without copies writes the header alone
     assert runner.invoke(app, ["report", str(out)]).exit_code == 0
-    assert "2 image(s) are copies of others" in (out / "report" / "index.html").read_text()
+    assert "2 image(s) have the same bytes as another" in (out / "report" / "index.html").read_text()
     again = runner.invoke(app, ["cluster", str(out), "--k", "2", "--no-report"])
     assert again.exit_code == 0 and len(read_rows(out / "duplicates.csv")) == 2
     shutil.rmtree(data / "zz_copies")

@@ -124,7 +124,9 @@ def test_html_links_only_to_files_that_exist(built):
             continue
         target = (index.parent / unquote(parts.path)).resolve()
         assert target.is_file(), f"broken link: {link}"
-        assert fake.run_dir.resolve() in target.parents, f"link leaves the run directory: {link}"
+        # the report's own files, or (the paths listed under a montage) the run's images themselves
+        assert (fake.run_dir.resolve() in target.parents or fake.image_dir.resolve() in target.parents), \
+            f"link leaves the run directory and is no image of the run: {link}"
     assert "../skipped.csv" in page.links
     srcs = {a["src"] for tag, a in page.tags if tag == "img"}
     assert srcs == {f for f in EXPECTED if f.endswith((".png", ".jpg"))}  # every plot and montage is on the page
@@ -507,6 +509,9 @@ def test_metrics_small_multiple_labels_k_only_under_the_bottom_row(built):
     top, bottom = fig.axes[:2], fig.axes[2:]
     assert all(ax.get_xlabel() == "" for ax in top)  # shared x: no label without tick numbers
     assert all(ax.get_xlabel() == "number of clusters K" for ax in bottom)
+    # each panel its own y numbers (Davies-Bouldin and balance had none: label_outer took them)
+    fig.canvas.draw()
+    assert all(any(t.get_visible() and t.get_text() for t in ax.get_yticklabels()) for ax in fig.axes)
 
 
 def test_montage_finds_a_file_whose_name_is_not_utf8(tmp_path):
@@ -583,3 +588,59 @@ def test_a_file_where_the_report_writes_a_folder_is_one_clear_error(tmp_path, wh
     with pytest.raises(ReportError, match=f"{blocker.name} is a file, where the report writes a folder"):
         build_report(fake.run_dir, num_threads=1)
     assert blocker.read_text() == "mine"
+
+
+def test_k_choice_says_runner_up_metrics_and_edges():
+    """summary.json's k_choice and the page's note: how far ahead the chosen K is, which K each
+    metric picks, and a chosen K at an edge of the range searched."""
+    from engine.report.kchoice import k_choice
+
+    def entry(k, sil, ch, db):
+        return {"k": k, "silhouette": sil, "calinski_harabasz": ch, "davies_bouldin": db}
+
+    scores = [entry(2, 0.522, 900.0, 0.9), entry(3, 0.475, 700.0, 0.8), entry(4, 0.60, 650.0, 0.7)]
+    got = k_choice(scores, "silhouette", 4, n_images=100)
+    assert got["by_metric"] == {"silhouette": 4, "calinski": 2, "davies": 4}
+    assert got["runner_up"] == {"k": 2, "value": 0.522} and got["margin"] == pytest.approx(0.078)
+    assert got["edge"] == "largest"
+    assert k_choice(scores, "silhouette", 4, n_images=5)["edge"] is None  # 4 = n - 1: no larger K exists
+    assert k_choice(scores[1:], "silhouette", 3)["edge"] == "smallest"  # --k 3:4 chose 3: K = 2 was not tried
+    assert k_choice(scores, "silhouette", 3)["edge"] is None  # inside the range
+    low = k_choice([entry(3, 0.5, 10.0, 1.0), entry(4, 0.4, 9.0, 1.1)], "calinski", 3)
+    assert low["edge"] == "smallest" and low["runner_up"] == {"k": 4, "value": 9.0} and low["margin"] == 1.0
+    davies = k_choice(scores, "davies", 4)
+    assert davies["runner_up"] == {"k": 3, "value": 0.8} and davies["margin"] == pytest.approx(0.1)
+    assert k_choice(scores[:1], "silhouette", 2) == {"by_metric": {"silhouette": 2, "calinski": 2, "davies": 2},
+                                                     "runner_up": None, "margin": None, "edge": None}
+
+
+def test_page_says_how_sure_the_k_choice_is(built):
+    _, index = built
+    text = " ".join(index.read_text(encoding="utf-8").split())
+    # the fake run: K = 3 at 0.62, K = 2 at 0.45; Calinski-Harabasz and Davies-Bouldin best at 3 too
+    assert "K = 3 has the best mean silhouette (0.620); the runner-up is K = 2 (0.450, 0.170 lower)." in text
+    assert "mean silhouette, Calinski–Harabasz, Davies–Bouldin all pick K = 3." in text
+    assert "largest K searched" not in text
+
+
+def test_misfits_are_listed_worst_first_with_links(tmp_path):
+    """Members with a negative silhouette (the likeliest misassignments) get their own list under
+    their cluster, worst first and capped, each path a link to the image."""
+    from types import SimpleNamespace
+
+    from engine.report.builder import _href, _misfits
+
+    data = SimpleNamespace(silhouettes=np.array([0.5, -0.2, np.nan, -0.05, 0.1, -0.4], dtype=np.float32),
+                           paths=[f"img {i}#.jpg" for i in range(6)])
+    members = np.array([5, 3, 1, 0, 2])  # cluster order (nearest first)
+    assert _misfits(data, members) == [("img 5#.jpg", pytest.approx(-0.4)), ("img 1#.jpg", pytest.approx(-0.2)),
+                                       ("img 3#.jpg", pytest.approx(-0.05))]
+    report = tmp_path / "run" / "report"
+    assert _href("img 5#.jpg", str(tmp_path / "photos"), report) == "../../photos/img%205%23.jpg"
+    entry = html_module.ClusterEntry(cid=0, size=5, mean_silhouette=0.1, color="#000000", csv_file="clusters/c0.csv",
+                                     montage_file=None, montage_size=None, n_negative=3,
+                                     misfits=_misfits(data, members), links={"img 5#.jpg": "x/img%205%23.jpg"})
+    section = html_module._cluster(entry, 5)
+    assert "3 members with a negative silhouette" in section
+    assert section.index("img 5#.jpg") < section.index("img 1#.jpg") < section.index("img 3#.jpg")
+    assert '<a href="x/img%205%23.jpg"><code>img 5#.jpg</code></a>' in section

@@ -15,6 +15,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 import numpy as np
 from matplotlib.colors import to_hex
@@ -170,6 +171,7 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
     try:
         wanted = [data.paths[i] for _, near, far in picks for i in (*near.tolist(), *far.tolist())]
         base = outputs.run_base(run_dir, data.summary, wanted)  # the run folder's new place if the project moved
+        data.base = base  # the page says where the images were found
         thumbs = montage.submit_thumbnails(pool, wanted, base=base)
 
         plot_entries, notes = _plots(data, w)
@@ -186,7 +188,10 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
                       for i, img in zip(near.tolist(), near_imgs, strict=True)],
                 far=[(data.paths[i], float(data.distances[i]), img is not None)
                      for i, img in zip(far.tolist(), far_imgs, strict=True)],
-                n_negative=_count_negative(data.silhouettes[ordered]))
+                n_negative=_count_negative(data.silhouettes[ordered]),
+                misfits=_misfits(data, ordered))
+            shown = [p for p, _, _ in (*entry.near, *entry.far)] + [p for p, _ in entry.misfits]
+            entry.links = {p: _href(p, base, root) for p in shown}
             if near.size or far.size:
                 image = montage.render_montage(
                     near_imgs, far_imgs,
@@ -206,6 +211,26 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
     w.remove_stale()  # before index.html: the new page never points at a removed file, the old one briefly might
     w.bytes(INDEX, page.encode("utf-8"))
     return root / INDEX
+
+
+def _misfits(data: RunData, members: np.ndarray) -> list[tuple[str, float]]:
+    """[(path text, silhouette)] of the members with a negative silhouette, worst first, at most
+    html.MISFITS_SHOWN."""
+    values = data.silhouettes[members]
+    negative = np.flatnonzero(values < 0)  # NaN (not sampled) compares False
+    worst = negative[np.argsort(values[negative], kind="stable")][: html.MISFITS_SHOWN]
+    return [(data.paths[int(members[i])], float(values[i])) for i in worst.tolist()]
+
+
+def _href(text: str, base: str | None, report_dir: Path) -> str:
+    """A link from report/index.html to the image a path text names: relative, so it survives the
+    project being moved whole; URL-quoted (spaces, '#', '?', names that are not UTF-8)."""
+    target = os.path.abspath(outputs.file_for_text(text, base))
+    try:
+        rel = os.path.relpath(target, os.path.abspath(report_dir)).replace(os.sep, "/")
+    except ValueError:  # another drive (Windows): no relative path
+        return Path(target).as_uri()
+    return quote(os.fsencode(rel))
 
 
 def _count_negative(silhouettes: np.ndarray) -> int | None:

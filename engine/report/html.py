@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from html import escape
 
 from ..skip_reasons import count_reasons
+from .kchoice import k_choice
 from .rundata import RunData
 
 CSS = """
@@ -69,6 +70,12 @@ class ClusterEntry:
     near: list[tuple[str, float, bool]] = field(default_factory=list)
     far: list[tuple[str, float, bool]] = field(default_factory=list)
     n_negative: int | None = None  # members with a negative silhouette (closer to another cluster); None: unknown
+    # [(path text, silhouette)] of members with a negative silhouette, worst first (at most MISFITS_SHOWN)
+    misfits: list[tuple[str, float]] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)  # path text -> href to the image, relative to report/
+
+
+MISFITS_SHOWN = 50  # per cluster, on the page; the cluster's CSV has every member's silhouette
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -127,12 +134,25 @@ def _summary(data: RunData) -> str:
     ]
     cwd = s.get("cwd")
     if cwd and any(not _is_absolute(p) for p in data.paths[:1000]):
-        rows.append(("image paths relative to", f"<code>{escape(str(cwd))}</code> (the folder the run started in; "
-                                                "paths on this page and in the CSVs are as given to the run)"))
+        found = f"<code>{escape(str(cwd))}</code> (the folder the run started in; "
+        if data.base is not None and data.base != cwd:  # the project moved: where they were found instead
+            found = (f"<code>{escape(str(data.base))}</code> (the run started in <code>{escape(str(cwd))}</code>; "
+                     "the project has moved since, and its images were found here; ")
+        rows.append(("image paths relative to", found + "paths on this page and in the CSVs are as given to the "
+                                                        "run; the links on this page open the images)"))
+    files = [(name, name) for name in ("predictions.csv", "summary.json")]
+    if data.has_skipped_csv:
+        files.append(("skipped.csv", "skipped.csv"))
+    if data.has_duplicates_csv:
+        files.append(("duplicates.csv", "duplicates.csv"))
+    rows.append(("the run's files", " · ".join(f'<a href="../{escape(f)}">{escape(label)}</a>' for f, label in files)
+                 + " (in the run folder, beside report/)"))
     copies = s.get("n_copies")
     if copies:
-        rows.append(("byte-identical copies", escape(f"{int(copies):,} image(s) are copies of others "
-                                                     "(../duplicates.csv lists them); each is clustered with its original")))
+        link = '<a href="../duplicates.csv">duplicates.csv</a>' if data.has_duplicates_csv else "duplicates.csv"
+        rows.append(("byte-identical copies", escape(f"{int(copies):,} image(s) have the same bytes as another ")
+                     + f"({link} lists the pairs; which is the original, the bytes cannot tell); "
+                       "each is clustered with the other"))
     left_out = s.get("left_out") or {}
     if any(left_out.values()):
         from ..hidden_entries import LeftOut
@@ -196,6 +216,48 @@ def _scores_table(data: RunData) -> str:
     return "".join(out)
 
 
+_METRIC_LABELS = {"silhouette": "mean silhouette", "calinski": "Calinski–Harabasz", "davies": "Davies–Bouldin"}
+
+
+def _k_choice(data: RunData) -> str:
+    """Why this K, and how sure: the runner-up and its margin, what each metric would pick, and a
+    K at the edge of the range searched ('' for a single K)."""
+    s = data.summary
+    scores = s.get("scores") or []
+    if len(scores) < 2:
+        return ""
+    select = str(s.get("select", "silhouette"))
+    choice = s.get("k_choice")
+    if not isinstance(choice, dict):  # a summary written before k_choice existed
+        choice = k_choice(scores, select, data.k, int(s.get("n_images", data.n)))
+    label = _METRIC_LABELS.get(select, select)
+    lines = []
+    runner, margin = choice.get("runner_up"), choice.get("margin")
+    chosen = (data.score_for(data.k) or {}).get({"calinski": "calinski_harabasz", "davies": "davies_bouldin"}
+                                                 .get(select, "silhouette"))
+    if isinstance(runner, dict) and margin is not None:
+        worse = "higher" if select == "davies" else "lower"
+        lines.append(f"K = {data.k} has the best {escape(label)} ({fmt(chosen)}); the runner-up is K = "
+                     f"{int(runner['k'])} ({fmt(runner.get('value'))}, {fmt(margin)} {worse}).")
+    picks = {name: k for name, k in (choice.get("by_metric") or {}).items() if k is not None}
+    if len(set(picks.values())) == 1 and len(picks) > 1:
+        lines.append(f"{', '.join(escape(_METRIC_LABELS.get(n, n)) for n in picks)} all pick K = {next(iter(picks.values()))}.")
+    elif picks:
+        lines.append("The metrics disagree: " + ", ".join(f"{escape(_METRIC_LABELS.get(n, n))} picks K = {k}"
+                                                          for n, k in picks.items())
+                     + " (several groupings fit about as well; the silhouette plots below show how).")
+    ks = sorted(int(e["k"]) for e in scores)
+    run = escape(str(data.run_dir))
+    if choice.get("edge") == "largest":
+        lines.append(f'<span class="mark">K = {data.k} is the largest K searched</span>: a larger one may score '
+                     f"better. <code>imgcluster cluster {run} --k {ks[0]}:{2 * data.k}</code> searches a wider "
+                     "range from the feature cache, decoding no image.")
+    elif choice.get("edge") == "smallest":
+        lines.append(f'<span class="mark">K = {data.k} is the smallest K searched</span>: smaller ones were not '
+                     f"tried (<code>imgcluster cluster {run} --k 2:{ks[-1]}</code> tries them).")
+    return '<div class="note">' + "<br>".join(lines) + "</div>" if lines else ""
+
+
 def _timings_and_backends(data: RunData) -> str:
     timings = data.summary.get("timings") or {}
     rows = "".join(
@@ -222,10 +284,30 @@ def _plots(plots: list[PlotEntry], notes: list[str]) -> str:
     return "".join(parts)
 
 
-def _path_list(items: list[tuple[str, float, bool]]) -> str:
-    lis = "".join(f'<li><code>{escape(path)}</code> <span>d={fmt(dist)}</span>'
+def _path(path: str, links: dict[str, str]) -> str:
+    """A path as shown: a link to the image where the builder found where it is."""
+    href = links.get(path)
+    code = f"<code>{escape(path)}</code>"
+    return f'<a href="{escape(href)}">{code}</a>' if href else code
+
+
+def _path_list(items: list[tuple[str, float, bool]], links: dict[str, str]) -> str:
+    lis = "".join(f'<li>{_path(path, links)} <span>d={fmt(dist)}</span>'
                   f'{"" if ok else " <span class=bad>(unreadable)</span>"}</li>' for path, dist, ok in items)
     return f'<ol class="paths">{lis}</ol>'
+
+
+def _misfits(c: ClusterEntry) -> str:
+    """The members with a negative silhouette, worst first ('' when none is known)."""
+    if not c.misfits or not c.n_negative:
+        return ""
+    more = c.n_negative - len(c.misfits)
+    lis = "".join(f"<li>{_path(path, c.links)} <span>silhouette {fmt(value)}</span></li>" for path, value in c.misfits)
+    return (f"<details><summary class=bad>{c.n_negative:,} member{'s' if c.n_negative != 1 else ''} with a negative "
+            f"silhouette (closer, on average, to another cluster: the likeliest misassignments), worst first"
+            f"</summary><ol class=\"paths\">{lis}</ol>"
+            + (f"<p>… and {more:,} more in {escape(c.csv_file)} (its silhouette column).</p>" if more > 0 else "")
+            + "</details>")
 
 
 def _cluster(c: ClusterEntry, n_total: int) -> str:
@@ -240,11 +322,13 @@ def _cluster(c: ClusterEntry, n_total: int) -> str:
         parts.append(f'<figure><img src="{escape(c.montage_file)}" width="{w}" height="{h}" '
                      f'alt="montage of cluster {c.cid}"><figcaption>The {len(c.near)} members nearest the '
                      f"centre, nearest first" + (f"; under the red label, the {len(c.far)} farthest from it "
-                                                 "(likely outliers), farthest first" if c.far else "")
+                                                 "(where outliers would be, if it has any), farthest first"
+                                                 if c.far else "")
                      + ".</figcaption></figure>")
-        parts.append(f"<details><summary>Paths of the images shown</summary>{_path_list(c.near)}"
-                     + (f"<p class=mark>farthest from centre</p>{_path_list(c.far)}" if c.far else "")
+        parts.append(f"<details><summary>Paths of the images shown</summary>{_path_list(c.near, c.links)}"
+                     + (f"<p class=mark>farthest from centre</p>{_path_list(c.far, c.links)}" if c.far else "")
                      + "</details>")
+    parts.append(_misfits(c))
     parts.append("</section>")
     return "".join(parts)
 
@@ -285,6 +369,7 @@ def render_page(data: RunData, plots: list[PlotEntry], clusters: list[ClusterEnt
 <h2 id="scores">Scores per K</h2>
 <p>The chosen K ({data.k}) is highlighted. Silhouette and Calinski–Harabasz: higher is better;
 Davies–Bouldin and fraction negative: lower is better; balance = smallest / largest cluster.</p>
+{_k_choice(data)}
 {_scores_table(data)}
 <h2 id="timings">Timings and backends</h2>{_timings_and_backends(data)}
 <h2 id="plots">Plots</h2>{_plots(plots, notes)}

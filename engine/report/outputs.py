@@ -401,8 +401,9 @@ def write_predictions(out_dir, paths, labels) -> Path:
 
 def write_duplicates(out_dir, paths, copies) -> Path:
     """copies: [(position, position of its first copy)] in `paths` (engine.duplicates); written as
-    path,copy_of rows (a header alone when there are none)."""
-    return write_csv(Path(out_dir) / DUPLICATES, ["path", "copy_of"],
+    path,same_bytes_as rows (a header alone when there are none). Not "copy_of": the first in input
+    order need not be the original."""
+    return write_csv(Path(out_dir) / DUPLICATES, ["path", "same_bytes_as"],
                      ((path_to_text(paths[i]), path_to_text(paths[j])) for i, j in copies))
 
 

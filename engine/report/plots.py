@@ -160,7 +160,9 @@ def metrics_vs_k(scores: Sequence[dict], chosen_k: int) -> Figure:
         _mark_chosen(ax, ks, values, chosen_k, label=False)
         _k_axis(ax, ks)
         ax.set_title(title, fontsize=11)
-        ax.label_outer(remove_inner_ticks=False)  # shared x: the K label and numbers once, under the bottom row
+    for ax in axes[0]:  # shared x: the K label and numbers once, under the bottom row (not label_outer:
+        ax.tick_params(labelbottom=False)  # the y axes are not shared, so each panel keeps its numbers)
+        ax.set_xlabel("")
     fig.suptitle(f"Cluster quality metrics vs K (chosen K = {chosen_k}, red)", fontsize=13)
     return fig
 

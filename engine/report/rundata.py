@@ -37,6 +37,9 @@ class RunData:
     cluster_silhouettes: (K,) float64 mean silhouette per cluster id (NaN when unknown)
     has_skipped_csv:    whether run_dir/skipped.csv exists (the page links to it only then)
     skipped:            [(path, reason)] rows of skipped.csv ([] when absent or unreadable)
+    has_duplicates_csv: whether run_dir/duplicates.csv exists
+    base:               the folder the relative paths are relative to now (summary.json's cwd, or
+                        where a moved project put them: outputs.run_base)
     """
 
     run_dir: Path
@@ -51,6 +54,8 @@ class RunData:
     cluster_silhouettes: np.ndarray
     has_skipped_csv: bool
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    has_duplicates_csv: bool = False
+    base: str | None = None  # the folder relative paths were found in (outputs.run_base); None: unknown
 
     @property
     def n(self) -> int:
@@ -202,4 +207,6 @@ def load_run(run_dir) -> RunData:
     return RunData(run_dir=run_dir, summary=summary, analysis=analysis, paths=paths, labels=labels, k=k,
                    distances=distances, silhouettes=silhouettes, cluster_sizes=counted,
                    cluster_silhouettes=cluster_sils, has_skipped_csv=(run_dir / outputs.SKIPPED).is_file(),
-                   skipped=_read_skipped(run_dir / outputs.SKIPPED))
+                   skipped=_read_skipped(run_dir / outputs.SKIPPED),
+                   has_duplicates_csv=(run_dir / outputs.DUPLICATES).is_file(),
+                   base=outputs.run_base(run_dir, summary, paths[:1000]))
