@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPU check, for a CUDA machine: the GPU tests, the all-K silhouette at 1M points, a profile of the
-# nvJPEG loader's pieces (with extract rows of its knobs and of nvImageCodec under the model), then
-# `imgcluster bench`: eager with the seed-like run, --compile, and (when nvImageCodec is usable)
-# both again with --decoder nvimgcodec; ends with a short table. Opt-in steps: TUNE=1 (the Triton
+# GPU check, for a CUDA machine: the GPU tests, the all-K silhouette at 1M points, `imgcluster
+# bench`: eager with the seed-like run, --compile, and (when nvImageCodec is usable) both again with
+# --decoder nvimgcodec, then (last, so a short budget cuts the diagnosis, not the targets) a profile
+# of the nvJPEG loader's pieces with extract rows of its knobs and of nvImageCodec under the model;
+# ends with a short table. Opt-in steps: TUNE=1 (the Triton
 # kernels' table at 200k points; #4 is done, run 3 has it), KSEARCH=1 (batched K search against one
 # K at a time), GRAPHS=1 (eager with --cuda-graphs; run 3: no faster).
 # Each step has its own time limit, so one that hangs or fails still leaves the others' figures.
@@ -11,11 +12,11 @@
 # 388 s (run 3, every step, BUDGET=480), 352 s (run 4, silhouette steps shrunk).
 # Usage (repo root):  bash benchmarks/gpu_check.sh        figures also go to $OUT (default /tmp/gpu_check)
 #   from the device tool (its $OUT returns at most 8 files, this writes ~11: keep them in one tarball):
-#     mkdir -p /tmp/gc; COMMIT=<git rev-parse --short HEAD here> BUDGET=480 OUT=/tmp/gc \
+#     mkdir -p /tmp/gc; COMMIT=<git rev-parse --short HEAD here> BUDGET=540 OUT=/tmp/gc \
 #       bash benchmarks/gpu_check.sh 2>&1 | tee /tmp/gc/log.txt; tar czf $OUT/gc.tgz -C /tmp gc
 #   with timeout_s about BUDGET + 25, and carry [".whl"] for the nvImageCodec steps. The device
-#   session has 15 minutes in all, start-up included (~30-60 s): 480 leaves time for one short
-#   follow-up call.
+#   session has 15 minutes in all, start-up included (~30-60 s): 540 leaves a few minutes for one
+#   short follow-up call.
 # Needs: torch + torchvision with CUDA, triton, scikit-learn, pillow, typer, rich, matplotlib.
 # DALI and cuML are optional (their tests skip when they are not installed). nvImageCodec too: the
 # device image lacks it, so its wheels travel with the tree (carry ".whl", 29 MB; see .whl below)
@@ -93,13 +94,6 @@ run_step 90 "$PY" benchmarks/bench_silhouette.py --n "$SIL_N" --k-max 30 --devic
   --sklearn no --repeat 1 2>&1 | tee "$OUT/silhouette.txt" | tail -8
 stamp
 
-echo "== nvJPEG loader, piece by piece (decode was the bottleneck in the first runs)"
-# with the A/B rows of the loader's knobs (decode look-ahead, stream priority, resize overlap) under the model
-run_step 130 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" --model "$MODEL" --extract-n "$BENCH_N" \
-  --rounds "${ROUNDS:-3}" 2>&1 \
-  | tee "$OUT/nvjpeg_profile.txt" | tail -22
-stamp
-
 if [ "${KSEARCH:-0}" = 1 ]; then  # opt-in since the --cuda-graphs bench joined: the budget is for the targets
 echo "== K search at the bench's size: every K in one batch (kmeans_all_k) vs one K at a time, same GPU"
 run_step 45 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_pairs.py -k "kmeans_search and $DEVICE" -s \
@@ -136,6 +130,13 @@ stamp
 else
 echo "(nvimgcodec benches skipped: doctor did not find nvImageCodec usable; see doctor.txt)"
 fi
+
+echo "== nvJPEG loader, piece by piece (decode was the bottleneck in the first runs; last: the benches above are the targets)"
+# with the A/B rows of the loader's knobs (decode look-ahead, stream priority, resize overlap) under the model
+run_step 130 "$PY" benchmarks/profile_nvjpeg.py --n 2048 --device "$DEVICE" --model "$MODEL" --extract-n "$BENCH_N" \
+  --rounds "${ROUNDS:-3}" 2>&1 \
+  | tee "$OUT/nvjpeg_profile.txt" | tail -22
+stamp
 
 echo "== summary"
 "$PY" - "$OUT" <<'PY'

@@ -190,8 +190,8 @@ def _ieee_matmul(device: torch.device):
         return
     with _ieee_lock:
         if _ieee_users == 0:
-            _ieee_saved = torch.get_float32_matmul_precision()
-            torch.set_float32_matmul_precision("highest")
+            _ieee_saved = _matmul_setting()
+            _set_matmul(_ieee_saved[0], "ieee")
         _ieee_users += 1
     try:
         yield
@@ -199,7 +199,26 @@ def _ieee_matmul(device: torch.device):
         with _ieee_lock:
             _ieee_users -= 1
             if _ieee_users == 0:
-                torch.set_float32_matmul_precision(_ieee_saved)
+                _set_matmul(*_ieee_saved)
+
+
+def _matmul_setting() -> tuple[str, str]:
+    """(API, value) of CUDA's fp32 matmul precision as the program set it: torch's global setting
+    ("legacy", e.g. "high"), or, where the program used the per-backend setting of torch >= 2.9
+    (torch.backends.cuda.matmul.fp32_precision), that one: torch raises on reading the global one
+    once both were used."""
+    try:
+        return "legacy", torch.get_float32_matmul_precision()
+    except RuntimeError:
+        return "backend", torch.backends.cuda.matmul.fp32_precision
+
+
+def _set_matmul(api: str, value: str) -> None:
+    """Set the precision through the API the program uses; "ieee" means full fp32 in both."""
+    if api == "legacy":
+        torch.set_float32_matmul_precision("highest" if value == "ieee" else value)
+    else:
+        torch.backends.cuda.matmul.fp32_precision = value
 
 
 def _work_dtype(device: torch.device) -> torch.dtype:

@@ -672,25 +672,49 @@ def test_nvjpeg_cuda_overlapped_decode_gives_the_same_pixels(images, monkeypatch
 
 @pytest.mark.gpu
 @needs_cuda
-def test_nvimgcodec_cuda_matches_pil(images, resnet18):
+def test_nvimgcodec_cuda_matches_pil(images, resnet18, monkeypatch):
     """--decoder nvimgcodec on the GPU: nvImageCodec's GPU decoders (hardware, CUDA, hybrid)."""
     _nvimgcodec_or_skip()
     from engine import device as dev
+    import engine.loaders.nvimgcodec as nvimgcodec
+    import engine.loaders.nvjpeg as nvjpeg
     from engine.loaders.nvimgcodec import NvImageCodecLoader
 
     if not dev.capabilities()["nvimgcodec"].available:
         pytest.skip(dev.capabilities()["nvimgcodec"].reason)
+    # good JPEGs must be nvImageCodec's, not quietly PIL's (a decoded image of another shape, say
+    # (H, W, 3), would send every one there and the pixels would still match)
+    sent = []
+    real_send = nvjpeg.send_to_pil
+
+    def counting_send(k, probe, *args, **kwargs):
+        sent.append(probe.width)
+        return real_send(k, probe, *args, **kwargs)
+
+    monkeypatch.setattr(nvjpeg, "send_to_pil", counting_send)
+    monkeypatch.setattr(nvimgcodec, "send_to_pil", counting_send)
     loader = NvImageCodecLoader("cuda", num_threads=2)
     _check_gpu_loader(loader, images, resnet18, reject_prefix="decode failed (nvimgcodec)")
+    assert len(sent) <= 1, sent  # at most the corrupt JPEG (badhuff) goes to PIL
     # a second pass through the same loader (its decoder reused), and a loader decoding on its
-    # own stream, 2 batches ahead (own_stream, decode_ahead): the same pixels
-    paths = [images["land1"], images["odd"], images["portrait"]] * 4
+    # own stream, 2 batches ahead (own_stream, decode_ahead), each resize held back on the GPU (a
+    # spin kernel queued first) so that decoded images released too early would be overwritten
+    # by the next decode: the same pixels
+    resize = nvjpeg.batched_resize_crop
+
+    def late_resize(batch, *args, **kwargs):
+        torch.cuda._sleep(20_000_000)  # ~10 ms of GPU cycles before the resize reads the images
+        return resize(batch, *args, **kwargs)
+
+    paths = [images["land1"], images["odd"], images["portrait"]] * 6
+    sent.clear()
     first = torch.cat([b.images for b in loader.batches(paths, 2)])
+    monkeypatch.setattr(nvjpeg, "batched_resize_crop", late_resize)
     second = torch.cat([b.images for b in loader.batches(paths, 2)])
     apart = NvImageCodecLoader("cuda", num_threads=2, own_stream=True, decode_ahead=2)
     third = torch.cat([b.images for b in apart.batches(paths, 2)])
     torch.cuda.synchronize()
-    assert torch.equal(first, second) and torch.equal(first, third)
+    assert sent == [] and torch.equal(first, second) and torch.equal(first, third)
 
 
 @pytest.mark.gpu

@@ -556,3 +556,17 @@ def test_ieee_matmul_blocks_that_overlap_restore_the_programs_setting():
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_ieee_matmul_under_the_per_backend_precision_api():
+    """A program that set torch >= 2.9's per-backend precision (torch.backends.cuda.matmul.
+    fp32_precision) made torch.get_float32_matmul_precision() raise, so every CUDA silhouette
+    failed; its setting is switched to "ieee" and back through the same API. In a subprocess:
+    the mixed setting stays for the rest of a process."""
+    code = ("import torch\nfrom engine.silhouette import _ieee_matmul\n"
+            "torch.backends.cuda.matmul.fp32_precision = 'tf32'\n"
+            "with _ieee_matmul(torch.device('cuda')):\n    inside = torch.backends.cuda.matmul.fp32_precision\n"
+            "print(inside, torch.backends.cuda.matmul.fp32_precision)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.split() == ["ieee", "tf32"]
