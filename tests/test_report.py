@@ -223,11 +223,17 @@ def test_scatter_subsample_keeps_small_clusters_and_is_seeded():
 
 # --- montages ----------------------------------------------------------------------------------------
 
-def test_select_members_nearest_first_then_farthest():
+def test_select_members_spread_from_the_centre_then_farthest():
+    """Not only the nearest: a cluster mixing kinds of image showed its most typical kind alone
+    (40 stripes shown, 12 grayscale checkerboards in it nowhere). The nearest, then even steps of
+    distance rank to the farthest member outside the strip."""
     d = np.array([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 1.0])
     near, far = montage.select_members(d, max_montage=6, n_outliers=2)
-    assert d[near].tolist() == [0.1, 0.2, 0.3, 0.4]
+    assert d[near].tolist() == [0.1, 0.3, 0.6, 0.8]  # ranks 0, 2, 5, 7 of the 8 outside the strip
     assert d[far].tolist() == [1.0, 0.9]
+    mixed = np.r_[np.linspace(0.1, 0.2, 40), np.linspace(0.5, 0.6, 12)]  # 40 of one kind, 12 of another
+    near, _ = montage.select_members(mixed, max_montage=13, n_outliers=0)
+    assert (mixed[near] >= 0.5).sum() == 3  # the second kind in proportion (12/52 of 13), not absent
     near, far = montage.select_members(d[:4], max_montage=6, n_outliers=2)  # fits the grid: no outlier strip
     assert d[near].tolist() == sorted(d[:4].tolist()) and far.size == 0
     near, far = montage.select_members(d[:5], max_montage=6, n_outliers=2)  # one more: it goes in the strip
@@ -644,3 +650,12 @@ def test_misfits_are_listed_worst_first_with_links(tmp_path):
     assert "3 members with a negative silhouette" in section
     assert section.index("img 5#.jpg") < section.index("img 1#.jpg") < section.index("img 3#.jpg")
     assert '<a href="x/img%205%23.jpg"><code>img 5#.jpg</code></a>' in section
+
+
+def test_listed_paths_carry_their_distance_rank():
+    """A spread montage shows ranks #1, #5, ...: its path list is numbered the same (the CSV's rows)."""
+    items = [("a.jpg", 0.1, True), ("b.jpg", 0.5, False)]
+    listed = html_module._path_list(items, {"a.jpg": "../a.jpg"}, [0, 4])
+    assert '<li value="1"><a href="../a.jpg"><code>a.jpg</code></a>' in listed
+    assert '<li value="5"><code>b.jpg</code>' in listed and "(unreadable)" in listed
+    assert '<li><code>b.jpg</code>' in html_module._path_list(items[1:], {})  # no ranks: plain numbering

@@ -166,10 +166,12 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
     for idx in members:
         order = montage.order_by_distance(data.distances[idx])
         near, far = montage.select_members(data.distances[idx], max_montage, n_outliers, order=order)
-        picks.append((idx[order], idx[near], idx[far]))
+        rank = np.empty(order.size, dtype=np.int64)
+        rank[order] = np.arange(order.size)  # distance rank: row in the cluster's CSV
+        picks.append((idx[order], idx[near], idx[far], rank[near]))
     pool = ThreadPoolExecutor(max_workers=num_threads or default_threads(), thread_name_prefix="report-thumb")
     try:
-        wanted = [data.paths[i] for _, near, far in picks for i in (*near.tolist(), *far.tolist())]
+        wanted = [data.paths[i] for _, near, far, _ in picks for i in (*near.tolist(), *far.tolist())]
         base = outputs.run_base(run_dir, data.summary, wanted)  # the run folder's new place if the project moved
         data.base = base  # the page says where the images were found
         thumbs = montage.submit_thumbnails(pool, wanted, base=base)
@@ -177,7 +179,7 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
         plot_entries, notes = _plots(data, w)
         colors = plots.cluster_colors(data.k)
         clusters = []
-        for cid, (ordered, near, far) in enumerate(picks):
+        for cid, (ordered, near, far, near_rank) in enumerate(picks):
             csv_rel = _write_cluster_csv(w, cid, data, ordered)
             near_imgs = [thumbs[data.paths[i]].result() for i in near.tolist()]
             far_imgs = [thumbs[data.paths[i]].result() for i in far.tolist()]
@@ -189,13 +191,14 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
                 far=[(data.paths[i], float(data.distances[i]), img is not None)
                      for i, img in zip(far.tolist(), far_imgs, strict=True)],
                 n_negative=_count_negative(data.silhouettes[ordered]),
-                misfits=_misfits(data, ordered))
+                misfits=_misfits(data, ordered), near_ranks=near_rank.tolist())
             shown = [p for p, _, _ in (*entry.near, *entry.far)] + [p for p, _ in entry.misfits]
             entry.links = {p: _href(p, base, root) for p in shown}
             if near.size or far.size:
                 image = montage.render_montage(
                     near_imgs, far_imgs,
-                    near_captions=[f"#{r + 1}{_dist_text(data.distances[i])}" for r, i in enumerate(near.tolist())],
+                    near_captions=[f"#{r + 1}{_dist_text(data.distances[i])}"
+                                   for r, i in zip(near_rank.tolist(), near.tolist(), strict=True)],
                     far_captions=[_dist_text(data.distances[i]).strip() for i in far.tolist()])
                 entry.montage_file = w.bytes(f"{MONTAGES_DIR}/cluster_{cid}.jpg", _jpeg(image))
                 entry.montage_size = image.size

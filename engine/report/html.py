@@ -73,6 +73,7 @@ class ClusterEntry:
     # [(path text, silhouette)] of members with a negative silhouette, worst first (at most MISFITS_SHOWN)
     misfits: list[tuple[str, float]] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)  # path text -> href to the image, relative to report/
+    near_ranks: list[int] = field(default_factory=list)  # distance rank (0 = nearest) of each `near` member
 
 
 MISFITS_SHOWN = 50  # per cluster, on the page; the cluster's CSV has every member's silhouette
@@ -291,9 +292,12 @@ def _path(path: str, links: dict[str, str]) -> str:
     return f'<a href="{escape(href)}">{code}</a>' if href else code
 
 
-def _path_list(items: list[tuple[str, float, bool]], links: dict[str, str]) -> str:
-    lis = "".join(f'<li>{_path(path, links)} <span>d={fmt(dist)}</span>'
-                  f'{"" if ok else " <span class=bad>(unreadable)</span>"}</li>' for path, dist, ok in items)
+def _path_list(items: list[tuple[str, float, bool]], links: dict[str, str], ranks: list[int] | None = None) -> str:
+    """The listed paths, numbered by distance rank when given (the montage's #r, the CSV's row)."""
+    numbers = [f' value="{r + 1}"' for r in ranks] if ranks and len(ranks) == len(items) else [""] * len(items)
+    lis = "".join(f'<li{num}>{_path(path, links)} <span>d={fmt(dist)}</span>'
+                  f'{"" if ok else " <span class=bad>(unreadable)</span>"}</li>'
+                  for num, (path, dist, ok) in zip(numbers, items))
     return f'<ol class="paths">{lis}</ol>'
 
 
@@ -320,12 +324,15 @@ def _cluster(c: ClusterEntry, n_total: int) -> str:
     if c.montage_file and c.montage_size:
         w, h = c.montage_size
         parts.append(f'<figure><img src="{escape(c.montage_file)}" width="{w}" height="{h}" '
-                     f'alt="montage of cluster {c.cid}"><figcaption>The {len(c.near)} members nearest the '
-                     f"centre, nearest first" + (f"; under the red label, the {len(c.far)} farthest from it "
-                                                 "(where outliers would be, if it has any), farthest first"
-                                                 if c.far else "")
+                     f'alt="montage of cluster {c.cid}"><figcaption>'
+                     + (f"All {c.size:,} of its members, nearest to the centre first" if len(c.near) + len(c.far) >= c.size
+                        else f"{len(c.near)} of its {c.size:,} members, from the nearest to the centre outwards at "
+                             "even steps, so each kind of image it holds shows in proportion (#r: the r-th "
+                             "nearest, its row in the CSV)")
+                     + (f"; under the red label, the {len(c.far)} farthest from the centre "
+                        "(where outliers would be, if it has any), farthest first" if c.far else "")
                      + ".</figcaption></figure>")
-        parts.append(f"<details><summary>Paths of the images shown</summary>{_path_list(c.near, c.links)}"
+        parts.append(f"<details><summary>Paths of the images shown</summary>{_path_list(c.near, c.links, c.near_ranks)}"
                      + (f"<p class=mark>farthest from centre</p>{_path_list(c.far, c.links)}" if c.far else "")
                      + "</details>")
     parts.append(_misfits(c))

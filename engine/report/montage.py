@@ -1,8 +1,10 @@
 """Cluster montages: pick which members to show, decode only those, and draw the thumbnail grid.
 
-A montage shows up to `max_montage` images of one cluster: the members nearest the centroid first
-(row by row), then, under a red "farthest from centre" label, a strip of the `n_outliers` members
-farthest from it (farthest first, red borders) - the likely outliers. Thumbnails are decoded on the
+A montage shows up to `max_montage` images of one cluster: the member nearest the centroid, then
+members at even steps of distance rank out to the edge of the cluster (row by row; all of them when
+they fit), so a cluster that mixes kinds of image shows each kind in proportion, not only its most
+typical images; then, under a red "farthest from centre" label, a strip of the `n_outliers` members
+farthest from it (farthest first, red borders), where its outliers are if it has any. Thumbnails are decoded on the
 CPU in a thread pool (PIL releases the GIL while decoding), JPEGs at reduced size through
 libjpeg's DCT scaling (Image.draft). A file that cannot be decoded becomes a grey placeholder tile.
 """
@@ -31,7 +33,7 @@ BACKGROUND = (255, 255, 255)
 TILE_BACKGROUND = (238, 238, 238)
 PLACEHOLDER = (150, 150, 150)
 OUTLIER_RED = (214, 39, 40)
-OUTLIER_LABEL = "farthest from centre (likely outliers)"
+OUTLIER_LABEL = "farthest from centre"
 
 
 def check_limits(max_montage: int, n_outliers: int) -> None:
@@ -52,10 +54,12 @@ def select_members(distances: np.ndarray, max_montage: int = 36, n_outliers: int
     """Which members of one cluster a montage shows.
 
     distances: (m,) float distance of each member to the centroid (NaN = unknown).
-    Returns (nearest, farthest), int64 positions into `distances`: `nearest` are the
-    min(m, max_montage - n_outliers) closest, closest first; `farthest` are the next up-to-n_outliers
-    members with the largest known distances, farthest first, never repeating one of `nearest`
-    (a cluster of at most max_montage - n_outliers members has no outlier strip).
+    Returns (spread, farthest), int64 positions into `distances`: `spread` are
+    min(m, max_montage - n_outliers) members in distance order, nearest first: every member outside
+    the strip when they fit, else the nearest one and then even steps of distance rank out to the
+    farthest member outside the strip; `farthest` are the up-to-n_outliers members with the largest
+    known distances, farthest first, never repeating one of `spread` (a cluster of at most
+    max_montage - n_outliers members has no outlier strip).
     """
     check_limits(max_montage, n_outliers)
     distances = np.asarray(distances, dtype=np.float64)
@@ -64,9 +68,14 @@ def select_members(distances: np.ndarray, max_montage: int = 36, n_outliers: int
     n_near = min(m, max_montage - n_outliers)
     n_known = int(np.isfinite(distances).sum())  # unknown distances cannot be called outliers
     n_far = max(0, min(n_outliers, n_known - n_near))
-    nearest = order[:n_near].astype(np.int64)
+    known = order[:n_known - n_far]  # known distances outside the strip, nearest first
+    if known.size >= n_near:  # even steps of rank over them (all of them when they fit)
+        spread = known[np.round(np.linspace(0, known.size - 1, n_near)).astype(np.int64)] if n_near else known[:0]
+    else:  # too few known: all of them, then members whose distance is unknown
+        spread = np.concatenate([known, order[n_known:n_known + n_near - known.size]])
+    spread = spread.astype(np.int64)
     farthest = order[n_known - n_far:n_known][::-1].astype(np.int64)
-    return nearest, farthest
+    return spread, farthest
 
 
 def _fit(img: Image.Image, tile: int) -> Image.Image:
