@@ -90,6 +90,8 @@ class RunResult:
     backbone: the loaded Backbone, or a BackboneInfo record when re-clustering cached features
     copies:   [(i, j)]: paths[i] is a byte-identical copy of paths[j], j < i (engine.duplicates);
               None when not checked (more than engine.duplicates.CHECK_LIMIT images)
+    ignored:  {name suffix: files} the folder walks passed over as not named like images
+              (".txt", "(none)"); None when not recorded (a re-clustering of an older run)
     """
 
     config: Config
@@ -109,6 +111,7 @@ class RunResult:
     summary: dict = field(default_factory=dict)
     left_out: dict | None = None
     copies: list[tuple[int, int]] | None = field(default_factory=list)
+    ignored: dict[str, int] | None = field(default_factory=dict)
 
     @property
     def features(self) -> torch.Tensor:
@@ -295,6 +298,7 @@ def run_pipeline(inputs: Sequence[str | os.PathLike], config: Config, out_dir: s
                            search=search, pca=pca, reduced=reduced, centroids=fit.centroids, extraction=extraction,
                            skipped=skipped, backbone=backbone, backends=backends, timings=timings,
                            inputs=[os.fspath(i) for i in inputs], left_out=None if found.left_out is None else found.left_out.as_dict(),
+                           ignored=dict(found.ignored.most_common()),
                            copies=copies)
         result.summary = build_summary(result)
         if out_dir is not None:
@@ -320,6 +324,7 @@ def build_summary(result: RunResult) -> dict:
         "n_copies": None if result.copies is None else len(result.copies),
         "skipped_reasons": count_reasons(reason for _, reason in result.skipped),
         "left_out": result.left_out,
+        "ignored": result.ignored,  # files not named like images, by suffix: passed over, not opened
         "k": k,
         "select": search.select,
         "scores": search.scores_table(),

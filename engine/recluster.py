@@ -177,6 +177,7 @@ def recluster(run_dir, out_dir=None, reporter: Reporter | None = None, report: b
                            backends=Backends(device, "none (cached features)", backend), timings=timings,
                            inputs=list(summary.get("inputs") or []),
                            left_out=summary.get("left_out"),  # the original run's walk (None before it was recorded)
+                           ignored=summary.get("ignored"),
                            copies=copies)
         result.summary = build_summary(result)
         result.summary["cwd"] = run_cwd  # the paths are still relative to the original run's folder

@@ -227,3 +227,23 @@ def test_pca_1_is_said_to_keep_one_component(three_groups, runner, tmp_path):
     whole = runner.invoke(app, ["run", str(three_groups), "--out", str(tmp_path / "b"), "--model", "pixels",
                                 "--pca", "1.0", "--k", "3", "--no-report"])
     assert whole.exit_code == 0 and "keeps 1 component" not in whole.output, whole.output
+
+
+def test_files_not_named_like_images_are_recorded(three_groups, runner, tmp_path):
+    """The walk passes over notes and sidecars without opening them; that used to be said only in
+    a notice. summary.json counts them by suffix (a re-clustering keeps the count) and the
+    report says so."""
+    data = tmp_path / "data"
+    shutil.copytree(three_groups, data)
+    (data / "notes.txt").write_text("x")
+    (data / "a.xmp").write_text("x")
+    (data / "b.xmp").write_text("x")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(data), "--out", str(out), "--model", "pixels", "--k", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["ignored"] == {".xmp": 2, ".txt": 1}
+    page = " ".join((out / "report" / "index.html").read_text().split())
+    assert "3 files passed over by the folder walk: .xmp (2), .txt (1)" in page
+    again = runner.invoke(app, ["cluster", str(out), "--k", "2:4", "--out", str(tmp_path / "re"), "--no-report"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "re" / "summary.json").read_text())["ignored"] == {".xmp": 2, ".txt": 1}

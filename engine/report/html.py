@@ -154,6 +154,15 @@ def _summary(data: RunData) -> str:
         rows.append(("byte-identical copies", escape(f"{int(copies):,} image(s) have the same bytes as another ")
                      + f"({link} lists the pairs; which is the original, the bytes cannot tell); "
                        "each is clustered with the other"))
+    ignored = s.get("ignored")
+    if isinstance(ignored, dict) and ignored:
+        counts = {str(k): int(v) for k, v in ignored.items() if isinstance(v, int)}
+        n = sum(counts.values())
+        kinds = ", ".join(f"{kind} ({count:,})" for kind, count in list(counts.items())[:8])
+        rows.append(("not named like images", escape(
+            f"{n:,} file{'s' if n != 1 else ''} passed over by the folder walk: {kinds}"
+            + (", …" if len(counts) > 8 else "") + "; a file given by name or in an @list.txt is opened whatever "
+                                                   "its name")))
     left_out = s.get("left_out") or {}
     if any(left_out.values()):
         from ..hidden_entries import LeftOut
