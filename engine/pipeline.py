@@ -409,8 +409,8 @@ def find_copies(paths, out_dir, reporter: Reporter, base=None) -> list[tuple[int
     copies = identical_copies(paths, base=base)
     if copies:
         where = "duplicates.csv" if out_dir is not None else "RunResult.copies"
-        reporter.notify(f"{len(copies):,} image(s) are byte-identical copies of others (listed in {where}): "
-                        "each is clustered with its original")
+        reporter.notify(f"{len(copies):,} image(s) have the same bytes as another (listed in {where}; which is the "
+                        "original, the bytes cannot tell): each is clustered with the other")
     return copies
 
 

@@ -47,8 +47,8 @@ def test_a_run_lists_copies_and_clusters_them_with_their_original(three_groups, 
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(data), "--out", str(out), "--model", "pixels", "--k", "3", "--no-report"])
     assert result.exit_code == 0, result.output
-    assert ("2 image(s) are byte-identical copies of others (listed in duplicates.csv): each is clustered with "
-            "its original") in " ".join(result.output.split())
+    assert ("2 image(s) have the same bytes as another (listed in duplicates.csv; which is the original, the bytes "
+            "cannot tell): each is clustered with the other") in " ".join(result.output.split())
     rows = read_rows(out / "duplicates.csv")
     assert [(r["path"], r["same_bytes_as"]) for r in rows] == [(str(c), str(o)) for c, o in zip(copies, originals)]
     cluster = {r["path"]: r["cluster"] for r in read_rows(out / "predictions.csv")}

@@ -118,6 +118,10 @@ def test_html_links_only_to_files_that_exist(built):
     assert page.links, "the page has no links or images"
     for link in page.links:
         parts = urlsplit(link)
+        if parts.scheme == "file":  # an image whose path was given absolute: linked where it is
+            target = Path(unquote(parts.path))
+            assert target.is_file() and fake.image_dir.resolve() in target.resolve().parents, link
+            continue
         assert not parts.scheme and not parts.netloc, f"not a relative link: {link}"
         if not parts.path:  # in-page anchor
             assert parts.fragment in page.ids, f"anchor without target: {link}"
@@ -659,3 +663,39 @@ def test_listed_paths_carry_their_distance_rank():
     assert '<li value="1"><a href="../a.jpg"><code>a.jpg</code></a>' in listed
     assert '<li value="5"><code>b.jpg</code>' in listed and "(unreadable)" in listed
     assert '<li><code>b.jpg</code>' in html_module._path_list(items[1:], {})  # no ranks: plain numbering
+
+
+def test_k_choice_note_ties_one_metric_and_the_suggested_command(tmp_path):
+    """A tie says so (it read '0.000 lower'); with one metric known nothing 'disagrees'; each
+    metric's best K is stated, not judged; the suggested command is quoted, capped at n - 1 and
+    writes to another folder."""
+    from types import SimpleNamespace
+
+    def note(scores, k, n=100, select="silhouette"):
+        summary = {"scores": scores, "select": select, "n_images": None}
+        data = SimpleNamespace(summary=summary, k=k, n=n, run_dir=tmp_path / "my run",
+                               score_for=lambda kk: next((e for e in scores if e["k"] == kk), None))
+        return " ".join(html_module._k_choice(data).split())
+
+    tie = [{"k": 6, "silhouette": 0.8131}, {"k": 7, "silhouette": 0.8129}]
+    assert "K = 6 ties with K = 7 on mean silhouette (0.813): a tie goes to the smaller K." in note(tie, 6)
+    assert "Each metric" not in note(tie, 6) and "disagree" not in note(tie, 6)
+    mixed = [{"k": 2, "silhouette": 0.5, "calinski_harabasz": 900.0, "davies_bouldin": 0.9},
+             {"k": 6, "silhouette": 0.8, "calinski_harabasz": 700.0, "davies_bouldin": 0.5}]
+    text = note(mixed, 6, n=10)
+    assert "Each metric's best K: mean silhouette K = 6, Calinski–Harabasz K = 2, Davies–Bouldin K = 6." in text
+    quoted = f"'{tmp_path / 'my run'}'"
+    assert f"imgcluster cluster {quoted} --k 2:9 --out {quoted}-k2-9" in text.replace("&#x27;", "'")  # 2K > n - 1
+    calinski = note(mixed, 2, select="calinski")
+    assert "K = 2 has the best Calinski–Harabasz (900.0); the runner-up is K = 6 (700.0, 200.0 lower)." in calinski
+
+
+def test_sampled_silhouettes_are_counted_as_such_and_absolute_paths_link_where_they_are(tmp_path):
+    from engine.report.builder import _href
+
+    entry = html_module.ClusterEntry(cid=0, size=160, mean_silhouette=0.1, color="#000000", csv_file="c.csv",
+                                     montage_file=None, montage_size=None, n_negative=15, n_scored=37,
+                                     misfits=[("a.jpg", -0.2)])
+    assert "15 members of its 37 sampled members with a negative silhouette" in html_module._cluster(entry, 160)
+    photo = tmp_path / "photos" / "a b.jpg"
+    assert _href(str(photo), None, tmp_path / "run" / "report") == "file://" + str(photo).replace(" ", "%20")

@@ -168,10 +168,10 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
         near, far = montage.select_members(data.distances[idx], max_montage, n_outliers, order=order)
         rank = np.empty(order.size, dtype=np.int64)
         rank[order] = np.arange(order.size)  # distance rank: row in the cluster's CSV
-        picks.append((idx[order], idx[near], idx[far], rank[near]))
+        picks.append((idx[order], idx[near], idx[far], rank[near], rank[far]))
     pool = ThreadPoolExecutor(max_workers=num_threads or default_threads(), thread_name_prefix="report-thumb")
     try:
-        wanted = [data.paths[i] for _, near, far, _ in picks for i in (*near.tolist(), *far.tolist())]
+        wanted = [data.paths[i] for _, near, far, _, _ in picks for i in (*near.tolist(), *far.tolist())]
         base = outputs.run_base(run_dir, data.summary, wanted)  # the run folder's new place if the project moved
         data.base = base  # the page says where the images were found
         thumbs = montage.submit_thumbnails(pool, wanted, base=base)
@@ -179,7 +179,7 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
         plot_entries, notes = _plots(data, w)
         colors = plots.cluster_colors(data.k)
         clusters = []
-        for cid, (ordered, near, far, near_rank) in enumerate(picks):
+        for cid, (ordered, near, far, near_rank, far_rank) in enumerate(picks):
             csv_rel = _write_cluster_csv(w, cid, data, ordered)
             near_imgs = [thumbs[data.paths[i]].result() for i in near.tolist()]
             far_imgs = [thumbs[data.paths[i]].result() for i in far.tolist()]
@@ -191,7 +191,9 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
                 far=[(data.paths[i], float(data.distances[i]), img is not None)
                      for i, img in zip(far.tolist(), far_imgs, strict=True)],
                 n_negative=_count_negative(data.silhouettes[ordered]),
-                misfits=_misfits(data, ordered), near_ranks=near_rank.tolist())
+                misfits=_misfits(data, ordered), near_ranks=near_rank.tolist(), far_ranks=far_rank.tolist(),
+                n_scored=int(np.isfinite(data.silhouettes[ordered]).sum()),
+                spread=bool(np.isfinite(data.distances[ordered]).all()))
             shown = [p for p, _, _ in (*entry.near, *entry.far)] + [p for p, _ in entry.misfits]
             entry.links = {p: _href(p, base, root) for p in shown}
             if near.size or far.size:
@@ -229,10 +231,12 @@ def _href(text: str, base: str | None, report_dir: Path) -> str:
     """A link from report/index.html to the image a path text names: relative, so it survives the
     project being moved whole; URL-quoted (spaces, '#', '?', names that are not UTF-8)."""
     target = os.path.abspath(outputs.file_for_text(text, base))
+    if os.path.isabs(text):  # given absolute: it stays where it is when the results folder moves
+        return "file://" + quote(os.fsencode(Path(target).as_posix()))
     try:
         rel = os.path.relpath(target, os.path.abspath(report_dir)).replace(os.sep, "/")
     except ValueError:  # another drive (Windows): no relative path
-        return Path(target).as_uri()
+        return "file://" + quote(os.fsencode(Path(target).as_posix()))
     return quote(os.fsencode(rel))
 
 

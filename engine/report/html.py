@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from html import escape
 
@@ -74,6 +75,9 @@ class ClusterEntry:
     misfits: list[tuple[str, float]] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)  # path text -> href to the image, relative to report/
     near_ranks: list[int] = field(default_factory=list)  # distance rank (0 = nearest) of each `near` member
+    far_ranks: list[int] = field(default_factory=list)  # and of each `far` member
+    n_scored: int | None = None  # members with a silhouette value (fewer than size when it was sampled)
+    spread: bool = True  # every distance known: `near` is spread over the cluster (montage.select_members)
 
 
 MISFITS_SHOWN = 50  # per cluster, on the page; the cluster's CSV has every member's silhouette
@@ -108,7 +112,7 @@ def _summary(data: RunData) -> str:
     skipped = int(s.get("n_skipped", 0) or 0)
     skipped_html = f'<a href="#skipped">{skipped:,}</a>' if data.skipped else f"{skipped:,}"
     cards = [
-        _card("images clustered", fmt(int(s.get("n_images", data.n)))),
+        _card("images clustered", fmt(int(s.get("n_images") or data.n))),
         _card("files skipped", skipped_html),
         _card(f"chosen K (by {s.get('select', 'silhouette')})" if len(s.get("scores") or []) != 1 else
               "K (the only value searched)", str(data.k), "chosen", f' id="chosen-k" data-k="{data.k}"'),
@@ -231,40 +235,47 @@ _METRIC_LABELS = {"silhouette": "mean silhouette", "calinski": "Calinski–Harab
 
 def _k_choice(data: RunData) -> str:
     """Why this K, and how sure: the runner-up and its margin, what each metric would pick, and a
-    K at the edge of the range searched ('' for a single K)."""
+    K at the edge of the range searched ('' for a single K). Computed from the scores table
+    (check_summary validated it), not read from summary.json's k_choice, which is for scripts."""
     s = data.summary
     scores = s.get("scores") or []
     if len(scores) < 2:
         return ""
     select = str(s.get("select", "silhouette"))
-    choice = s.get("k_choice")
-    if not isinstance(choice, dict):  # a summary written before k_choice existed
-        choice = k_choice(scores, select, data.k, int(s.get("n_images", data.n)))
+    choice = k_choice(scores, select, data.k, int(s.get("n_images") or data.n))
     label = _METRIC_LABELS.get(select, select)
+    digits = 1 if select == "calinski" else 3  # as the scores table shows it
+    key = {"calinski": "calinski_harabasz", "davies": "davies_bouldin"}.get(select, "silhouette")
+    chosen = (data.score_for(data.k) or {}).get(key)
     lines = []
-    runner, margin = choice.get("runner_up"), choice.get("margin")
-    chosen = (data.score_for(data.k) or {}).get({"calinski": "calinski_harabasz", "davies": "davies_bouldin"}
-                                                 .get(select, "silhouette"))
-    if isinstance(runner, dict) and margin is not None:
-        worse = "higher" if select == "davies" else "lower"
-        lines.append(f"K = {data.k} has the best {escape(label)} ({fmt(chosen)}); the runner-up is K = "
-                     f"{int(runner['k'])} ({fmt(runner.get('value'))}, {fmt(margin)} {worse}).")
-    picks = {name: k for name, k in (choice.get("by_metric") or {}).items() if k is not None}
-    if len(set(picks.values())) == 1 and len(picks) > 1:
-        lines.append(f"{', '.join(escape(_METRIC_LABELS.get(n, n)) for n in picks)} all pick K = {next(iter(picks.values()))}.")
-    elif picks:
-        lines.append("The metrics disagree: " + ", ".join(f"{escape(_METRIC_LABELS.get(n, n))} picks K = {k}"
-                                                          for n, k in picks.items())
-                     + " (several groupings fit about as well; the silhouette plots below show how).")
+    runner, margin = choice["runner_up"], choice["margin"]
+    if runner is not None and margin is not None:
+        if fmt(margin, digits) == fmt(0.0, digits):
+            lines.append(f"K = {data.k} ties with K = {runner['k']} on {escape(label)} ({fmt(chosen, digits)}): "
+                         "a tie goes to the smaller K.")
+        else:
+            worse = "higher" if select == "davies" else "lower"
+            lines.append(f"K = {data.k} has the best {escape(label)} ({fmt(chosen, digits)}); the runner-up is "
+                         f"K = {runner['k']} ({fmt(runner['value'], digits)}, {fmt(margin, digits)} {worse}).")
+    picks = {name: k for name, k in choice["by_metric"].items() if k is not None}
+    if len(picks) >= 2:
+        if len(set(picks.values())) == 1:
+            lines.append(f"{', '.join(escape(_METRIC_LABELS[n]) for n in picks)} all pick K = "
+                         f"{next(iter(picks.values()))}.")
+        else:  # each has its own bias (Calinski-Harabasz tends to grow with K): say which, not which is right
+            lines.append("Each metric's best K: " + ", ".join(f"{escape(_METRIC_LABELS[n])} K = {k}"
+                                                            for n, k in picks.items()) + ".")
     ks = sorted(int(e["k"]) for e in scores)
-    run = escape(str(data.run_dir))
-    if choice.get("edge") == "largest":
+    run = escape(shlex.quote(str(data.run_dir.resolve())))
+    if choice["edge"] == "largest":
+        top = min(2 * data.k, int(s.get("n_images") or data.n) - 1)
         lines.append(f'<span class="mark">K = {data.k} is the largest K searched</span>: a larger one may score '
-                     f"better. <code>imgcluster cluster {run} --k {ks[0]}:{2 * data.k}</code> searches a wider "
-                     "range from the feature cache, decoding no image.")
-    elif choice.get("edge") == "smallest":
+                     f"better. <code>imgcluster cluster {run} --k {ks[0]}:{top} --out {run}-k{ks[0]}-{top}</code> "
+                     "searches a wider range from the feature cache, decoding no image.")
+    elif choice["edge"] == "smallest":
         lines.append(f'<span class="mark">K = {data.k} is the smallest K searched</span>: smaller ones were not '
-                     f"tried (<code>imgcluster cluster {run} --k 2:{ks[-1]}</code> tries them).")
+                     f"tried (<code>imgcluster cluster {run} --k 2:{ks[-1]} --out {run}-k2-{ks[-1]}</code> "
+                     "tries them).")
     return '<div class="note">' + "<br>".join(lines) + "</div>" if lines else ""
 
 
@@ -316,10 +327,12 @@ def _misfits(c: ClusterEntry) -> str:
         return ""
     more = c.n_negative - len(c.misfits)
     lis = "".join(f"<li>{_path(path, c.links)} <span>silhouette {fmt(value)}</span></li>" for path, value in c.misfits)
-    return (f"<details><summary class=bad>{c.n_negative:,} member{'s' if c.n_negative != 1 else ''} with a negative "
-            f"silhouette (closer, on average, to another cluster: the likeliest misassignments), worst first"
-            f"</summary><ol class=\"paths\">{lis}</ol>"
-            + (f"<p>… and {more:,} more in {escape(c.csv_file)} (its silhouette column).</p>" if more > 0 else "")
+    of = (f" of its {c.n_scored:,} sampled members" if c.n_scored is not None and c.n_scored < c.size else "")
+    return (f"<details><summary class=bad>{c.n_negative:,} member{'s' if c.n_negative != 1 else ''}{of} with a "
+            f"negative silhouette (closer, on average, to another cluster: the likeliest misassignments)"
+            + (", worst first" if len(c.misfits) > 1 else "") + f"</summary><ol class=\"paths\">{lis}</ol>"
+            + (f'<p>… and {more:,} more in <a href="{escape(c.csv_file)}">{escape(c.csv_file)}</a> (its silhouette '
+               "column).</p>" if more > 0 else "")
             + "</details>")
 
 
@@ -337,12 +350,15 @@ def _cluster(c: ClusterEntry, n_total: int) -> str:
                      + (f"All {c.size:,} of its members, nearest to the centre first" if len(c.near) + len(c.far) >= c.size
                         else f"{len(c.near)} of its {c.size:,} members, from the nearest to the centre outwards at "
                              "even steps, so each kind of image it holds shows in proportion (#r: the r-th "
-                             "nearest, its row in the CSV)")
+                             "nearest, its row in the CSV)" if c.spread
+                        else f"{len(c.near)} of its {c.size:,} members, those with a known distance to the centre "
+                             "first (the run did not save every distance)")
                      + (f"; under the red label, the {len(c.far)} farthest from the centre "
                         "(where outliers would be, if it has any), farthest first" if c.far else "")
                      + ".</figcaption></figure>")
         parts.append(f"<details><summary>Paths of the images shown</summary>{_path_list(c.near, c.links, c.near_ranks)}"
-                     + (f"<p class=mark>farthest from centre</p>{_path_list(c.far, c.links)}" if c.far else "")
+                     + (f"<p class=mark>farthest from centre</p>{_path_list(c.far, c.links, c.far_ranks)}"
+                        if c.far else "")
                      + "</details>")
     parts.append(_misfits(c))
     parts.append("</section>")

@@ -235,7 +235,7 @@ def run_base(run_dir, summary: dict, paths: Iterable[str] = ()) -> str | None:
     rel = summary.get("cwd_from_out")
     if not isinstance(rel, str):
         return cwd
-    moved = os.path.normpath(os.path.join(os.fspath(run_dir), rel))
+    moved = os.path.abspath(os.path.join(os.fspath(run_dir), rel))  # absolute: shown on pages, saved by recluster
     sample = [p for _, p in zip(range(20), (p for p in paths if not os.path.isabs(p)))]
     if not sample or moved == cwd:
         return cwd if cwd is not None and os.path.isdir(cwd) else moved
