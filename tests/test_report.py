@@ -699,3 +699,17 @@ def test_sampled_silhouettes_are_counted_as_such_and_absolute_paths_link_where_t
     assert "15 members of its 37 sampled members with a negative silhouette" in html_module._cluster(entry, 160)
     photo = tmp_path / "photos" / "a b.jpg"
     assert _href(str(photo), None, tmp_path / "run" / "report") == "file://" + str(photo).replace(" ", "%20")
+
+
+def test_one_k_away_names_the_clusters_that_split_and_merge(built):
+    """The fake run: K = 4 splits cluster 0 in two halves, K = 2 merges clusters 1 and 2."""
+    from engine.report.neighbours import merges, splits
+
+    fake, index = built
+    text = " ".join(index.read_text(encoding="utf-8").split())
+    assert ('At K = 4: <a href="#cluster-0">cluster 0</a> splits (50 % / 50 %).' in text)
+    assert 'At K = 2: clusters <a href="#cluster-1">1</a> and <a href="#cluster-2">2</a> merge.' in text
+    chosen = np.array([0] * 10 + [1] * 10)
+    assert splits(chosen, 2, np.array([0] * 9 + [1] + [2] * 10), 3) == []  # one image moving is no split
+    assert merges(chosen, 2, np.zeros(20, dtype=int), 1) == [[0, 1]]
+    assert merges(chosen, 2, chosen, 2) == []

@@ -13,6 +13,7 @@ from html import escape
 
 from ..skip_reasons import count_reasons
 from .kchoice import k_choice
+from .neighbours import merges, splits
 from .rundata import RunData
 
 CSS = """
@@ -279,6 +280,29 @@ def _k_choice(data: RunData) -> str:
     return '<div class="note">' + "<br>".join(lines) + "</div>" if lines else ""
 
 
+def _one_k_away(data: RunData) -> str:
+    """Which clusters split at K + 1 and merge at K - 1 (from the labels analysis.npz keeps for
+    the neighbours; '' when it kept none)."""
+    labels, k = data.analysis.labels, data.k
+    lines = []
+    finer = labels.get(k + 1)
+    if finer is not None and finer.shape == data.labels.shape:
+        found = splits(data.labels, k, finer, k + 1)
+        lines.append(f"At K = {k + 1}: " + ("; ".join(
+            f'<a href="#cluster-{i}">cluster {i}</a> splits ({" / ".join(f"{100 * share:.0f} %" for _, share in parts)})'
+            for i, parts in found) if found else "no cluster splits in two (images move, groups stay)") + ".")
+    coarser = labels.get(k - 1)
+    if coarser is not None and coarser.shape == data.labels.shape and k > 1:
+        groups = merges(data.labels, k, coarser, k - 1)
+        lines.append(f"At K = {k - 1}: " + ("; ".join(
+            "clusters " + " and ".join(f'<a href="#cluster-{i}">{i}</a>' for i in group) + " merge"
+            for group in groups) if groups else "no two clusters merge whole") + ".")
+    if not lines:
+        return ""
+    return ("<p><b>One K away</b> (the silhouette plots for K − 1 and K + 1 below show the same): "
+            + " ".join(lines) + "</p>")
+
+
 def _timings_and_backends(data: RunData) -> str:
     timings = data.summary.get("timings") or {}
     rows = "".join(
@@ -402,6 +426,7 @@ def render_page(data: RunData, plots: list[PlotEntry], clusters: list[ClusterEnt
 <p>The chosen K ({data.k}) is highlighted. Silhouette and Calinski–Harabasz: higher is better;
 Davies–Bouldin and fraction negative: lower is better; balance = smallest / largest cluster.</p>
 {_k_choice(data)}
+{_one_k_away(data)}
 {_scores_table(data)}
 <h2 id="timings">Timings and backends</h2>{_timings_and_backends(data)}
 <h2 id="plots">Plots</h2>{_plots(plots, notes)}
