@@ -98,7 +98,7 @@ def silhouette_cuml(x: torch.Tensor, labels: torch.Tensor, sample: int | None, s
     n = x.shape[0]
     lab_host = labels.cpu().numpy()
     # stratified as the torch backend's: a uniform sample could miss a small cluster (one label left)
-    rows = np.arange(n) if sample is None else stratified_rows(lab_host, sample, [seed, int(lab_host.max()) + 1])
+    rows = np.arange(n) if sample is None else stratified_rows(lab_host, sample, seed)
     idx = torch.as_tensor(rows, device=x.device)
     data, codes = to_cupy(x[idx].float()), to_cupy(labels[idx].int())  # (refuses a CPU tensor first)
     free_bytes, _ = torch.cuda.mem_get_info(x.device)

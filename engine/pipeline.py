@@ -313,6 +313,7 @@ def build_summary(result: RunResult) -> dict:
     sil = search.silhouettes[k]
     cluster_sil = [float(sil.cluster_means.get(c, float("nan"))) for c in range(k)]
     ext = result.extraction
+    scores = search.scores_table()
     return {
         "imgcluster_version": imgcluster_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -327,9 +328,9 @@ def build_summary(result: RunResult) -> dict:
         "ignored": result.ignored,  # files not named like images, by suffix: passed over, not opened
         "k": k,
         "select": search.select,
-        "scores": search.scores_table(),
+        "scores": scores,
         # how sure the choice is: runner-up and margin, each metric's K, a K at an edge of the range
-        "k_choice": k_choice(search.scores_table(), search.select, k, len(result.paths)),
+        "k_choice": k_choice(scores, search.select, k, len(result.paths)),
         "cluster_sizes": search.score(k).cluster_sizes,
         "cluster_silhouettes": cluster_sil,
         "pca": {"mode": result.pca.mode, "n_components": result.pca.n_components,

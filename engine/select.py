@@ -134,7 +134,7 @@ def _silhouette_sklearn(x: torch.Tensor, labels: torch.Tensor, sample: int | Non
     values = np.full(len(lab), np.nan, dtype=np.float32)
     rows = np.arange(len(lab))
     if sample is not None:  # stratified as the torch backend's: a uniform one could miss a small cluster
-        rows = stratified_rows(lab, sample, [seed, int(lab.max()) + 1])
+        rows = stratified_rows(lab, sample, seed)
     values[rows] = silhouette_samples(data[rows], lab[rows]).astype(np.float32)
     picked = values[rows]
     means = {int(c): float(picked[lab[rows] == c].mean()) for c in np.unique(lab[rows])}

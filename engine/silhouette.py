@@ -431,12 +431,15 @@ def _stratified_sample(lab: _Labelling, sample_size: int, rng: np.random.Generat
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
-def stratified_rows(labels: np.ndarray, sample_size: int, seed) -> np.ndarray:
+def stratified_rows(labels: np.ndarray, sample_size: int, seed: int) -> np.ndarray:
     """Sorted int64 row indices of the stratified sample silhouette_all_k scores (every cluster
     keeps min(size, 2) rows, so a sample never loses a cluster), for backends that score a K on
-    their own (scikit-learn, cuML). labels: (n,) ints. seed: anything np.random.default_rng takes."""
-    values, codes, counts = _unique_codes(np.asarray(labels))
-    return _stratified_sample(_Labelling(values, codes, counts), int(sample_size), np.random.default_rng(seed))
+    their own (scikit-learn, cuML). labels: (n,) ints 0..K-1; the draw is seeded by (seed, K), so
+    each K has its own."""
+    labels = np.asarray(labels)
+    values, codes, counts = _unique_codes(labels)
+    rng = np.random.default_rng([int(seed), int(labels.max()) + 1])
+    return _stratified_sample(_Labelling(values, codes, counts), int(sample_size), rng)
 
 
 # --------------------------------------------------------------------------- public API

@@ -643,13 +643,14 @@ def test_misfits_are_listed_worst_first_with_links(tmp_path):
     data = SimpleNamespace(silhouettes=np.array([0.5, -0.2, np.nan, -0.05, 0.1, -0.4], dtype=np.float32),
                            paths=[f"img {i}#.jpg" for i in range(6)])
     members = np.array([5, 3, 1, 0, 2])  # cluster order (nearest first)
-    assert _misfits(data, members) == [("img 5#.jpg", pytest.approx(-0.4)), ("img 1#.jpg", pytest.approx(-0.2)),
+    found = _misfits(data.paths, members, data.silhouettes[members])
+    assert found == [("img 5#.jpg", pytest.approx(-0.4)), ("img 1#.jpg", pytest.approx(-0.2)),
                                        ("img 3#.jpg", pytest.approx(-0.05))]
     report = tmp_path / "run" / "report"
     assert _href("img 5#.jpg", str(tmp_path / "photos"), report) == "../../photos/img%205%23.jpg"
     entry = html_module.ClusterEntry(cid=0, size=5, mean_silhouette=0.1, color="#000000", csv_file="clusters/c0.csv",
                                      montage_file=None, montage_size=None, n_negative=3,
-                                     misfits=_misfits(data, members), links={"img 5#.jpg": "x/img%205%23.jpg"})
+                                     misfits=found, links={"img 5#.jpg": "x/img%205%23.jpg"})
     section = html_module._cluster(entry, 5)
     assert "3 members with a negative silhouette" in section
     assert section.index("img 5#.jpg") < section.index("img 1#.jpg") < section.index("img 3#.jpg")

@@ -181,6 +181,7 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
         clusters = []
         for cid, (ordered, near, far, near_rank, far_rank) in enumerate(picks):
             csv_rel = _write_cluster_csv(w, cid, data, ordered)
+            sil = data.silhouettes[ordered]  # (members,) in distance order; NaN where not sampled
             near_imgs = [thumbs[data.paths[i]].result() for i in near.tolist()]
             far_imgs = [thumbs[data.paths[i]].result() for i in far.tolist()]
             entry = html.ClusterEntry(
@@ -190,9 +191,8 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
                       for i, img in zip(near.tolist(), near_imgs, strict=True)],
                 far=[(data.paths[i], float(data.distances[i]), img is not None)
                      for i, img in zip(far.tolist(), far_imgs, strict=True)],
-                n_negative=_count_negative(data.silhouettes[ordered]),
-                misfits=_misfits(data, ordered), near_ranks=near_rank.tolist(), far_ranks=far_rank.tolist(),
-                n_scored=int(np.isfinite(data.silhouettes[ordered]).sum()),
+                n_negative=_count_negative(sil), misfits=_misfits(data.paths, ordered, sil),
+                near_ranks=near_rank.tolist(), far_ranks=far_rank.tolist(), n_scored=int(np.isfinite(sil).sum()),
                 spread=bool(np.isfinite(data.distances[ordered]).all()))
             shown = [p for p, _, _ in (*entry.near, *entry.far)] + [p for p, _ in entry.misfits]
             entry.links = {p: _href(p, base, root) for p in shown}
@@ -218,25 +218,25 @@ def build_report(run_dir, *, max_montage: int = 36, n_outliers: int | None = Non
     return root / INDEX
 
 
-def _misfits(data: RunData, members: np.ndarray) -> list[tuple[str, float]]:
+def _misfits(paths, members: np.ndarray, values: np.ndarray) -> list[tuple[str, float]]:
     """[(path text, silhouette)] of the members with a negative silhouette, worst first, at most
-    html.MISFITS_SHOWN."""
-    values = data.silhouettes[members]
+    html.MISFITS_SHOWN. members: (m,) positions in `paths`; values: (m,) their silhouettes."""
     negative = np.flatnonzero(values < 0)  # NaN (not sampled) compares False
     worst = negative[np.argsort(values[negative], kind="stable")][: html.MISFITS_SHOWN]
-    return [(data.paths[int(members[i])], float(values[i])) for i in worst.tolist()]
+    return [(paths[int(members[i])], float(values[i])) for i in worst.tolist()]
 
 
 def _href(text: str, base: str | None, report_dir: Path) -> str:
     """A link from report/index.html to the image a path text names: relative, so it survives the
     project being moved whole; URL-quoted (spaces, '#', '?', names that are not UTF-8)."""
     target = os.path.abspath(outputs.file_for_text(text, base))
+    file_uri = "file://" + quote(os.fsencode(Path(target).as_posix()))
     if os.path.isabs(text):  # given absolute: it stays where it is when the results folder moves
-        return "file://" + quote(os.fsencode(Path(target).as_posix()))
+        return file_uri
     try:
         rel = os.path.relpath(target, os.path.abspath(report_dir)).replace(os.sep, "/")
     except ValueError:  # another drive (Windows): no relative path
-        return "file://" + quote(os.fsencode(Path(target).as_posix()))
+        return file_uri
     return quote(os.fsencode(rel))
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from html import escape
 
 from ..skip_reasons import count_reasons
-from .kchoice import k_choice
+from .kchoice import k_choice, score_key
 from .neighbours import merges, splits
 from .rundata import RunData
 
@@ -146,12 +146,9 @@ def _summary(data: RunData) -> str:
                      "the project has moved since, and its images were found here; ")
         rows.append(("image paths relative to", found + "paths on this page and in the CSVs are as given to the "
                                                         "run; the links on this page open the images)"))
-    files = [(name, name) for name in ("predictions.csv", "summary.json")]
-    if data.has_skipped_csv:
-        files.append(("skipped.csv", "skipped.csv"))
-    if data.has_duplicates_csv:
-        files.append(("duplicates.csv", "duplicates.csv"))
-    rows.append(("the run's files", " · ".join(f'<a href="../{escape(f)}">{escape(label)}</a>' for f, label in files)
+    files = ["predictions.csv", "summary.json"] + ["skipped.csv"] * data.has_skipped_csv \
+        + ["duplicates.csv"] * data.has_duplicates_csv
+    rows.append(("the run's files", " · ".join(f'<a href="../{name}">{name}</a>' for name in files)
                  + " (in the run folder, beside report/)"))
     copies = s.get("n_copies")
     if copies:
@@ -246,7 +243,7 @@ def _k_choice(data: RunData) -> str:
     choice = k_choice(scores, select, data.k, int(s.get("n_images") or data.n))
     label = _METRIC_LABELS.get(select, select)
     digits = 1 if select == "calinski" else 3  # as the scores table shows it
-    key = {"calinski": "calinski_harabasz", "davies": "davies_bouldin"}.get(select, "silhouette")
+    key, higher = score_key(select)
     chosen = (data.score_for(data.k) or {}).get(key)
     lines = []
     runner, margin = choice["runner_up"], choice["margin"]
@@ -255,7 +252,7 @@ def _k_choice(data: RunData) -> str:
             lines.append(f"K = {data.k} ties with K = {runner['k']} on {escape(label)} ({fmt(chosen, digits)}): "
                          "a tie goes to the smaller K.")
         else:
-            worse = "higher" if select == "davies" else "lower"
+            worse = "lower" if higher else "higher"
             lines.append(f"K = {data.k} has the best {escape(label)} ({fmt(chosen, digits)}); the runner-up is "
                          f"K = {runner['k']} ({fmt(runner['value'], digits)}, {fmt(margin, digits)} {worse}).")
     picks = {name: k for name, k in choice["by_metric"].items() if k is not None}

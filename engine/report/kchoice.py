@@ -13,6 +13,12 @@ METRICS = {"silhouette": ("silhouette", True), "calinski_harabasz": ("calinski",
            "davies_bouldin": ("davies", False)}
 
 
+def score_key(select: str) -> tuple[str, bool]:
+    """(key in a scores entry, higher is better) of the metric a --select name chooses by;
+    silhouette for an unknown name."""
+    return next(((key, higher) for key, (name, higher) in METRICS.items() if name == select), ("silhouette", True))
+
+
 def _best_k(entries: list[dict], key: str, higher: bool) -> int | None:
     """The K with the best finite value of `key` (ties to the smaller K), or None."""
     scored = [(int(e["k"]), float(e[key])) for e in entries if _finite(e.get(key))]
@@ -38,8 +44,7 @@ def k_choice(scores: list[dict], select: str, chosen: int, n_images: int | None 
     that is above 2 (K = 2 was not tried)."""
     entries = sorted((e for e in scores if isinstance(e, dict) and "k" in e), key=lambda e: int(e["k"]))
     by_metric = {name: _best_k(entries, key, higher) for key, (name, higher) in METRICS.items()}
-    key = next((k for k, (name, _) in METRICS.items() if name == select), "silhouette")
-    higher = METRICS[key][1]
+    key, higher = score_key(select)
     chosen_entry = next((e for e in entries if int(e["k"]) == chosen), None)
     others = [e for e in entries if int(e["k"]) != chosen and _finite(e.get(key))]
     runner_up = margin = None
